@@ -1,0 +1,47 @@
+# The single entry point. On a fresh machine `make demo` / `make test` create .venv and install everything.
+# On a machine with torch and triton preinstalled and no network, name its interpreter instead:
+#     make test PYTHON=python3
+# which installs only fastattn itself (editable, no dependencies fetched) into that interpreter.
+
+VENV   := .venv
+PYTHON ?= $(VENV)/bin/python
+TORCH  ?= torch==2.14.1
+# Tests run the Triton kernels on the CPU through Triton's interpreter when there is no GPU.
+PYTEST_ARGS ?=
+
+ifeq ($(PYTHON),$(VENV)/bin/python)
+SETUP := $(VENV)/.installed
+else
+SETUP := system-install
+endif
+
+.PHONY: demo test env verify setup system-install clean
+
+demo: $(SETUP)
+	$(PYTHON) -m fastattn env
+	$(PYTHON) -m fastattn verify
+	$(PYTHON) -m fastattn demo
+
+test: $(SETUP)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+env: $(SETUP)
+	$(PYTHON) -m fastattn env
+
+verify: $(SETUP)
+	$(PYTHON) -m fastattn verify
+
+setup: $(SETUP)
+
+$(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install "$(TORCH)" -r requirements-dev.txt
+	$(VENV)/bin/pip install --no-build-isolation -e .
+	touch $@
+
+system-install:
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

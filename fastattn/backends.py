@@ -1,0 +1,137 @@
+"""Backends: what each one can run here, and how one is chosen for a call.
+
+Four backends serve every op:
+
+- ``cuda``:   our CUDA C++ kernels (the extension ``fastattn._C``), CUDA tensors;
+- ``triton``: our Triton kernels (``fastattn.kernels``), CUDA tensors, or CPU tensors when
+  ``TRITON_INTERPRET=1`` runs them through Triton's interpreter (slow; for testing);
+- ``torch``:  PyTorch's own fused ops, where it has one;
+- ``naive``:  the textbook reference (``fastattn.reference``).
+
+Each op asks :func:`select` for a backend, handing it a function that lists, for a backend name, the
+reasons that backend cannot serve the call (an empty list: it can). ``"auto"`` takes the first backend
+of :data:`AUTO_ORDER` that can; an explicit backend that cannot raises ``NotImplementedError`` listing
+every backend's reasons, so the error says both what went wrong and what would work.
+
+The default for ``backend="auto"`` can be changed for a block (:func:`use_backend`) or for the
+process (the environment variable ``FASTATTN_BACKEND``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+BACKENDS = ("cuda", "triton", "torch", "naive")
+# "auto" tries ours first (fastest first), then PyTorch's, then the reference.
+AUTO_ORDER = ("cuda", "triton", "torch", "naive")
+_CHOICES = ("auto",) + BACKENDS
+
+_default_stack: list[str] = []
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run through the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _check_name(name: str, what: str) -> str:
+    if name not in _CHOICES:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, _CHOICES))}, got {name!r}")
+    return name
+
+
+@functools.cache
+def _import_error(module: str) -> str | None:
+    """The error importing ``module`` raised, or None; recorded once and shown, never swallowed."""
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # an extension can fail with OSError (a missing .so) as well as ImportError
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def platform_reasons(name: str) -> list[str]:
+    """Why backend ``name`` cannot run on this machine at all (empty when it can)."""
+    if name == "cuda":
+        error = _import_error("fastattn._C")
+        if error is not None:
+            return [f"extension not built: {error}"]
+        if not torch.cuda.is_available():
+            return ["no CUDA GPU is available"]
+    elif name == "triton":
+        error = _import_error("triton")
+        if error is not None:
+            return [f"triton cannot be imported: {error}"]
+        if not torch.cuda.is_available() and not triton_interpreting():
+            return ["no CUDA GPU is available (set TRITON_INTERPRET=1 to run the kernels on the CPU)"]
+    return []
+
+
+def device_reasons(name: str, device: torch.device) -> list[str]:
+    """Why backend ``name`` cannot run on tensors of ``device`` (empty when it can)."""
+    reasons = platform_reasons(name)
+    if reasons:
+        return reasons
+    if name == "cuda" and device.type != "cuda":
+        return [f"needs CUDA tensors, got {device.type} tensors"]
+    if name == "triton":
+        if device.type == "cpu" and not triton_interpreting():
+            return ["CPU tensors need TRITON_INTERPRET=1 (Triton's interpreter)"]
+        if device.type not in ("cpu", "cuda"):
+            return [f"needs CUDA tensors, got {device.type} tensors"]
+    return []
+
+
+def available_backends() -> list[str]:
+    """The backends that can run on this machine, in the order ``auto`` tries them."""
+    return [name for name in AUTO_ORDER if not platform_reasons(name)]
+
+
+def default_backend() -> str:
+    """What ``backend="auto"`` means right now: the innermost :func:`use_backend`, else
+    ``FASTATTN_BACKEND``, else ``"auto"``."""
+    if _default_stack:
+        return _default_stack[-1]
+    return _check_name(os.environ.get("FASTATTN_BACKEND", "auto"), "FASTATTN_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, calls that pass ``backend="auto"`` use ``name``.
+
+    >>> with fastattn.use_backend("triton"):
+    ...     out = fastattn.attention(q, k, v, causal=True)
+    """
+    _default_stack.append(_check_name(name, "backend"))
+    try:
+        yield
+    finally:
+        _default_stack.pop()
+
+
+def select(op: str, backend: str, reasons: Callable[[str], list[str]]) -> str:
+    """The backend that serves a call of ``op``.
+
+    ``reasons(name)`` lists why backend ``name`` cannot serve this call. ``backend`` is what the caller
+    asked for; ``"auto"`` defers to :func:`default_backend` and then to :data:`AUTO_ORDER`.
+    """
+    requested = _check_name(backend, "backend")
+    if requested == "auto":
+        requested = default_backend()
+    candidates = AUTO_ORDER if requested == "auto" else (requested,)
+    for name in candidates:
+        if not reasons(name):
+            return name
+    every = {name: reasons(name) for name in BACKENDS}
+    lines = [f"  {name}: {'; '.join(why) if why else 'can serve it'}" for name, why in every.items()]
+    if requested == "auto":
+        head = f"{op}: no backend can serve these inputs"
+    else:
+        head = f"{op}: backend {requested!r} cannot serve these inputs"
+    raise NotImplementedError(head + ":\n" + "\n".join(lines))

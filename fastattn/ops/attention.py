@@ -1,0 +1,336 @@
+"""Attention: input checks, backend choice, the custom ops of the fused kernels, and their autograd.
+
+Layers (DESIGN.md §2): ``fastattn.attention`` checks the inputs once and picks the backend once;
+the fused backends are ``torch.library`` custom ops (with fake implementations, so ``torch.compile``
+can trace them) whose backward is registered with ``register_autograd``; the ``torch`` and ``naive``
+backends are plain PyTorch, differentiated by autograd itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import backends, reference
+
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_FUSED_HEAD_DIM = 256
+
+
+# ------------------------------------------------------------------------------------ input checks
+def _check_inputs(q, k, v, key_padding_mask, dropout_p, scale) -> None:
+    """Raises a clear exception for inputs no backend could serve correctly."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(tensor.shape)}"
+            )
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"q and k must have the same head_dim, got {q.shape[3]} and {k.shape[3]}")
+    heads_q, heads_kv = q.shape[1], k.shape[1]
+    if heads_kv == 0 or heads_q % heads_kv != 0:
+        raise ValueError(
+            f"the query heads ({heads_q}) must be a multiple of the key/value heads ({heads_kv}) (GQA/MQA)"
+        )
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+            got = key_padding_mask.dtype if isinstance(key_padding_mask, Tensor) else type(key_padding_mask).__name__
+            raise TypeError(f"key_padding_mask must be a bool tensor (True = key takes part), got {got}")
+        expected = (k.shape[0], k.shape[2])
+        if tuple(key_padding_mask.shape) != expected:
+            raise ValueError(
+                f"key_padding_mask must have shape (batch, Nk) = {expected}, got {tuple(key_padding_mask.shape)}"
+            )
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask must be on {q.device}, got {key_padding_mask.device}")
+    if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+
+
+def _backend_reasons(name, q, *, deterministic, return_lse) -> list[str]:
+    """Why backend ``name`` cannot serve this attention call (empty: it can)."""
+    reasons = backends.device_reasons(name, q.device)
+    if name in ("cuda", "triton"):
+        if q.dtype not in FUSED_DTYPES:
+            reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
+        if q.shape[-1] > MAX_FUSED_HEAD_DIM:
+            reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
+    if name == "cuda":
+        reasons.append("the CUDA attention kernel is not part of this build")
+    if name == "torch":
+        if return_lse:
+            reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
+        if deterministic and q.device.type == "cuda":
+            reasons.append("deterministic=True: scaled_dot_product_attention's CUDA backward is not guaranteed to be")
+    return reasons
+
+
+# --------------------------------------------------------------------------- the Triton custom ops
+@torch.library.custom_op("fastattn::attention_fwd_triton", mutates_args=())
+def _attention_fwd_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor]:
+    """The fused forward; ``deterministic`` is not used here, only carried to the backward."""
+    from ..kernels import attention as kernels  # imported on first use: triton reads TRITON_INTERPRET then
+
+    out, lse = kernels.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed)
+    return out.contiguous(), lse.contiguous()
+
+
+@_attention_fwd_triton.register_fake
+def _(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
+    batch, heads, nq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastattn::attention_bwd_triton", mutates_args=())
+def _attention_bwd_triton(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dlse: Tensor | None,
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from ..kernels import attention as kernels
+
+    dq, dk, dv = kernels.attention_bwd(
+        dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic
+    )
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
+@_attention_bwd_triton.register_fake
+def _(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+    ctx.options = (causal, scale, dropout_p, seed, deterministic)
+    # Unused outputs (lse, most of the time) then get None instead of a tensor of zeros.
+    ctx.set_materialize_grads(False)
+
+
+def _attention_backward(ctx, dout, dlse):
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = _attention_bwd_triton(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention_fwd_triton.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+
+
+# ------------------------------------------------------------------------- the backends, as calls
+def _attention_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+    seed = _dropout_seed(dropout_p)
+    return _attention_fwd_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
+
+
+def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+    nq, nk = q.shape[2], k.shape[2]
+    mask = None
+    if key_padding_mask is not None or (causal and nq != nk):
+        mask = reference.attention_visibility(
+            q.shape[0], nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device
+        )
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=causal and mask is None,  # is_causal is top-left: right only for Nq == Nk
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    if mask is not None:
+        # Our contract: rows that see no key give zeros, whatever SDPA's kernel makes of them.
+        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return out, None
+
+
+def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+    return reference.attention(
+        q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, dropout_p=dropout_p, return_lse=True
+    )
+
+
+_IMPLEMENTATIONS = {"triton": _attention_triton, "torch": _attention_torch, "naive": _attention_naive}
+
+
+def _dropout_seed(dropout_p: float) -> int:
+    """A Philox seed for the fused kernels' dropout, drawn from torch's default generator (so
+    ``torch.manual_seed`` makes runs repeatable); 0 when there is no dropout."""
+    if dropout_p == 0.0:
+        return 0
+    return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
+
+
+# ------------------------------------------------------------------------------ the functional API
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    deterministic: bool = False,
+    return_lse: bool = False,
+    backend: str = "auto",
+):
+    """Scaled dot-product attention, fused: ``softmax(scale · q kᵀ + mask) v``.
+
+    Args:
+        q: ``(B, Hq, Nq, D)``; k, v: ``(B, Hkv, Nk, D)`` with ``Hq % Hkv == 0`` (GQA/MQA: query head
+            ``h`` reads key/value head ``h // (Hq // Hkv)``; K and V are never copied per head).
+            ``D`` from 1 to 256 on the fused backends; float16, bfloat16 or float32. Any strides
+            whose last dimension is contiguous: a ``(B, N, H, D)`` tensor passed through
+            ``.transpose(1, 2)`` costs no copy.
+        causal: mask aligned to the **bottom-right** corner: query ``i`` sees key ``j`` iff
+            ``j <= i + (Nk - Nq)``. For ``Nq = 3, Nk = 5`` (``x`` = visible)::
+
+                      key j:  0 1 2 3 4
+                query i = 0:  x x x . .
+                query i = 1:  x x x x .
+                query i = 2:  x x x x x
+
+            and for ``Nq = 5, Nk = 3`` the first two queries see no key at all::
+
+                      key j:  0 1 2
+                query i = 0:  . . .
+                query i = 1:  . . .
+                query i = 2:  x . .
+                query i = 3:  x x .
+                query i = 4:  x x x
+
+            With ``Nq == Nk`` it is the usual lower triangle; with ``Nq < Nk`` it is what a KV-cache
+            decode step needs (the new queries are the last positions).
+        scale: multiplies ``q·k``; defaults to ``D ** -0.5``.
+        key_padding_mask: bool ``(B, Nk)``, True = the key takes part.
+        dropout_p: dropout on the attention probabilities (pass 0 in evaluation). The fused kernels
+            draw it from a counter-based generator seeded from torch's default generator and
+            regenerate it in the backward.
+        deterministic: the backward gives bitwise-identical gradients run to run.
+        return_lse: also return ``lse``, float32 ``(B, Hq, Nq)``: the natural-log sum of
+            ``exp(scale · q·k)`` over the visible keys (differentiable).
+        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or ``"naive"`` (see
+            :mod:`fastattn.backends`).
+
+    Returns:
+        ``out`` ``(B, Hq, Nq, D)`` in q's dtype, or ``(out, lse)``. A query that sees no key gets
+        zeros (``lse = -inf``), never NaN, and zero gradient.
+    """
+    _check_inputs(q, k, v, key_padding_mask, dropout_p, scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    name = backends.select(
+        "attention",
+        backend,
+        lambda candidate: _backend_reasons(candidate, q, deterministic=deterministic, return_lse=return_lse),
+    )
+    out, lse = _IMPLEMENTATIONS[name](q, k, v, key_padding_mask, causal, scale, float(dropout_p), deterministic)
+    return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------------- the drop-in SDPA replacement
+def _as_key_padding_mask(attn_mask: Tensor, batch: int, nk: int) -> Tensor | None:
+    """``attn_mask`` as a ``(B, Nk)`` key padding mask, if it is a bool mask that only depends on the
+    batch and key index (shape broadcastable as ``(B or 1, 1, 1, Nk)``); else None."""
+    if attn_mask.dtype != torch.bool or attn_mask.dim() > 4 or attn_mask.dim() == 0:
+        return None
+    shape = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    if shape[0] not in (1, batch) or shape[1] != 1 or shape[2] != 1 or shape[3] not in (1, nk):
+        return None
+    return attn_mask.reshape(shape)[:, 0, 0, :].expand(batch, nk)
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """Drop-in replacement for ``torch.nn.functional.scaled_dot_product_attention``, with its
+    semantics (its ``is_causal`` is top-left aligned). Calls the fused kernels where they serve the
+    inputs (4-D tensors of one float dtype and head_dim, no mask or a bool key-padding mask, causal
+    only with ``Nq == Nk``) and the chosen backend can run them; everything else goes to torch, which
+    also raises torch's own errors for inputs it rejects."""
+
+    def torch_sdpa():
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa,
+        )
+
+    tensors = (query, key, value)
+    if not all(isinstance(t, Tensor) and t.dim() == 4 for t in tensors):
+        return torch_sdpa()
+    if query.dtype not in FUSED_DTYPES or not (query.dtype == key.dtype == value.dtype):
+        return torch_sdpa()
+    if not (query.device == key.device == value.device) or key.shape != value.shape:
+        return torch_sdpa()
+    batch, heads_q, nq, head_dim = query.shape
+    heads_kv, nk = key.shape[1], key.shape[2]
+    if key.shape[0] != batch or key.shape[3] != head_dim or head_dim > MAX_FUSED_HEAD_DIM:
+        return torch_sdpa()
+    if heads_q != heads_kv and not (enable_gqa and heads_kv > 0 and heads_q % heads_kv == 0):
+        return torch_sdpa()
+    if is_causal and (attn_mask is not None or nq != nk):
+        return torch_sdpa()
+    if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
+        return torch_sdpa()
+    key_padding_mask = None
+    if attn_mask is not None:
+        key_padding_mask = _as_key_padding_mask(attn_mask, batch, nk)
+        if key_padding_mask is None or key_padding_mask.device != query.device:
+            return torch_sdpa()
+    fused = [name for name in ("cuda", "triton") if not _backend_reasons(name, query, deterministic=False, return_lse=False)]
+    default = backends.default_backend()
+    if default in ("torch", "naive") or not fused or (default != "auto" and default not in fused):
+        return torch_sdpa()
+    return attention(
+        query, key, value, causal=is_causal, scale=scale, key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p, backend=default if default != "auto" else fused[0],
+    )

@@ -1,0 +1,35 @@
+"""Test set-up: without a GPU, Triton kernels run on CPU tensors through Triton's interpreter.
+
+TRITON_INTERPRET must be set before triton is first imported, hence at the top of this file.
+Tests take the ``device`` fixture: "cuda" on a GPU machine, else "cpu".
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = DEVICE == "cpu"
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    if INTERPRETED:
+        skip = pytest.mark.skip(reason="large shape: too slow for Triton's interpreter on the CPU (runs on a GPU)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
