@@ -1,0 +1,99 @@
+"""``python -m fastattn verify``: every op on every available backend against the float64 reference.
+
+Each op has a module here with ``cases(device, full) -> list[Case]``; this runner runs every case on
+every backend that can run on this machine, collects one :class:`Row` per (case, backend), and prints
+the table. ``full=False`` is the small set that the Triton interpreter gets through on a CPU in about
+a minute; ``full=True`` is the grid for a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+from collections.abc import Iterable
+
+import torch
+
+from .. import backends
+from .common import Case, Row
+
+OPS = ("attention",)
+
+
+def all_cases(device: torch.device, full: bool, ops: Iterable[str] = OPS) -> list[Case]:
+    cases: list[Case] = []
+    for op in ops:
+        module = importlib.import_module(f"{__name__}.{op}")
+        cases.extend(module.cases(device, full))
+    return cases
+
+
+def run_case(case: Case, backend: str, device: torch.device) -> Row | None:
+    """The case's row on ``backend``; None when the backend cannot serve it (not a failure)."""
+    try:
+        return case.run(backend, device)
+    except NotImplementedError:
+        return None
+    except Exception as error:  # a crash is a failed check, shown in the table, never hidden
+        return Row(case.op, backend, _dtype_name(case.dtype), case.name, False, float("nan"), float("nan"),
+                   f"{type(error).__name__}: {error}")
+
+
+def run(device: torch.device, *, full: bool, ops: Iterable[str] = OPS, backend_names: Iterable[str] | None = None,
+        progress: bool = True) -> list[Row]:
+    names = list(backend_names) if backend_names is not None else backends.available_backends()
+    cases = all_cases(device, full, ops)
+    jobs = [(case, name) for case in cases for name in names]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc="verify", unit="check", leave=False)
+    rows = []
+    for case, name in jobs:
+        row = run_case(case, name, device)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("op", "backend", "dtype", "case", "max error", "bound", "result")
+    lines = [
+        (r.op, r.backend, r.dtype, r.case, f"{r.max_error:.2e}", f"{r.bound:.2e}", "ok" if r.ok else "FAIL")
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    failures = [r for r in rows if not r.ok]
+    out.append("")
+    out.append(f"{len(rows) - len(failures)} passed, {len(failures)} failed")
+    for r in failures:
+        out.append(f"FAIL {r.op} [{r.backend}, {r.dtype}, {r.case}]: {r.detail}")
+    return "\n".join(out)
+
+
+def environment() -> dict:
+    """Versions and device, for the JSON report."""
+    import triton
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write_json(path: str, rows: list[Row], *, device: torch.device, full: bool) -> None:
+    report = {"environment": environment(), "device": str(device), "full": full,
+              "rows": [row.as_dict() for row in rows]}
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=1)
