@@ -151,3 +151,206 @@ def rms_norm(
         y = y * weight.to(y.dtype)
     y = y.to(x.dtype)
     return y if residual is None else (y, stored)
+
+
+# ---- sampling
+# Hugging Face ``generate`` semantics (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+# MinPLogitsWarper, in that order), made exact where HF leaves room: ties at every boundary are kept,
+# and the arithmetic that decides a boundary is fixed, so that the fused kernels can agree with it
+# token for token:
+#
+# - the scaled logits are z = float32(logits) / float32(T), an IEEE division (float64 for float64
+#   logits); T == 0 means greedy: only the first maximal logit is kept;
+# - top-k keeps z >= the k-th largest z;
+# - top-p renormalizes over the top-k set in float64 (probabilities exp(z - max) / Σ exp(z - max)) and
+#   keeps a token iff the mass of the tokens sorted strictly before it is < p, then keeps every token
+#   tied with the last one kept; p >= 1 keeps everything (what exact arithmetic gives: a float cumsum
+#   can reach 1.0 before the tail and would drop tokens whose probability is tiny but not zero);
+# - min-p keeps prob >= min_p * max_prob, evaluated as exp(z - max) >= min_p in float64 (the
+#   normalization cancels);
+# - rows with a NaN, or with every logit -inf, keep nothing (``sample`` returns token -1);
+# - rows with +inf logits keep exactly their +inf entries (the limit of the softmax: every finite token
+#   has probability 0) and draw uniformly among them.
+#
+# The draw is Gumbel-max over the kept set with the counter-based stream of ``gumbel_noise`` (the one
+# the Triton kernel draws, see kernels/sampling.py), so the same seed gives the same token on every
+# backend: token = argmax over kept i of float32((z_i - max z) + g_i), lowest index on ties.
+
+PHILOX_ROUND_A = 0xD2511F53  # Philox4x32 multiplier of counter word 0
+PHILOX_ROUND_B = 0xCD9E8D57  # Philox4x32 multiplier of counter word 2
+PHILOX_KEY_A = 0x9E3779B9  # Weyl increment of key word 0 (golden ratio · 2^32)
+PHILOX_KEY_B = 0xBB67AE85  # Weyl increment of key word 1 ((√3 - 1) · 2^32)
+PHILOX_ROUNDS = 10
+UINT32_MASK = 0xFFFFFFFF
+UNIFORM_BITS = 52  # bits of the uniform: u = (2j + 1) · 2^-53 is exact in float64 for j < 2^52
+
+
+def _mul_hi_lo(multiplier: int, word: Tensor) -> tuple[Tensor, Tensor]:
+    """The high and low 32-bit halves of ``multiplier * word`` (both < 2^32), in int64 without overflow:
+    the word is split into 16-bit halves so that no partial product reaches 2^63."""
+    low = multiplier * (word & 0xFFFF)  # < 2^48
+    high = multiplier * (word >> 16) + (low >> 16)  # < 2^49: the product is high · 2^16 + (low & 0xFFFF)
+    return high >> 16, ((high & 0xFFFF) << 16) | (low & 0xFFFF)
+
+
+def philox4x32(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple[Tensor, Tensor]):
+    """Philox4x32-10 (Salmon et al., SC'11; Random123's ``philox4x32``) on int64 tensors holding 32-bit
+    words: ``counter`` (c0, c1, c2, c3) and ``key`` (k0, k1), broadcast together. Returns the four output
+    words. The same rounds as ``triton.language.randint4x``."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(PHILOX_ROUNDS):
+        hi_a, lo_a = _mul_hi_lo(PHILOX_ROUND_A, c0)
+        hi_b, lo_b = _mul_hi_lo(PHILOX_ROUND_B, c2)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + PHILOX_KEY_A) & UINT32_MASK
+        k1 = (k1 + PHILOX_KEY_B) & UINT32_MASK
+    return c0, c1, c2, c3
+
+
+def gumbel_noise(seeds: Tensor, vocab: int) -> Tensor:
+    """Float32 ``(B, V)`` Gumbel noise: entry (b, i) depends only on ``seeds[b]`` and ``i``.
+
+    key = (seed mod 2^32, seed >> 32 mod 2^32) of the int64 seed; counter = (i mod 2^32, i >> 32, 0, 0);
+    (r0, r1, ·, ·) = Philox4x32-10(counter, key); j = r0 · 2^20 + (r1 >> 12) (52 bits);
+    u = (2j + 1) · 2^-53 in float64 (exact, in (0, 1)); E = -log(u) in float64 (an Exp(1) variable);
+    g = -log(float32(E)) in float32.
+    """
+    seeds = seeds.to(torch.int64).reshape(-1, 1)  # (B, 1)
+    index = torch.arange(vocab, device=seeds.device, dtype=torch.int64).reshape(1, -1)  # (1, V)
+    zero = torch.zeros_like(index)
+    r0, r1, _, _ = philox4x32(
+        (index & UINT32_MASK, index >> 32, zero, zero), (seeds & UINT32_MASK, (seeds >> 32) & UINT32_MASK)
+    )
+    j = (r0 << (UNIFORM_BITS - 32)) | (r1 >> (64 - UNIFORM_BITS))  # (B, V), < 2^52
+    u = (2 * j + 1).to(torch.float64) * 2.0 ** -(UNIFORM_BITS + 1)
+    exponential = -torch.log(u)
+    return -torch.log(exponential.to(torch.float32))
+
+
+def sampling_seeds(seed, generator: torch.Generator | None, batch: int, device) -> Tensor:
+    """The per-row int64 seeds ``(B,)``: ``seed`` (an int for every row, or a ``(B,)`` tensor), else drawn
+    from ``generator``, else from torch's default generator of ``device``."""
+    if seed is not None:
+        if isinstance(seed, Tensor):
+            return seed.to(device=device, dtype=torch.int64).reshape(-1).expand(batch).contiguous()
+        return torch.full((batch,), int(seed), dtype=torch.int64, device=device)
+    int64 = torch.iinfo(torch.int64)
+    if generator is not None:
+        drawn = torch.randint(int64.min, int64.max, (batch,), dtype=torch.int64, generator=generator,
+                              device=generator.device)
+        return drawn.to(device)
+    return torch.randint(int64.min, int64.max, (batch,), dtype=torch.int64, device=device)
+
+
+def _row_values(value, off, batch: int, dtype: torch.dtype, device) -> Tensor:
+    """A sampling parameter as a ``(B,)`` tensor: ``off`` for None, a Python number for every row."""
+    if value is None:
+        value = off
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype).reshape(-1).expand(batch)
+    return torch.full((batch,), value, dtype=dtype, device=device)
+
+
+def _kept(z: Tensor, greedy: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> Tensor:
+    """Bool ``(B, V)``: the tokens that survive temperature, top-k, top-p and min-p (``z`` scaled)."""
+    batch, vocab = z.shape
+    z_max = z.amax(dim=-1, keepdim=True)  # (B, 1); NaN for rows with a NaN
+    valid = ~z.isnan().any(dim=-1, keepdim=True) & (z_max > -torch.inf)  # (B, 1)
+
+    # top-k: z >= the k-th largest value (its ties are kept)
+    sorted_z = z.sort(dim=-1, descending=True).values  # (B, V)
+    kth = sorted_z.gather(-1, (top_k.clamp(1, vocab) - 1).reshape(-1, 1))  # (B, 1)
+    keep = z >= kth
+
+    # top-p on the distribution renormalized over the top-k set, in float64
+    z64 = z.to(torch.float64).masked_fill(~keep, -torch.inf)
+    probs = torch.softmax(z64, dim=-1)  # (B, V)
+    sorted_z64, order = z64.sort(dim=-1, descending=True)
+    sorted_probs = probs.gather(-1, order)
+    mass_before = torch.cat([torch.zeros_like(sorted_probs[:, :1]), sorted_probs.cumsum(-1)[:, :-1]], dim=-1)
+    keep_sorted = (mass_before < top_p.reshape(-1, 1)) | (top_p >= 1.0).reshape(-1, 1)
+    last_kept = sorted_z64.masked_fill(~keep_sorted, torch.inf).amin(dim=-1, keepdim=True)  # (B, 1)
+    keep &= z64 >= last_kept
+
+    # min-p: prob >= min_p · max_prob, i.e. exp(z - max z) >= min_p
+    ratio = torch.exp(z64 - z_max.to(torch.float64))
+    keep &= ratio >= min_p.reshape(-1, 1)
+
+    keep |= z == z_max  # the most likely token is always kept (the rules above keep it already)
+    keep &= z > -torch.inf
+
+    posinf = z_max == torch.inf  # (B, 1): only the +inf entries have probability > 0
+    keep = torch.where(posinf, z == torch.inf, keep)
+    first_max = torch.zeros_like(keep).scatter_(-1, z.argmax(dim=-1, keepdim=True), True)
+    keep = torch.where(greedy.reshape(-1, 1), first_max, keep)
+    return keep & valid
+
+
+def filter_logits(logits: Tensor, temperature=1.0, top_k=None, top_p=None, min_p=None) -> Tensor:
+    """The logits ``generate`` samples from: ``logits / T`` with every removed token set to ``-inf``.
+
+    ``logits``: ``(B, V)`` or ``(V,)``; each parameter a number, None (off) or a ``(B,)`` tensor. The result
+    is float32 (float64 for float64 logits). Greedy rows (T == 0) keep only their first maximal logit,
+    unscaled; rows with a NaN or no finite logit are all ``-inf``. The rules are listed at the top of this
+    section; inputs are assumed valid (``fastattn.sample`` checks them).
+    """
+    x = logits.unsqueeze(0) if logits.dim() == 1 else logits
+    batch, vocab = x.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(compute)
+    t = _row_values(temperature, 1.0, batch, compute, x.device)
+    greedy = t == 0
+    z = x / torch.where(greedy, torch.ones_like(t), t).reshape(-1, 1)  # (B, V); IEEE division by a tensor
+    z = torch.where(greedy.reshape(-1, 1), x, z)
+    keep = _kept(
+        z,
+        greedy,
+        _row_values(top_k, vocab, batch, torch.int64, x.device),
+        _row_values(top_p, 1.0, batch, torch.float64, x.device),
+        _row_values(min_p, 0.0, batch, torch.float64, x.device),
+    )
+    out = z.masked_fill(~keep, -torch.inf)
+    return out.squeeze(0) if logits.dim() == 1 else out
+
+
+def sample(
+    logits: Tensor,
+    *,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    min_p=None,
+    seed=None,
+    generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
+):
+    """Draws one token per row from the softmax over ``filter_logits(logits, ...)``, by Gumbel-max with the
+    noise of :func:`gumbel_noise`; token -1 for rows that keep nothing (a NaN, or no finite logit).
+
+    Returns int64 tokens ``(B,)`` (0-d for ``(V,)`` logits) and, with ``return_logprobs``, the float32
+    log-probability of each token under the filtered, renormalized distribution (0 for greedy rows, NaN
+    for token -1).
+    """
+    x = logits.unsqueeze(0) if logits.dim() == 1 else logits
+    batch, vocab = x.shape
+    filtered = filter_logits(x, temperature, top_k, top_p, min_p)  # (B, V)
+    kept = filtered > -torch.inf
+    valid = kept.any(dim=-1)  # (B,)
+    z_max = filtered.amax(dim=-1, keepdim=True)  # (B, 1)
+    posinf = z_max == torch.inf
+    d = torch.where(posinf, torch.zeros_like(filtered), filtered - z_max)  # log(prob / max prob) where kept
+    noise = gumbel_noise(sampling_seeds(seed, generator, batch, x.device), vocab).to(d.dtype)
+    score = torch.where(kept, d + noise, -torch.inf)
+    tokens = torch.where(valid, score.argmax(dim=-1), -1)  # argmax: the first maximum
+    if not return_logprobs:
+        return tokens.squeeze(0) if logits.dim() == 1 else tokens
+
+    log_probs = torch.log_softmax(torch.where(kept, d, -torch.inf).to(torch.float64), dim=-1)  # (B, V)
+    n_posinf = (filtered == torch.inf).sum(dim=-1)
+    chosen = log_probs.gather(-1, tokens.clamp(min=0).reshape(-1, 1)).squeeze(-1)
+    chosen = torch.where(posinf.squeeze(-1), -torch.log(n_posinf.to(torch.float64)), chosen)
+    logprobs = torch.where(valid, chosen, torch.nan).to(torch.float32)
+    if logits.dim() == 1:
+        return tokens.squeeze(0), logprobs.squeeze(0)
+    return tokens, logprobs
