@@ -6,7 +6,11 @@ Tests take the ``device`` fixture: "cuda" on a GPU machine, else "cpu".
 
 import os
 
-import torch
+# The interpreter runs many tiny matmuls through numpy: a multi-threaded BLAS makes each of them cost
+# over 1 ms instead of about 12 µs on 2 busy cores (the attention tests: 207 s instead of 86 s).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
