@@ -18,7 +18,7 @@ import torch
 from .. import backends
 from .common import Case, Row
 
-OPS = ("attention",)
+OPS = ("attention", "norm", "sampling")
 
 
 def all_cases(device: torch.device, full: bool, ops: Iterable[str] = OPS) -> list[Case]:

@@ -1,0 +1,338 @@
+"""LayerNorm and RMSNorm with a fused residual add: input checks, backend choice, the custom ops of the
+fused kernels, and their autograd.
+
+Layers (DESIGN.md §2): ``fastattn.layer_norm`` / ``fastattn.rms_norm`` check the inputs once and pick
+the backend once; the Triton backend is a pair of ``torch.library`` custom ops (with fake
+implementations, so ``torch.compile`` can trace them) whose backward is registered with
+``register_autograd``; the ``torch`` and ``naive`` backends are plain PyTorch, differentiated by
+autograd itself.
+
+The fused ops see the normalized dimensions flattened into one (``(..., N)``, a view when the strides
+allow) and the weight and bias as ``(N,)``; reshaping back is autograd's business.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import backends, reference
+
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------ input checks
+def _normalized_shape(op: str, normalized_shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+        return (normalized_shape,)
+    if isinstance(normalized_shape, (Sequence, torch.Size)) and not isinstance(normalized_shape, str):
+        shape = tuple(normalized_shape)
+        if all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape):
+            if not shape:
+                raise ValueError(f"{op}: normalized_shape must have at least one dimension, got ()")
+            return shape
+    raise TypeError(
+        f"{op}: normalized_shape must be an int or a sequence of non-negative ints, got {normalized_shape!r}"
+    )
+
+
+def _check_inputs(op, x, normalized_shape, weight, bias, residual, eps, residual_in_fp32) -> tuple[int, ...]:
+    """Raises a clear exception for inputs no backend could serve correctly; returns the
+    normalized shape as a tuple."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
+    shape = _normalized_shape(op, normalized_shape)
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
+        raise ValueError(
+            f"{op}: the trailing dimensions of x must equal normalized_shape {list(shape)}, "
+            f"got x of shape {list(x.shape)}"
+        )
+    for name, tensor, expected in (
+        ("weight", weight, shape),
+        ("bias", bias, shape),
+        ("residual", residual, tuple(x.shape)),
+    ):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {tensor.dtype}")
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{op}: {name} must have shape {list(expected)}, got {list(tensor.shape)}")
+        if tensor.device != x.device:
+            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {tensor.device}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__}")
+    if not math.isfinite(eps):
+        raise ValueError(f"{op}: eps must be a finite number, got {eps!r}")
+    if not isinstance(residual_in_fp32, bool):
+        raise TypeError(f"{op}: residual_in_fp32 must be a bool, got {residual_in_fp32!r}")
+    return shape
+
+
+def _backend_reasons(name, x, shape, weight, bias, residual) -> list[str]:
+    """Why backend ``name`` cannot serve this norm call (empty: it can)."""
+    reasons = backends.device_reasons(name, x.device)
+    if name in ("cuda", "triton"):
+        for label, tensor in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+            if tensor is not None and tensor.dtype not in FUSED_DTYPES:
+                reasons.append(f"{label} dtype {tensor.dtype} is not supported (float16, bfloat16, float32)")
+        if math.prod(shape) == 0:
+            reasons.append("normalized_shape has no elements")
+    if name == "cuda":
+        reasons.append("the CUDA norm kernels are not part of this build")
+    return reasons
+
+
+def _residual_dtype(x_dtype: torch.dtype, residual_in_fp32: bool) -> torch.dtype:
+    """The dtype of the returned s = x + residual (that of ``fastattn.reference``)."""
+    return torch.float32 if residual_in_fp32 and x_dtype != torch.float64 else x_dtype
+
+
+# --------------------------------------------------------------------------- the Triton custom ops
+@torch.library.custom_op("fastattn::norm_fwd_triton", mutates_args=())
+def _norm_fwd_triton(
+    x: Tensor,
+    residual: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    rms: bool,
+    residual_in_fp32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x, residual: (..., N); weight, bias: (N,). Returns (y, s, mean, rstd); s is empty without a
+    residual, mean is empty for RMSNorm (see ``fastattn.kernels.layer_norm.norm_fwd``)."""
+    from ..kernels import layer_norm as kernels  # imported on first use: triton reads TRITON_INTERPRET then
+
+    return kernels.norm_fwd(x, residual, weight, bias, eps, rms=rms, residual_in_fp32=residual_in_fp32)
+
+
+@_norm_fwd_triton.register_fake
+def _(x, residual, weight, bias, eps, rms, residual_in_fp32):
+    y = x.new_empty(x.shape)
+    s = x.new_empty((0,))
+    if residual is not None:
+        s = x.new_empty(x.shape, dtype=_residual_dtype(x.dtype, residual_in_fp32))
+    mean = x.new_empty((0,) if rms else x.shape[:-1], dtype=torch.float32)
+    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return y, s, mean, rstd
+
+
+@torch.library.custom_op("fastattn::norm_bwd_triton", mutates_args=())
+def _norm_bwd_triton(
+    dy: Tensor,
+    ds: Tensor | None,
+    x: Tensor,
+    residual: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    rms: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dx, dresidual, dw, db); dresidual is empty unless the residual's dtype differs from
+    x's (it equals dx), dw/db are empty without weight/bias."""
+    from ..kernels import layer_norm as kernels
+
+    return kernels.norm_bwd(dy, ds, x, residual, weight, bias, mean, rstd, rms=rms)
+
+
+@_norm_bwd_triton.register_fake
+def _(dy, ds, x, residual, weight, bias, mean, rstd, rms):
+    separate = residual is not None and residual.dtype != x.dtype
+    dx = x.new_empty(x.shape)
+    dr = residual.new_empty(residual.shape) if separate else x.new_empty((0,))
+    dw = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,))
+    db = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
+    return dx, dr, dw, db
+
+
+def _norm_setup_context(ctx, inputs, output):
+    x, residual, weight, bias, eps, rms, residual_in_fp32 = inputs
+    _, _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    # The backward recomputes s = x + residual in float32 (exactly the forward's unrounded sum).
+    ctx.save_for_backward(x, residual, weight, bias, mean, rstd)
+    ctx.rms = rms
+    # Unused outputs (s, often) then get None instead of a tensor of zeros.
+    ctx.set_materialize_grads(False)
+
+
+def _norm_backward(ctx, dy, ds, dmean, drstd):
+    x, residual, weight, bias, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(x)
+    dx, dresidual, dw, db = _norm_bwd_triton(
+        dy, ds if residual is not None else None, x, residual, weight, bias, mean, rstd, ctx.rms
+    )
+    if residual is None:
+        dresidual = None
+    elif residual.dtype == x.dtype:
+        dresidual = dx  # the same values in the same dtype: one tensor for both
+    return (
+        dx,
+        dresidual,
+        dw if weight is not None else None,
+        db if bias is not None else None,
+        None,
+        None,
+        None,
+    )
+
+
+_norm_fwd_triton.register_autograd(_norm_backward, setup_context=_norm_setup_context)
+
+
+# ------------------------------------------------------------------------- the backends, as calls
+def _norm_triton(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
+    n = math.prod(shape)
+    rows = x.shape[: x.dim() - len(shape)] + (n,)  # (..., N)
+    y, s, _, _ = _norm_fwd_triton(
+        x.reshape(rows),
+        residual.reshape(rows) if residual is not None else None,
+        weight.reshape(n) if weight is not None else None,
+        bias.reshape(n) if bias is not None else None,
+        float(eps),
+        rms,
+        residual_in_fp32,
+    )
+    y = y.reshape(x.shape)
+    return y if residual is None else (y, s.reshape(x.shape))
+
+
+def _norm_torch(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
+    """``torch.nn.functional.layer_norm`` / ``rms_norm``, fed so the results have the contract's
+    dtypes: with a residual, s is formed and normalized in float32 (the rounded s is only returned);
+    mixed parameter dtypes are computed in float32; y is returned in x's dtype."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stored = None
+    if residual is not None:
+        x_in = x.to(compute) + residual.to(compute)
+        stored = x_in.to(_residual_dtype(x.dtype, residual_in_fp32))
+    else:
+        x_in = x
+    if any(t is not None and t.dtype != x_in.dtype for t in (weight, bias)):
+        x_in = x_in.to(compute)
+        weight = weight.to(compute) if weight is not None else None
+        bias = bias.to(compute) if bias is not None else None
+    if rms:
+        y = F.rms_norm(x_in, shape, weight, eps)
+    else:
+        y = F.layer_norm(x_in, shape, weight, bias, eps)
+    y = y.to(x.dtype)
+    return y if residual is None else (y, stored)
+
+
+def _norm_naive(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
+    options = dict(residual=residual, residual_in_fp32=residual_in_fp32)
+    if rms:
+        return reference.rms_norm(x, shape, weight, eps, **options)
+    return reference.layer_norm(x, shape, weight, bias, eps, **options)
+
+
+_IMPLEMENTATIONS = {"triton": _norm_triton, "torch": _norm_torch, "naive": _norm_naive}
+
+
+def _norm(op, x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms):
+    shape = _check_inputs(op, x, normalized_shape, weight, bias, residual, eps, residual_in_fp32)
+    name = backends.select(
+        op, backend, lambda candidate: _backend_reasons(candidate, x, shape, weight, bias, residual)
+    )
+    return _IMPLEMENTATIONS[name](x, shape, weight, bias, eps, residual, residual_in_fp32, rms)
+
+
+# ------------------------------------------------------------------------------ the functional API
+def layer_norm(
+    x: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    residual: Tensor | None = None,
+    residual_in_fp32: bool = False,
+    backend: str = "auto",
+):
+    """Layer normalization over the trailing ``normalized_shape``, fused with an optional residual add.
+
+    With ``s = x + residual`` (or ``s = x``), per row of the trailing ``N = prod(normalized_shape)``
+    elements::
+
+        y = (s - mean(s)) / sqrt(var(s) + eps) * weight + bias       (var: biased, divide by N)
+
+    the "Add & Norm" of a Transformer in one pass when ``residual`` is given.
+
+    Args:
+        x: ``(..., *normalized_shape)``, float16, bfloat16 or float32 on the fused backends (any float
+            dtype on ``torch``/``naive``). Any strides; rows whose last dimension is contiguous are
+            read in place.
+        normalized_shape: an int or a sequence of ints: the trailing dimensions to normalize over.
+            Any size from 1 up (65,536 and beyond).
+        weight, bias: ``normalized_shape``, or None; in x's dtype or float32 (any of fp16/bf16/fp32 on
+            the fused backends).
+        eps: added to the variance.
+        residual: x's shape, or None. When given, ``s = x + residual`` is formed in float32 and
+            normalized, and ``(y, s)`` is returned.
+        residual_in_fp32: return ``s`` in float32 instead of x's dtype.
+        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or ``"naive"`` (see
+            :mod:`fastattn.backends`).
+
+    Returns:
+        ``y`` (x's shape and dtype), or ``(y, s)`` with a residual. Statistics are float32;
+        differentiable in x, residual, weight and bias; the fused backends reduce dW/dB
+        deterministically (bitwise identical run to run).
+    """
+    return _norm(
+        "layer_norm", x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms=False
+    )
+
+
+def rms_norm(
+    x: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    eps: float | None = 1e-6,
+    *,
+    residual: Tensor | None = None,
+    residual_in_fp32: bool = False,
+    backend: str = "auto",
+):
+    """Root-mean-square normalization over the trailing ``normalized_shape``, fused with an optional
+    residual add.
+
+    With ``s = x + residual`` (or ``s = x``), per row of the trailing ``N = prod(normalized_shape)``
+    elements::
+
+        y = s / sqrt(mean(s²) + eps) * weight
+
+    Args:
+        x: ``(..., *normalized_shape)``, float16, bfloat16 or float32 on the fused backends (any float
+            dtype on ``torch``/``naive``). Any strides; rows whose last dimension is contiguous are
+            read in place.
+        normalized_shape: an int or a sequence of ints: the trailing dimensions to normalize over.
+            Any size from 1 up (65,536 and beyond).
+        weight: ``normalized_shape``, or None; in x's dtype or float32.
+        eps: added to the mean square; None means ``torch.finfo(x.dtype).eps``, as in
+            ``torch.nn.functional.rms_norm``.
+        residual: x's shape, or None. When given, ``s = x + residual`` is formed in float32 and
+            normalized, and ``(y, s)`` is returned.
+        residual_in_fp32: return ``s`` in float32 instead of x's dtype.
+        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or ``"naive"`` (see
+            :mod:`fastattn.backends`).
+
+    Returns:
+        ``y`` (x's shape and dtype), or ``(y, s)`` with a residual. Statistics are float32;
+        differentiable in x, residual and weight; the fused backends reduce dW deterministically.
+    """
+    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
+        eps = torch.finfo(x.dtype).eps
+    return _norm(
+        "rms_norm", x, normalized_shape, weight, None, eps, residual, residual_in_fp32, backend, rms=True
+    )
