@@ -6,9 +6,12 @@
 See ``fastattn.backends`` for how a backend is chosen, and ``python -m fastattn --help``.
 """
 
-from . import backends, reference
+from . import backends, nn, reference
 from .backends import available_backends, use_backend
 from .ops.attention import attention, scaled_dot_product_attention
+from .ops.norm import layer_norm, rms_norm
+from .ops.sampling import sample
+from .patch import patch
 
 __version__ = "0.1.0"
 
@@ -16,7 +19,12 @@ __all__ = [
     "attention",
     "available_backends",
     "backends",
+    "layer_norm",
+    "nn",
+    "patch",
     "reference",
+    "rms_norm",
+    "sample",
     "scaled_dot_product_attention",
     "use_backend",
 ]

@@ -58,19 +58,36 @@ def _import_error(module: str) -> str | None:
 
 def platform_reasons(name: str) -> list[str]:
     """Why backend ``name`` cannot run on this machine at all (empty when it can)."""
+    return list(_platform_reasons(name, triton_interpreting()))
+
+
+_platform_reasons_found: dict[tuple[str, bool], tuple[str, ...]] = {}
+
+
+@torch.compiler.assume_constant_result  # torch.compile calls it eagerly and keeps the answer as a constant
+def _platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
+    # Asked on every op call: worked out once per name (and TRITON_INTERPRET setting), as the imports
+    # and torch.cuda.is_available() do not change within a process; uncached, this took 1-4 µs a call.
+    key = (name, interpreting)
+    if key not in _platform_reasons_found:
+        _platform_reasons_found[key] = _find_platform_reasons(name, interpreting)
+    return _platform_reasons_found[key]
+
+
+def _find_platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
     if name == "cuda":
         error = _import_error("fastattn._C")
         if error is not None:
-            return [f"extension not built: {error}"]
+            return (f"extension not built: {error}",)
         if not torch.cuda.is_available():
-            return ["no CUDA GPU is available"]
+            return ("no CUDA GPU is available",)
     elif name == "triton":
         error = _import_error("triton")
         if error is not None:
-            return [f"triton cannot be imported: {error}"]
-        if not torch.cuda.is_available() and not triton_interpreting():
-            return ["no CUDA GPU is available (set TRITON_INTERPRET=1 to run the kernels on the CPU)"]
-    return []
+            return (f"triton cannot be imported: {error}",)
+        if not torch.cuda.is_available() and not interpreting:
+            return ("no CUDA GPU is available (set TRITON_INTERPRET=1 to run the kernels on the CPU)",)
+    return ()
 
 
 def device_reasons(name: str, device: torch.device) -> list[str]:

@@ -17,6 +17,9 @@ from torch import Tensor
 from .. import backends, reference
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Torch's function, bound once: fastattn.patch.sdpa() may rebind the name in torch.nn.functional to
+# ours, and our fallbacks must still reach torch's.
+_torch_sdpa = F.scaled_dot_product_attention
 MAX_FUSED_HEAD_DIM = 256
 
 
@@ -170,7 +173,7 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
         mask = reference.attention_visibility(
             q.shape[0], nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device
         )
-    out = F.scaled_dot_product_attention(
+    out = _torch_sdpa(
         q,
         k,
         v,
@@ -299,7 +302,7 @@ def scaled_dot_product_attention(
     also raises torch's own errors for inputs it rejects."""
 
     def torch_sdpa():
-        return F.scaled_dot_product_attention(
+        return _torch_sdpa(
             query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
             enable_gqa=enable_gqa,
         )

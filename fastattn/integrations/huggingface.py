@@ -1,0 +1,213 @@
+"""Hugging Face transformers on fastattn: ``attn_implementation="fastattn"`` and norm swaps.
+
+    import fastattn.integrations.huggingface as fastattn_hf     # registers "fastattn" with transformers
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="fastattn")
+    fastattn_hf.patch(model)       # and swap the norms; or patch() an already loaded model for both
+
+Importing this module registers :func:`attention_forward` with transformers' ``AttentionInterface``
+under the name ``"fastattn"``, and transformers' SDPA mask builder with ``AttentionMaskInterface``
+under the same name, so a ``"fastattn"`` model gets the masks an ``"sdpa"`` model gets: ``None``
+whenever a plain causal (or full) pattern with no padding is all there is, else a 4-D bool mask
+(``True`` = attend). Without a mask builder transformers would hand over no mask at all, and
+padding would be silently ignored.
+
+How a call is served:
+
+- no mask: :func:`fastattn.attention`, causal when the module is causal and there is more than one
+  query (transformers' own rule for SDPA);
+- a bool mask that is key padding, with or without a bottom-right causal pattern (what a padded
+  batch gives): :func:`fastattn.attention` with ``key_padding_mask`` and ``causal``. A ``(B, 1, 1,
+  Nk)`` mask (a decode step) is key padding by its shape; a full ``(B, 1, Nq, Nk)`` one is compared
+  on the device with the two patterns (a synchronization); under ``torch.compile`` it is not read
+  and goes to :func:`fastattn.scaled_dot_product_attention`;
+- any other mask (sliding windows, float masks, ...): :func:`fastattn.scaled_dot_product_attention`,
+  which serves key-padding-shaped masks itself and hands the rest to torch.
+
+GQA runs natively (key/value heads are never repeated). The backend follows ``backend="auto"``
+(:func:`fastattn.use_backend`, ``FASTATTN_BACKEND``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
+from transformers.masking_utils import sdpa_mask
+
+from .. import reference
+from ..nn import RMSNorm
+from ..ops.attention import attention, scaled_dot_product_attention
+from ..patch import replacement_for, swap_modules
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATION = "fastattn"  # the attn_implementation name
+_UNSUPPORTED = {
+    "softcap": "logit soft-capping",
+    "s_aux": "attention sinks",
+    "position_bias": "an additive position bias",
+    "cache": "a paged cache (continuous batching)",
+}
+
+
+def attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[Tensor, None]:
+    """transformers' attention-function contract on fastattn.
+
+    Args:
+        module: the calling attention module (its ``is_causal`` is read when ``is_causal`` is None).
+        query: ``(B, Hq, Nq, D)``; key, value: ``(B, Hkv, Nk, D)`` with ``Hq % Hkv == 0``.
+        attention_mask: None, or a 4-D mask broadcastable to ``(B, 1 or Hq, Nq, Nk)`` (bool: True =
+            attend; float: added to the scores).
+        dropout: on the attention probabilities (transformers passes 0 in evaluation).
+        scaling: multiplies ``q·k``; None: ``D ** -0.5``.
+
+    Returns:
+        ``(attn_output, None)``, ``attn_output`` of shape ``(B, Nq, Hq, D)``, contiguous; attention
+        weights are never formed.
+    """
+    for name, feature in _UNSUPPORTED.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"attn_implementation={IMPLEMENTATION!r} does not support {feature} ({name}); use 'eager'"
+            )
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(causal) and attention_mask is None and q_len > 1
+    if causal and kv_len > q_len:
+        # Prefill into an empty static cache: the keys past the queries are unused slots (transformers'
+        # SDPA path crops them the same way); then bottom-right and top-left causal agree.
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    if attention_mask is None:
+        structure = (causal, None)
+    elif torch.compiler.is_compiling():
+        structure = None  # reading the mask would be a data-dependent branch: torch.compile cannot trace it
+    else:
+        structure = _causal_key_padding(attention_mask, query.shape[0], q_len, kv_len)
+    if structure is not None:
+        causal, keys_taking_part = structure
+        out = attention(
+            query, key, value, causal=causal, key_padding_mask=keys_taking_part, scale=scaling,
+            dropout_p=dropout,
+        )
+    else:
+        out = scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
+    return out.transpose(1, 2).contiguous(), None  # (B, Nq, Hq, D)
+
+
+def _causal_key_padding(mask: Tensor, batch: int, q_len: int, kv_len: int) -> tuple[bool, Tensor] | None:
+    """``(causal, keys_taking_part)`` when the bool ``mask`` is exactly key padding, alone or with
+    the bottom-right causal pattern (``keys_taking_part``: bool ``(B, Nk)``); None otherwise."""
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[3] != kv_len:
+        return None
+    if mask.shape[0] not in (1, batch) or mask.shape[2] not in (1, q_len):
+        return None
+    if mask.shape[2] == 1:  # one row for every query (a decode step): key padding, nothing to read
+        return False, mask[:, 0, 0, :].expand(batch, kv_len).contiguous()
+    mask = mask.expand(batch, 1, q_len, kv_len)
+    # The last query sees every key that takes part, under either pattern.
+    keys_taking_part = mask[:, 0, -1, :].contiguous()
+    for causal in (False, True):
+        pattern = reference.attention_visibility(
+            batch, q_len, kv_len, causal=causal, key_padding_mask=keys_taking_part, device=mask.device
+        )
+        if torch.equal(mask, pattern):
+            return causal, keys_taking_part
+    return None
+
+
+def register() -> None:
+    """Registers ``attn_implementation="fastattn"`` (the attention function and its mask builder)
+    with transformers; done on import, harmless to repeat."""
+    AttentionInterface.register(IMPLEMENTATION, attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+# ------------------------------------------------------------------------------------------ norms
+_RMS_NORM_CLASS_VERDICTS: dict[type, bool] = {}
+
+
+def _computes_rms_norm(module: nn.Module, eps: float) -> bool:
+    """Whether ``module``'s forward is ``x / sqrt(mean(x²) + eps) · weight``, checked on a copy with
+    random weights against ``fastattn.reference.rms_norm`` (so that, say, Gemma's ``(1 + weight)``
+    variant is told apart)."""
+    generator = torch.Generator().manual_seed(0)
+    probe = copy.deepcopy(module).to_empty(device="cpu").float()
+    hidden = probe.weight.shape[0]
+    with torch.no_grad():
+        probe.weight.copy_(torch.randn(hidden, generator=generator))
+        x = torch.randn(3, hidden, generator=generator)
+        expected = reference.rms_norm(x.double(), (hidden,), probe.weight.double(), eps)
+        try:
+            got = probe(x)
+        except Exception as error:  # an unusual forward signature: not a plain RMSNorm
+            logger.debug("%s is not swapped: its forward raised %r on a probe", type(module).__name__, error)
+            return False
+    if not isinstance(got, Tensor) or got.shape != x.shape:
+        return False
+    return torch.allclose(got.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _rms_norm_replacement(module: nn.Module) -> RMSNorm | None:
+    """A :class:`fastattn.nn.RMSNorm` for a transformers RMSNorm class (``LlamaRMSNorm`` and its
+    many copies: a class named ``*RMSNorm`` whose only parameter is a 1-D ``weight``, with
+    ``variance_epsilon`` or ``eps``, computing the plain RMSNorm), else None."""
+    kind = type(module)
+    if not kind.__name__.endswith("RMSNorm") or isinstance(module, nn.RMSNorm):
+        return None
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 1:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return None
+    if len(list(module.parameters())) != 1 or len(list(module.buffers())) != 0:
+        return None
+    if kind not in _RMS_NORM_CLASS_VERDICTS:
+        _RMS_NORM_CLASS_VERDICTS[kind] = _computes_rms_norm(module, float(eps))
+    if not _RMS_NORM_CLASS_VERDICTS[kind]:
+        return None
+    return RMSNorm(weight.shape[0], eps=float(eps), device="meta")
+
+
+def _replacement(module: nn.Module, *, attention: bool, norm: bool) -> nn.Module | None:
+    torch_module = replacement_for(module, attention=attention, norm=norm)
+    if torch_module is not None or not norm:
+        return torch_module
+    return _rms_norm_replacement(module)
+
+
+def patch(model: nn.Module, *, attention: bool = True, norm: bool = True) -> nn.Module:
+    """Puts a transformers model on fastattn, in place.
+
+    - ``attention=True``: the model (a ``PreTrainedModel``) and its sub-models get
+      ``attn_implementation="fastattn"`` (``set_attn_implementation``), and ``nn.MultiheadAttention``
+      modules are swapped as by :func:`fastattn.patch`;
+    - ``norm=True``: ``nn.LayerNorm`` / ``nn.RMSNorm`` (GPT-2, BERT, ...) become fastattn's, and so do
+      transformers' RMSNorm classes that compute the plain RMSNorm (``LlamaRMSNorm``, ``Qwen2RMSNorm``,
+      ``MistralRMSNorm``, ...: same ``weight`` and ``eps``); others (e.g. Gemma's ``1 + weight``) stay.
+
+    Returns the model; the names of swapped modules are appended to ``model.fastattn_replaced`` and
+    logged, as by :func:`fastattn.patch`.
+    """
+    if attention and isinstance(model, PreTrainedModel):
+        model.set_attn_implementation(IMPLEMENTATION)  # and its sub-models'
+    return swap_modules(model, lambda module: _replacement(module, attention=attention, norm=norm))
+
+
+register()

@@ -1,0 +1,233 @@
+"""attn_implementation="fastattn" and norm swaps on Hugging Face transformers models (GPT-2, BERT, a
+Llama with GQA), built from small configs with random weights (nothing is downloaded)."""
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (fastattn[hf])")
+
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
+from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function  # noqa: E402
+
+import fastattn  # noqa: E402
+import fastattn.integrations.huggingface as fastattn_hf  # noqa: E402
+from fastattn.ops import attention as attention_ops  # noqa: E402
+from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference  # noqa: E402
+
+VOCAB, BATCH, SEQ = 101, 2, 9
+
+
+def gpt2_config():
+    return transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+
+
+def bert_config():
+    return transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+
+
+def llama_config():
+    """GQA (4 query heads, 2 key/value heads) and LlamaRMSNorm."""
+    return transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )
+
+
+MODELS = {
+    "gpt2": (gpt2_config, transformers.AutoModelForCausalLM),
+    "bert": (bert_config, transformers.AutoModelForMaskedLM),
+    "llama": (llama_config, transformers.AutoModelForCausalLM),
+}
+
+
+def eager_and_fastattn(name):
+    """The eager model and a copy on fastattn (attn_implementation="fastattn" at construction, norms
+    swapped by fastattn.integrations.huggingface.patch), with the same random weights."""
+    make_config, auto = MODELS[name]
+    eager = auto.from_config(make_config(), attn_implementation="eager").eval()
+    ours = auto.from_config(make_config(), attn_implementation="fastattn").eval()
+    ours.load_state_dict(eager.state_dict())
+    return eager, fastattn_hf.patch(ours, attention=False)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The backends fastattn.attention ran, one entry per call."""
+    calls = []
+    for backend, implementation in list(attention_ops._IMPLEMENTATIONS.items()):
+        def counting(*args, _backend=backend, _implementation=implementation):
+            calls.append(_backend)
+            return _implementation(*args)
+        monkeypatch.setitem(attention_ops._IMPLEMENTATIONS, backend, counting)
+    return calls
+
+
+def padding_mask(kind):
+    """transformers' 2-D attention_mask (1 = token, 0 = padding)."""
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    if kind == "right":
+        mask[1, -3:] = 0
+    elif kind == "left":
+        mask[1, :3] = 0
+    return mask
+
+
+# ------------------------------------------------------------------------------------- logits
+@pytest.mark.parametrize("padding", ["none", "right"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_logits_match_eager(name, padding, kernel_calls):
+    """Right padding: the float64 eager model turns fully masked rows (left padding) into NaN, which
+    then reaches every position of the sequence; fastattn is checked on left padding in generate."""
+    eager, ours = eager_and_fastattn(name)
+    norm_class = fastattn.nn.RMSNorm if name == "llama" else fastattn.nn.LayerNorm
+    assert ours.fastattn_replaced and all(
+        isinstance(ours.get_submodule(n), norm_class) for n in ours.fastattn_replaced
+    )
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = padding_mask(padding)
+    with torch.no_grad():
+        ref = copy.deepcopy(eager).double()(ids, attention_mask=mask).logits
+        plain = eager(ids, attention_mask=mask).logits
+        out = ours(ids, attention_mask=mask).logits
+    assert len(kernel_calls) == 2, "each of the 2 layers should run fastattn.attention once"
+    tokens = mask.bool()  # logits at padded positions are meaningless
+    assert_close_to_reference(f"{name} logits", out[tokens], ref[tokens], plain[tokens],
+                              factor=FORWARD_FACTOR)
+
+
+def test_llama_training_gradients_match_eager():
+    eager, ours = eager_and_fastattn("llama")
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = padding_mask("right")
+    grads = {}
+    for label, model in (("ref", copy.deepcopy(eager).double()), ("plain", eager), ("ours", ours)):
+        model.train()(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        grads[label] = {n: p.grad for n, p in model.named_parameters()}
+    for n in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+              "model.layers.1.self_attn.v_proj.weight", "model.layers.0.input_layernorm.weight",
+              "model.norm.weight"):
+        assert_close_to_reference(f"d {n}", grads["ours"][n], grads["ref"][n], grads["plain"][n],
+                                  factor=GRADIENT_FACTOR)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_generate_matches_eager(name, kernel_calls):
+    eager, ours = eager_and_fastattn(name)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = padding_mask("left")
+    options = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = eager.generate(ids, **options)
+        got = ours.generate(ids, **options)
+    assert got.shape == (BATCH, SEQ + 4)
+    assert torch.equal(got, expected)
+    assert kernel_calls
+
+
+# ------------------------------------------------------------------------------- patch() and norms
+class OffsetRMSNorm(torch.nn.Module):
+    """Gemma's variant, ``(1 + weight)``: named like an RMSNorm but not one fastattn's can replace."""
+
+    def __init__(self, hidden, eps=1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(hidden))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1 + self.weight)
+
+
+def test_patch_sets_the_implementation_and_swaps_plain_rms_norms_only():
+    make_config, auto = MODELS["llama"]
+    model = auto.from_config(make_config(), attn_implementation="eager")
+    model.model.extra_norm = OffsetRMSNorm(64)
+    final_norm = model.model.norm
+    assert fastattn_hf.patch(model) is model
+    assert model.config._attn_implementation == "fastattn"
+    assert type(model.model.norm) is fastattn.nn.RMSNorm
+    assert model.model.norm.weight is final_norm.weight
+    assert model.model.norm.eps == final_norm.variance_epsilon
+    assert type(model.model.extra_norm) is OffsetRMSNorm
+    assert "model.norm" in model.fastattn_replaced and "model.extra_norm" not in model.fastattn_replaced
+    assert "fastattn" in transformers.AttentionInterface._global_mapping
+
+
+# --------------------------------------------------------------------- the attention function itself
+class AttentionStub(torch.nn.Module):
+    def __init__(self, is_causal, groups):
+        super().__init__()
+        self.is_causal, self.num_key_value_groups = is_causal, groups
+
+
+def hf_mask(kind, q_len, kv_len):
+    """A mask as transformers' SDPA mask builder makes it (None where it would skip it)."""
+    padding = torch.ones(BATCH, kv_len, dtype=torch.bool)
+    padding[1, :2] = False
+    common = dict(q_offset=kv_len - q_len, attention_mask=padding, allow_is_causal_skip=False)
+    if kind == "none":
+        return None
+    if kind == "causal + padding":
+        return sdpa_mask(BATCH, q_len, kv_len, **common)
+    if kind == "sliding window":
+        return sdpa_mask(BATCH, q_len, kv_len, mask_function=sliding_window_causal_mask_function(3), **common)
+    if kind == "float":
+        return torch.randn(BATCH, 1, q_len, kv_len)
+    raise ValueError(kind)
+
+
+CASES = {
+    # (mask kind, q_len, kv_len, fused?)
+    "prefill, causal": ("none", 7, 7, True),
+    "decode, padding": ("causal + padding", 1, 8, True),
+    "prefill, causal + padding": ("causal + padding", 7, 7, True),
+    "chunk after cache, causal + padding": ("causal + padding", 3, 8, True),
+    "static-cache prefill (unused slots cropped)": ("none", 5, 8, True),
+    "sliding window (torch)": ("sliding window", 7, 7, False),
+    "float mask (torch)": ("float", 7, 7, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_attention_forward_matches_transformers_sdpa(case, kernel_calls):
+    kind, q_len, kv_len, fused = CASES[case]
+    module = AttentionStub(is_causal=True, groups=2)
+    q = torch.randn(BATCH, 4, q_len, 16)
+    k, v = torch.randn(BATCH, 2, kv_len, 16), torch.randn(BATCH, 2, kv_len, 16)
+    mask = hf_mask(kind, q_len, kv_len)
+    as64 = None if mask is None else mask.double() if mask.is_floating_point() else mask
+    ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), as64, scaling=0.3)
+    plain, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    out, weights = fastattn_hf.attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert weights is None and out.is_contiguous() and out.shape == (BATCH, q_len, 4, 16)
+    assert bool(kernel_calls) == fused, "took the fused path" if not fused else "fell back to torch"
+    if kind == "causal + padding":
+        # transformers' SDPA leaves rows that see no key to torch (zeros); both agree on them too.
+        assert not torch.isnan(out).any()
+    assert_close_to_reference(case, out, ref, plain, factor=FORWARD_FACTOR)
+
+
+def test_attention_forward_passes_dropout_through():
+    module = AttentionStub(is_causal=False, groups=1)
+    q, k, v = (torch.randn(BATCH, 2, 6, 8) for _ in range(3))
+    torch.manual_seed(5)
+    out, _ = fastattn_hf.attention_forward(module, q, k, v, None, dropout=0.4)
+    torch.manual_seed(5)
+    expected = fastattn.attention(q, k, v, dropout_p=0.4)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=0, atol=0)
+
+
+def test_unsupported_features_raise():
+    module = AttentionStub(is_causal=True, groups=1)
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="soft-capping"):
+        fastattn_hf.attention_forward(module, q, q, q, None, softcap=30.0)
