@@ -40,6 +40,17 @@ def _normalized_shape(op: str, normalized_shape) -> tuple[int, ...]:
     )
 
 
+def _check_operand(op, name, tensor, expected, device) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {tensor.dtype}")
+    if tensor.shape != expected:
+        raise ValueError(f"{op}: {name} must have shape {list(expected)}, got {list(tensor.shape)}")
+    if tensor.device != device:
+        raise ValueError(f"{op}: {name} must be on x's device {device}, got {tensor.device}")
+
+
 def _check_inputs(op, x, normalized_shape, weight, bias, residual, eps, residual_in_fp32) -> tuple[int, ...]:
     """Raises a clear exception for inputs no backend could serve correctly; returns the
     normalized shape as a tuple."""
@@ -48,26 +59,14 @@ def _check_inputs(op, x, normalized_shape, weight, bias, residual, eps, residual
     if not x.is_floating_point():
         raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
     shape = _normalized_shape(op, normalized_shape)
-    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
+    if x.shape[x.dim() - len(shape) :] != shape or x.dim() < len(shape):
         raise ValueError(
             f"{op}: the trailing dimensions of x must equal normalized_shape {list(shape)}, "
             f"got x of shape {list(x.shape)}"
         )
-    for name, tensor, expected in (
-        ("weight", weight, shape),
-        ("bias", bias, shape),
-        ("residual", residual, tuple(x.shape)),
-    ):
-        if tensor is None:
-            continue
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(tensor).__name__}")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {tensor.dtype}")
-        if tuple(tensor.shape) != expected:
-            raise ValueError(f"{op}: {name} must have shape {list(expected)}, got {list(tensor.shape)}")
-        if tensor.device != x.device:
-            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {tensor.device}")
+    for name, tensor, expected in (("weight", weight, shape), ("bias", bias, shape), ("residual", residual, x.shape)):
+        if tensor is not None:
+            _check_operand(op, name, tensor, expected, x.device)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__}")
     if not math.isfinite(eps):
@@ -86,8 +85,6 @@ def _backend_reasons(name, x, shape, weight, bias, residual) -> list[str]:
                 reasons.append(f"{label} dtype {tensor.dtype} is not supported (float16, bfloat16, float32)")
         if math.prod(shape) == 0:
             reasons.append("normalized_shape has no elements")
-    if name == "cuda":
-        reasons.append("the CUDA norm kernels are not part of this build")
     return reasons
 
 
@@ -190,11 +187,144 @@ def _norm_backward(ctx, dy, ds, dmean, drstd):
 _norm_fwd_triton.register_autograd(_norm_backward, setup_context=_norm_setup_context)
 
 
+# ----------------------------------------------------------------------------- the CUDA custom ops
+def _cuda_rows(t: Tensor | None, n: int) -> Tensor | None:
+    """``t`` as (rows, n) with a contiguous last dimension (a view when the strides allow)."""
+    if t is None:
+        return None
+    t = t.reshape(-1, n)
+    return t if n <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("fastattn::norm_fwd_cuda", mutates_args=())
+def _norm_fwd_cuda(
+    x: Tensor,
+    residual: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    rms: bool,
+    residual_in_fp32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The CUDA C++ kernels (csrc/norm) behind the Triton op's signature and outputs."""
+    from .. import _C
+
+    n = x.shape[-1]
+    y, s, mean, rstd = _C.norm_fwd(
+        _cuda_rows(x, n),
+        _cuda_rows(residual, n),
+        weight.contiguous() if weight is not None else None,
+        bias.contiguous() if bias is not None else None,
+        eps,
+        rms,
+        residual_in_fp32,
+    )
+    empty = x.new_empty((0,))
+    return (
+        y.reshape(x.shape),
+        s.reshape(x.shape) if s is not None else empty,
+        mean.reshape(x.shape[:-1]) if mean is not None else empty.float(),
+        rstd.reshape(x.shape[:-1]),
+    )
+
+
+@_norm_fwd_cuda.register_fake
+def _(x, residual, weight, bias, eps, rms, residual_in_fp32):
+    y = x.new_empty(x.shape)
+    s = x.new_empty((0,))
+    if residual is not None:
+        s = x.new_empty(x.shape, dtype=_residual_dtype(x.dtype, residual_in_fp32))
+    mean = x.new_empty((0,) if rms else x.shape[:-1], dtype=torch.float32)
+    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return y, s, mean, rstd
+
+
+@torch.library.custom_op("fastattn::norm_bwd_cuda", mutates_args=())
+def _norm_bwd_cuda(
+    dy: Tensor,
+    ds: Tensor | None,
+    x: Tensor,
+    residual: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    rms: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """As ``_norm_bwd_triton``; dW/dB are reduced in a fixed order (bitwise reproducible)."""
+    from .. import _C
+
+    n = x.shape[-1]
+    separate = residual is not None and residual.dtype != x.dtype
+    dx, dresidual, dw, db = _C.norm_bwd(
+        _cuda_rows(dy, n),
+        _cuda_rows(x, n),
+        _cuda_rows(residual, n),
+        weight.contiguous() if weight is not None else None,
+        bias.dtype if bias is not None else None,
+        None if rms else mean.reshape(-1).contiguous(),
+        rstd.reshape(-1).contiguous(),
+        _cuda_rows(ds, n),
+        rms,
+        separate,
+    )
+    empty = x.new_empty((0,))
+    return (
+        dx.reshape(x.shape),
+        dresidual.reshape(x.shape) if separate else empty,
+        dw if weight is not None else empty,
+        db if bias is not None else empty,
+    )
+
+
+@_norm_bwd_cuda.register_fake
+def _(dy, ds, x, residual, weight, bias, mean, rstd, rms):
+    separate = residual is not None and residual.dtype != x.dtype
+    dx = x.new_empty(x.shape)
+    dr = residual.new_empty(residual.shape) if separate else x.new_empty((0,))
+    dw = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,))
+    db = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
+    return dx, dr, dw, db
+
+
+def _norm_backward_cuda(ctx, dy, ds, dmean, drstd):
+    x, residual, weight, bias, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(x)
+    dx, dresidual, dw, db = _norm_bwd_cuda(
+        dy, ds if residual is not None else None, x, residual, weight, bias, mean, rstd, ctx.rms
+    )
+    if residual is None:
+        dresidual = None
+    elif residual.dtype == x.dtype:
+        dresidual = dx
+    return dx, dresidual, dw if weight is not None else None, db if bias is not None else None, None, None, None
+
+
+_norm_fwd_cuda.register_autograd(_norm_backward_cuda, setup_context=_norm_setup_context)
+
+
 # ------------------------------------------------------------------------- the backends, as calls
 def _norm_triton(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
     n = math.prod(shape)
     rows = x.shape[: x.dim() - len(shape)] + (n,)  # (..., N)
     y, s, _, _ = _norm_fwd_triton(
+        x.reshape(rows),
+        residual.reshape(rows) if residual is not None else None,
+        weight.reshape(n) if weight is not None else None,
+        bias.reshape(n) if bias is not None else None,
+        float(eps),
+        rms,
+        residual_in_fp32,
+    )
+    y = y.reshape(x.shape)
+    return y if residual is None else (y, s.reshape(x.shape))
+
+
+def _norm_cuda(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
+    n = math.prod(shape)
+    rows = x.shape[: x.dim() - len(shape)] + (n,)  # (..., N)
+    y, s, _, _ = _norm_fwd_cuda(
         x.reshape(rows),
         residual.reshape(rows) if residual is not None else None,
         weight.reshape(n) if weight is not None else None,
@@ -218,7 +348,7 @@ def _norm_torch(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
         stored = x_in.to(_residual_dtype(x.dtype, residual_in_fp32))
     else:
         x_in = x
-    if any(t is not None and t.dtype != x_in.dtype for t in (weight, bias)):
+    if (weight is not None and weight.dtype != x_in.dtype) or (bias is not None and bias.dtype != x_in.dtype):
         x_in = x_in.to(compute)
         weight = weight.to(compute) if weight is not None else None
         bias = bias.to(compute) if bias is not None else None
@@ -226,7 +356,8 @@ def _norm_torch(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
         y = F.rms_norm(x_in, shape, weight, eps)
     else:
         y = F.layer_norm(x_in, shape, weight, bias, eps)
-    y = y.to(x.dtype)
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
     return y if residual is None else (y, stored)
 
 
@@ -237,7 +368,7 @@ def _norm_naive(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
     return reference.layer_norm(x, shape, weight, bias, eps, **options)
 
 
-_IMPLEMENTATIONS = {"triton": _norm_triton, "torch": _norm_torch, "naive": _norm_naive}
+_IMPLEMENTATIONS = {"cuda": _norm_cuda, "triton": _norm_triton, "torch": _norm_torch, "naive": _norm_naive}
 
 
 def _norm(op, x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms):

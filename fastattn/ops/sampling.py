@@ -7,7 +7,8 @@ is not differentiable: no autograd is registered.
 
 Backends: ``triton`` (kernels/sampling.py: sort-free selection of the thresholds and Gumbel-max),
 ``torch`` (PyTorch has no fused sampling op: this is the sort-based reference itself,
-``fastattn.reference.sample``), ``naive`` (the reference), ``cuda`` (not built yet). Every backend draws
+``fastattn.reference.sample``), ``naive`` (the reference), ``cuda`` (csrc/sampling: the Triton kernel's
+algorithm in CUDA C++, also a custom op). Every backend draws
 the same Philox stream, so the same seed gives the same tokens on each of them.
 """
 
@@ -143,8 +144,6 @@ def _backend_reasons(name: str, logits: Tensor) -> list[str]:
             reasons.append(f"dtype {logits.dtype} is not supported (float16, bfloat16, float32)")
         if logits.shape[-1] > MAX_FUSED_VOCAB:
             reasons.append(f"vocabulary size {logits.shape[-1]} is larger than {MAX_FUSED_VOCAB}")
-    if name == "cuda":
-        reasons.append("the CUDA sampling kernel is not part of this build")
     return reasons
 
 
@@ -172,16 +171,50 @@ def _(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
     return tokens, logits.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
 
 
+# ------------------------------------------------------------------------------ the CUDA custom op
+@torch.library.custom_op("fastattn::sample_cuda", mutates_args=())
+def _sample_cuda(
+    logits: Tensor,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    seeds: Tensor,
+    return_logprobs: bool,
+) -> tuple[Tensor, Tensor]:
+    """The CUDA C++ kernel (csrc/sampling): the Triton kernel's thresholds and random stream, so the
+    same seeds give the same tokens."""
+    from .. import _C
+
+    if logits.shape[-1] > 1 and logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    tokens, logprobs, _ = _C.sample(logits, temperature, top_k, top_p, min_p, seeds, True, return_logprobs, False)
+    return tokens, logprobs
+
+
+@_sample_cuda.register_fake
+def _(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
+    batch = logits.shape[0]
+    tokens = logits.new_empty((batch,), dtype=torch.int64)
+    return tokens, logits.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
+
+
 # ------------------------------------------------------------------------- the backends, as calls
 def _sample_reference(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
-    return reference.sample(
+    drawn = reference.sample(
         logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seeds,
-        return_logprobs=True,
+        return_logprobs=return_logprobs,
     )
+    return drawn if return_logprobs else (drawn, None)
 
 
 # torch has no fused sampling op: its backend is the sort-based reference (same stream, same tokens).
-_IMPLEMENTATIONS = {"triton": _sample_triton, "torch": _sample_reference, "naive": _sample_reference}
+_IMPLEMENTATIONS = {
+    "cuda": _sample_cuda,
+    "triton": _sample_triton,
+    "torch": _sample_reference,
+    "naive": _sample_reference,
+}
 
 
 # ------------------------------------------------------------------------------ the functional API
@@ -247,5 +280,6 @@ def sample(
     name = backends.select("sample", backend, lambda candidate: _backend_reasons(candidate, rows))
     tokens, logprobs = _IMPLEMENTATIONS[name](rows, *params, seeds, bool(return_logprobs))
     if logits.dim() == 1:
-        tokens, logprobs = tokens.squeeze(0), logprobs.squeeze(0)
+        tokens = tokens.squeeze(0)
+        logprobs = logprobs.squeeze(0) if return_logprobs else logprobs
     return (tokens, logprobs) if return_logprobs else tokens
