@@ -8,7 +8,6 @@ kernels run in Triton's interpreter, so shapes stay small; ``slow`` cases (large
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -17,9 +16,10 @@ from fastattn.kernels import attention as kernels
 
 import fastattn
 from fastattn import reference
+from fastattn.ops import attention as attention_ops
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 
-BACKENDS = ["triton"]
+BACKENDS = ["cuda", "triton"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -32,16 +32,15 @@ def backend(request, device) -> str:
 
 @pytest.fixture
 def dropout_seeds(monkeypatch) -> list[int]:
-    """Records the seed of every forward launch, to rebuild the kernels' dropout mask."""
+    """Records the dropout seed of every call of the fused backends, to rebuild their dropout mask."""
     seeds: list[int] = []
-    launch = kernels.attention_fwd
-    signature = inspect.signature(launch)
+    draw = attention_ops._dropout_seed
 
-    def recording(*args, **kwargs):
-        seeds.append(signature.bind(*args, **kwargs).arguments["seed"])
-        return launch(*args, **kwargs)
+    def recording(dropout_p):
+        seeds.append(draw(dropout_p))
+        return seeds[-1]
 
-    monkeypatch.setattr(kernels, "attention_fwd", recording)
+    monkeypatch.setattr(attention_ops, "_dropout_seed", recording)
     return seeds
 
 

@@ -220,12 +220,17 @@ def _sample_samples(device):
     }
 
 
+# The cuda and triton twins share one schema, hence one set of sample inputs.
 SAMPLE_INPUTS = {
-    "attention_fwd_triton": _attention_fwd_samples,
-    "attention_bwd_triton": _attention_bwd_samples,
-    "norm_fwd_triton": _norm_fwd_samples,
-    "norm_bwd_triton": _norm_bwd_samples,
-    "sample_triton": _sample_samples,
+    f"{op}_{backend}": samples
+    for op, samples in (
+        ("attention_fwd", _attention_fwd_samples),
+        ("attention_bwd", _attention_bwd_samples),
+        ("norm_fwd", _norm_fwd_samples),
+        ("norm_bwd", _norm_bwd_samples),
+        ("sample", _sample_samples),
+    )
+    for backend in ("cuda", "triton")
 }
 
 
@@ -235,7 +240,10 @@ def test_opcheck_every_custom_op(op_name, device):
     new op fails here until it gets sample inputs in SAMPLE_INPUTS."""
     if op_name not in SAMPLE_INPUTS:
         pytest.fail(f"fastattn::{op_name} has no sample inputs: add them to SAMPLE_INPUTS in {__file__}")
-    _triton_or_skip(device)
+    backend = op_name.rsplit("_", 1)[1]
+    reasons = backends.device_reasons(backend, torch.device(device))
+    if reasons:
+        pytest.skip(f"{backend} cannot run here: " + "; ".join(reasons))
     op = getattr(torch.ops.fastattn, op_name).default
     for label, args in SAMPLE_INPUTS[op_name](device).items():
         try:

@@ -75,8 +75,6 @@ def _backend_reasons(name, q, *, deterministic, return_lse) -> list[str]:
             reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
         if q.shape[-1] > MAX_FUSED_HEAD_DIM:
             reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
-    if name == "cuda":
-        reasons.append("the CUDA attention kernel is not part of this build")
     if name == "torch":
         if return_lse:
             reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
@@ -160,10 +158,88 @@ def _attention_backward(ctx, dout, dlse):
 _attention_fwd_triton.register_autograd(_attention_backward, setup_context=_attention_setup_context)
 
 
+# ----------------------------------------------------------------------------- the CUDA custom ops
+def _last_dim_contiguous(t: Tensor) -> Tensor:
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("fastattn::attention_fwd_cuda", mutates_args=())
+def _attention_fwd_cuda(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor]:
+    """The CUDA C++ forward (csrc/attention, same dropout stream as the Triton kernel); ``deterministic``
+    is only carried to the backward, whose CUDA kernels are deterministic either way (no atomics)."""
+    from .. import _C
+
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out, lse = _C.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed)
+    return out, lse
+
+
+@_attention_fwd_cuda.register_fake
+def _(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
+    batch, heads, nq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastattn::attention_bwd_cuda", mutates_args=())
+def _attention_bwd_cuda(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dlse: Tensor | None,
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .. import _C
+
+    dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
+    dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
+    dq, dk, dv = _C.attention_bwd(dout, q, k, v, out, lse.contiguous(), dlse, key_padding_mask, causal, scale,
+                                  dropout_p, seed)
+    return dq, dk, dv
+
+
+@_attention_bwd_cuda.register_fake
+def _(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _attention_backward_cuda(ctx, dout, dlse):
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = _attention_bwd_cuda(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention_fwd_cuda.register_autograd(_attention_backward_cuda, setup_context=_attention_setup_context)
+
+
 # ------------------------------------------------------------------------- the backends, as calls
 def _attention_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
     seed = _dropout_seed(dropout_p)
     return _attention_fwd_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
+
+
+def _attention_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+    seed = _dropout_seed(dropout_p)
+    return _attention_fwd_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
 
 
 def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
@@ -195,7 +271,12 @@ def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
     )
 
 
-_IMPLEMENTATIONS = {"triton": _attention_triton, "torch": _attention_torch, "naive": _attention_naive}
+_IMPLEMENTATIONS = {
+    "cuda": _attention_cuda,
+    "triton": _attention_triton,
+    "torch": _attention_torch,
+    "naive": _attention_naive,
+}
 
 
 def _dropout_seed(dropout_p: float) -> int:

@@ -219,11 +219,10 @@ def _norm_fwd_cuda(
         rms,
         residual_in_fp32,
     )
-    empty = x.new_empty((0,))
     return (
         y.reshape(x.shape),
-        s.reshape(x.shape) if s is not None else empty,
-        mean.reshape(x.shape[:-1]) if mean is not None else empty.float(),
+        s.reshape(x.shape) if s is not None else x.new_empty((0,)),
+        mean.reshape(x.shape[:-1]) if mean is not None else x.new_empty((0,), dtype=torch.float32),
         rstd.reshape(x.shape[:-1]),
     )
 
@@ -268,12 +267,11 @@ def _norm_bwd_cuda(
         rms,
         separate,
     )
-    empty = x.new_empty((0,))
-    return (
+    return (  # empty outputs are distinct tensors: a custom op's outputs must not alias
         dx.reshape(x.shape),
-        dresidual.reshape(x.shape) if separate else empty,
-        dw if weight is not None else empty,
-        db if bias is not None else empty,
+        dresidual.reshape(x.shape) if separate else x.new_empty((0,)),
+        dw if weight is not None else x.new_empty((0,)),
+        db if bias is not None else x.new_empty((0,)),
     )
 
 
@@ -298,7 +296,9 @@ def _norm_backward_cuda(ctx, dy, ds, dmean, drstd):
         dresidual = None
     elif residual.dtype == x.dtype:
         dresidual = dx
-    return dx, dresidual, dw if weight is not None else None, db if bias is not None else None, None, None, None
+    dw = dw if weight is not None else None
+    db = db if bias is not None else None
+    return dx, dresidual, dw, db, None, None, None
 
 
 _norm_fwd_cuda.register_autograd(_norm_backward_cuda, setup_context=_norm_setup_context)

@@ -188,7 +188,9 @@ def _sample_cuda(
 
     if logits.shape[-1] > 1 and logits.stride(-1) != 1:
         logits = logits.contiguous()
-    tokens, logprobs, _ = _C.sample(logits, temperature, top_k, top_p, min_p, seeds, True, return_logprobs, False)
+    tokens, logprobs, _ = _C.sample(
+        logits, temperature, top_k, top_p, min_p, seeds, draw=True, return_logprobs=return_logprobs, write_mask=False
+    )
     return tokens, logprobs
 
 

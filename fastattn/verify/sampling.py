@@ -58,14 +58,19 @@ class Filters:
 def kept_set(backend: str, logits: Tensor, filters: Filters) -> Tensor:
     """Bool (B, V): the tokens ``backend`` may draw from. Raises NotImplementedError for a backend that
     exposes no kept set (the reference backends are the oracle itself)."""
-    if backend != "triton":
+    if backend not in ("triton", "cuda"):
         raise NotImplementedError(f"{backend}: no kept-set hook (torch and naive are the reference itself)")
-    reasons = _backend_reasons("triton", logits)
+    reasons = _backend_reasons(backend, logits)
     if reasons:
-        raise NotImplementedError("triton: " + "; ".join(reasons))
+        raise NotImplementedError(f"{backend}: " + "; ".join(reasons))
+    params = row_parameters(logits, filters.temperature, filters.top_k, filters.top_p, filters.min_p)
+    if backend == "cuda":
+        from .. import _C
+
+        seeds = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
+        return _C.sample(logits.contiguous(), *params, seeds, draw=False, return_logprobs=False, write_mask=True)[2]
     from ..kernels import sampling as kernels  # imported on first use: triton reads TRITON_INTERPRET then
 
-    params = row_parameters(logits, filters.temperature, filters.top_k, filters.top_p, filters.min_p)
     return kernels.filter_mask(logits, *params)
 
 

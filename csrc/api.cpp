@@ -1,0 +1,25 @@
+// fastattn._C: the only Python binding of the CUDA kernels. The op layer (fastattn/ops/*.py) wraps
+// these functions in torch.library custom ops; nothing here is meant to be called directly.
+// pybind11 with torch's type casters (Tensor, dtype); much lighter to compile than torch/extension.h
+#include <torch/csrc/utils/pybind.h>
+
+#include "ops.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastattn CUDA kernels (LayerNorm/RMSNorm, sampling, attention); see fastattn.ops";
+  using pybind11::arg;
+
+  m.def("norm_fwd", &fastattn::norm_fwd, "LayerNorm/RMSNorm forward with fused residual add", arg("x"),
+        arg("residual"), arg("weight"), arg("bias"), arg("eps"), arg("rms"), arg("residual_in_fp32"));
+  m.def("norm_bwd", &fastattn::norm_bwd, "LayerNorm/RMSNorm backward", arg("dy"), arg("x"), arg("residual"),
+        arg("weight"), arg("bias_dtype"), arg("mean"), arg("rstd"), arg("dresidual_out"), arg("rms"),
+        arg("store_dresidual"));
+  m.def("sample", &fastattn::sample, "top-k / top-p / min-p sampling (Gumbel-max, Philox stream of triton)",
+        arg("logits"), arg("temperature"), arg("top_k"), arg("top_p"), arg("min_p"), arg("seeds"), arg("draw"),
+        arg("return_logprobs"), arg("write_mask"));
+  m.def("attention_fwd", &fastattn::attention_fwd, "FlashAttention-2 style forward", arg("q"), arg("k"), arg("v"),
+        arg("key_padding_mask"), arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"));
+  m.def("attention_bwd", &fastattn::attention_bwd, "FlashAttention-2 style backward (deterministic)", arg("dout"),
+        arg("q"), arg("k"), arg("v"), arg("out"), arg("lse"), arg("dlse"), arg("key_padding_mask"), arg("causal"),
+        arg("scale"), arg("dropout_p"), arg("seed"));
+}

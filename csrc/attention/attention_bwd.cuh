@@ -1,0 +1,246 @@
+// Attention backward on tensor cores (fp16 / bf16 inputs, fp32 accumulation), FlashAttention-2's
+// recomputation: P is rebuilt from the forward's lse, never stored.
+//
+//   delta_i = sum_d dO_id O_id - dlse_i                 (attn_bwd_preprocess_kernel, attention_launch.cu)
+//   dV  = (P * Z / (1 - p))^T dO
+//   dP  = (dO V^T) * Z / (1 - p)
+//   dS  = P * (dP - delta)
+//   dQ  = scale * dS K,   dK = scale * dS^T Q
+//
+// attn_bwd_dkdv_kernel: one block per 64 keys of one (batch, key/value head); it loops over the query
+// blocks of every query head of its group (GQA/MQA never copies K/V) and writes dK, dV once.
+// attn_bwd_dq_kernel: one block per 64 queries, looping over the key blocks, writes dQ once.
+// No atomics: every gradient is a fixed-order sum, bitwise reproducible run to run (so
+// deterministic=True costs nothing extra here; the price is that S and dP are computed twice, once in
+// each kernel, 7 matrix products instead of FlashAttention-2's 5).
+//
+// Warp layout: warp w = w_r + 4 * w_d owns rows 16 w_r..16 w_r + 15 of the block (keys in dK/dV, queries
+// in dQ) and head-dim slice w_d of the accumulators; with HD = 256 two warp groups (DSPLIT = 2) each hold
+// half of dK/dV (dQ), and both compute the S and dP rows they need.
+#pragma once
+
+#include "attention/attention_common.cuh"
+
+namespace fastattn {
+namespace attn {
+
+// -------------------------------------------------------------------------------------- dK, dV
+template <typename T, int HD>
+struct DkdvShared {
+  using C = Config<HD>;
+  using KTile = mma::Tile<T, C::kKvBlockN, HD>;
+  using QTile = mma::Tile<T, C::kKvBlockM, HD>;
+  // K, V, Q, dO tiles, then lse (base 2) and delta of the query block
+  static constexpr size_t kBytes =
+      sizeof(T) * (2 * KTile::kElems + 2 * QTile::kElems) + 2 * sizeof(float) * C::kKvBlockM;
+};
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kernel(const AttnParams p) {
+  using C = Config<HD>;
+  using S = DkdvShared<T, HD>;
+  constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, NT = C::kBwdWarps * 32, HS = HD / C::kDSplit;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const typename S::KTile ks{reinterpret_cast<T*>(smem)};
+  const typename S::KTile vs{ks.data + S::KTile::kElems};
+  const typename S::QTile qs{vs.data + S::KTile::kElems};
+  const typename S::QTile dos{qs.data + S::QTile::kElems};
+  float* lse_s = reinterpret_cast<float*>(dos.data + S::QTile::kElems);
+  float* delta_s = lse_s + BM;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int w_r = warp % 4, w_d = warp / 4;
+  const int g = lane / 4, t = lane % 4;
+  const int num_n_blocks = int(ceil_div(p.seq_k, BN));
+  const BlockIndex idx(blockIdx.x, num_n_blocks, p.heads_kv);  // idx.h: the key/value head
+  const int start_n = idx.block * BN;
+  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h;
+  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h;
+  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const bool dropout = p.dropout_p > 0.0f;
+
+  load_tile(ks, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+  load_tile(vs, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+  mma::cp_async_commit();
+
+  float acc_dk[HS / 8][4], acc_dv[HS / 8][4];
+  mma::zero(acc_dk);
+  mma::zero(acc_dv);
+  const int keys[2] = {start_n + w_r * 16 + g, start_n + w_r * 16 + g + 8};  // this thread's rows of S^T
+  const int begin_m = query_begin(p, start_n, BM);
+
+  for (int gi = 0; gi < p.group; ++gi) {
+    const int h = idx.h * p.group + gi;
+    const int64_t bh = int64_t(idx.b) * p.heads_q + h;
+    const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h;
+    const T* do_head = static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h;
+    for (int start_m = begin_m; start_m < p.seq_q; start_m += BM) {
+      __syncthreads();  // every warp is done with the previous Q, dO, lse, delta
+      load_tile(qs, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+      load_tile(dos, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+      mma::cp_async_commit();
+      load_rows(lse_s, p.lse + bh * p.seq_q, start_m, BM, p.seq_q, kLog2e, tid, NT);
+      load_rows(delta_s, p.delta + bh * p.seq_q, start_m, BM, p.seq_q, 1.0f, tid, NT);
+      mma::cp_async_wait<0>();
+      __syncthreads();
+
+      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BM queries.
+      float acc_s[BM / 8][4], acc_dp[BM / 8][4];
+      mma::zero(acc_s);
+      mma::zero(acc_dp);
+      mma::gemm_nt<T, HD, BM>(acc_s, ks, w_r * 16, qs, 0, lane);
+      mma::gemm_nt<T, HD, BM>(acc_dp, vs, w_r * 16, dos, 0, lane);
+
+      // P^T (and its dropped version for dV), dS^T = P^T * (dP^T - delta).
+#pragma unroll
+      for (int n = 0; n < BM / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = n * 8 + 2 * t + (e & 1);  // query within the block
+          const int key = keys[e / 2];
+          const bool vis = visible(p, kpm_row, start_m + qi, key);
+          // lse = -inf only for rows that see no key, which are invisible here
+          const float pr = vis ? exp2f(acc_s[n][e] * p.scale_log2 - lse_s[qi]) : 0.0f;
+          float dp = acc_dp[n][e], pd = pr;
+          if (dropout && vis) {
+            if (dropout_keep(p.seed, uint32_t(bh), start_m + qi, key, p.dropout_p)) {
+              dp *= p.keep_scale;
+              pd *= p.keep_scale;
+            } else {
+              dp = 0.0f;
+              pd = 0.0f;
+            }
+          }
+          acc_s[n][e] = pd;                         // P^T * Z / (1 - p), for dV
+          acc_dp[n][e] = pr * (dp - delta_s[qi]);   // dS^T
+        }
+      uint32_t pf[BM / 16][4], dsf[BM / 16][4];
+      mma::c_to_a<T, BM>(pf, acc_s);
+      mma::c_to_a<T, BM>(dsf, acc_dp);
+      mma::gemm_rn<T, BM, HS>(acc_dv, pf, dos, 0, w_d * HS, lane);  // dV += P^T dO
+      mma::gemm_rn<T, BM, HS>(acc_dk, dsf, qs, 0, w_d * HS, lane);  // dK += dS^T Q
+    }
+  }
+  mma::cp_async_wait<0>();  // nothing may be in flight at exit (K, V when no query block is visible)
+
+  // dK = scale * acc_dk, dV = acc_dv; (B, Hkv, Nk, D) contiguous.
+  const int64_t kv_head = (int64_t(idx.b) * p.heads_kv + idx.h) * p.seq_k;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = keys[r];
+    if (key >= p.seq_k) continue;
+    T* dk_row = static_cast<T*>(p.dk) + (kv_head + key) * p.head_dim;
+    T* dv_row = static_cast<T*>(p.dv) + (kv_head + key) * p.head_dim;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = w_d * HS + n * 8 + 2 * t + e;
+        if (col < p.head_dim) {
+          dk_row[col] = from_float<T>(acc_dk[n][2 * r + e] * p.scale);
+          dv_row[col] = from_float<T>(acc_dv[n][2 * r + e]);
+        }
+      }
+  }
+}
+
+// ------------------------------------------------------------------------------------------- dQ
+template <typename T, int HD>
+struct DqShared {
+  using C = Config<HD>;
+  using QTile = mma::Tile<T, C::kQBlockM, HD>;
+  using KTile = mma::Tile<T, C::kQBlockN, HD>;
+  static constexpr size_t kBytes = sizeof(T) * (2 * QTile::kElems + 2 * KTile::kElems);
+};
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel(const AttnParams p) {
+  using C = Config<HD>;
+  using S = DqShared<T, HD>;
+  constexpr int BM = C::kQBlockM, BN = C::kQBlockN, NT = C::kBwdWarps * 32, HS = HD / C::kDSplit;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const typename S::QTile qs{reinterpret_cast<T*>(smem)};
+  const typename S::QTile dos{qs.data + S::QTile::kElems};
+  const typename S::KTile ks{dos.data + S::QTile::kElems};
+  const typename S::KTile vs{ks.data + S::KTile::kElems};
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int w_r = warp % 4, w_d = warp / 4;
+  const int g = lane / 4, t = lane % 4;
+  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
+  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
+  const int h_kv = idx.h / p.group;
+  const int start_m = idx.block * BM;
+  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
+  const T* do_head = static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h;
+  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
+  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
+  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const bool dropout = p.dropout_p > 0.0f;
+
+  load_tile(qs, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+  load_tile(dos, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+  mma::cp_async_commit();
+
+  const int rows[2] = {start_m + w_r * 16 + g, start_m + w_r * 16 + g + 8};
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const bool in = rows[r] < p.seq_q;
+    lse2[r] = in ? p.lse[idx.bh * p.seq_q + rows[r]] * kLog2e : 0.0f;
+    delta[r] = in ? p.delta[idx.bh * p.seq_q + rows[r]] : 0.0f;
+  }
+  float acc_dq[HS / 8][4];
+  mma::zero(acc_dq);
+  const int end_n = key_end(p, start_m, BM);
+
+  for (int start_n = 0; start_n < end_n; start_n += BN) {
+    __syncthreads();  // every warp is done with the previous K, V
+    load_tile(ks, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+    load_tile(vs, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+    mma::cp_async_commit();
+    mma::cp_async_wait<0>();
+    __syncthreads();
+
+    float acc_s[BN / 8][4], acc_dp[BN / 8][4];
+    mma::zero(acc_s);
+    mma::zero(acc_dp);
+    mma::gemm_nt<T, HD, BN>(acc_s, qs, w_r * 16, ks, 0, lane);    // S = Q K^T
+    mma::gemm_nt<T, HD, BN>(acc_dp, dos, w_r * 16, vs, 0, lane);  // dP = dO V^T
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = start_n + n * 8 + 2 * t + (e & 1);
+        const int row = rows[e / 2];
+        const bool vis = visible(p, kpm_row, row, col);
+        const float pr = vis ? exp2f(acc_s[n][e] * p.scale_log2 - lse2[e / 2]) : 0.0f;
+        float dp = acc_dp[n][e];
+        if (dropout && vis)
+          dp = dropout_keep(p.seed, uint32_t(idx.bh), row, col, p.dropout_p) ? dp * p.keep_scale : 0.0f;
+        acc_s[n][e] = pr * (dp - delta[e / 2]);  // dS
+      }
+    uint32_t dsf[BN / 16][4];
+    mma::c_to_a<T, BN>(dsf, acc_s);
+    mma::gemm_rn<T, BN, HS>(acc_dq, dsf, ks, 0, w_d * HS, lane);  // dQ += dS K
+  }
+  mma::cp_async_wait<0>();
+
+  // dQ = scale * acc_dq; (B, Hq, Nq, D) contiguous.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = rows[r];
+    if (row >= p.seq_q) continue;
+    T* dq_row = static_cast<T*>(p.dq) + (idx.bh * p.seq_q + row) * p.head_dim;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = w_d * HS + n * 8 + 2 * t + e;
+        if (col < p.head_dim) dq_row[col] = from_float<T>(acc_dq[n][2 * r + e] * p.scale);
+      }
+  }
+}
+
+}  // namespace attn
+}  // namespace fastattn

@@ -1,0 +1,113 @@
+// Pieces shared by the attention kernels: visibility, the dropout stream, tile loads, tile sizes.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention/attention_params.h"
+#include "attention/mma.cuh"
+#include "common/numeric.cuh"
+#include "common/philox.cuh"
+#include "common/reduce.cuh"
+
+namespace fastattn {
+namespace attn {
+
+constexpr float kLog2e = 1.4426950408889634f;  // 1 / ln 2
+constexpr float kLn2 = 0.6931471805599453f;    // ln 2
+
+// Tile sizes of the tensor-core kernels for a head-dim bucket HD (a multiple of 16; D <= HD is
+// zero-padded in shared memory). One warp owns 16 rows of a tile. Register budget per thread
+// (fp32 accumulators): forward O is HD/2 and S is BN/2; backward dK + dV are HD/DSPLIT and S^T, dP^T are
+// BM_BWD/2 each, so HD = 256 splits the head dim over two warp groups (DSPLIT = 2) to stay < 255
+// registers without spilling. (Sizes from register arithmetic; to be tuned on an H100.)
+template <int HD>
+struct Config {
+  static constexpr int kFwdWarps = 4;
+  static constexpr int kFwdBlockM = 16 * kFwdWarps;            // 64 queries per block
+  static constexpr int kFwdBlockN = HD > 128 ? 32 : 64;        // keys per iteration
+  static constexpr int kDSplit = HD > 128 ? 2 : 1;             // backward: head-dim slices of dK/dV/dQ
+  static constexpr int kBwdWarps = 4 * kDSplit;
+  static constexpr int kKvBlockN = 64;                         // dK/dV kernel: keys per block (4 x 16)
+  static constexpr int kKvBlockM = 32;                         // dK/dV kernel: queries per iteration
+  static constexpr int kQBlockM = 64;                          // dQ kernel: queries per block (4 x 16)
+  static constexpr int kQBlockN = 32;                          // dQ kernel: keys per iteration
+};
+
+// Query i of (b, ·) may attend to key j (i < Nq and j < Nk are checked too).
+__device__ __forceinline__ bool visible(const AttnParams& p, const uint8_t* kpm_row, int i, int j) {
+  if (i >= p.seq_q || j >= p.seq_k) return false;
+  if (p.causal && int64_t(j) > int64_t(i) + (int64_t(p.seq_k) - int64_t(p.seq_q))) return false;
+  if (kpm_row != nullptr && kpm_row[int64_t(j) * p.kpm_stride_n] == 0) return false;
+  return true;
+}
+
+// Z[b, h, i, j] of the dropout stream of kernels/attention.py: the first word of Philox4x32-10 keyed
+// by `seed` at counter (j, i, b * Hq + h, 0), as triton's uint_to_uniform_float, kept iff >= p.
+__device__ __forceinline__ bool dropout_keep(uint64_t seed, uint32_t bh, int i, int j, float dropout_p) {
+  const Philox4 r = philox4x32_10(seed, static_cast<uint32_t>(j), static_cast<uint32_t>(i), bh, 0u);
+  return uint_to_uniform_float(r.x) >= dropout_p;
+}
+
+// The last key (exclusive) any query of [start_m, start_m + block_m) can see: later key blocks are skipped.
+__device__ __forceinline__ int key_end(const AttnParams& p, int start_m, int block_m) {
+  if (!p.causal) return p.seq_k;
+  const int64_t end = int64_t(start_m) + block_m + (int64_t(p.seq_k) - int64_t(p.seq_q));
+  return int(end < 0 ? 0 : (end < p.seq_k ? end : p.seq_k));
+}
+
+// The first query that can see key start_n, rounded down to a multiple of block_m.
+__device__ __forceinline__ int query_begin(const AttnParams& p, int start_n, int block_m) {
+  if (!p.causal) return 0;
+  const int64_t first = int64_t(start_n) - (int64_t(p.seq_k) - int64_t(p.seq_q));
+  return first <= 0 ? 0 : int(first / block_m) * block_m;
+}
+
+// Rows [row0, row0 + ROWS) x cols [0, HD) of a (rows, D) matrix (row stride `stride`, last dim
+// contiguous) into a shared tile; rows >= nrows and cols >= D read as 0. With `vec` (every row starts
+// 16-byte aligned) through cp.async, 16 bytes at a time (the caller commits and waits); else with
+// plain loads. All `nthreads` threads of the block call it.
+template <typename T, int ROWS, int HD>
+__device__ __forceinline__ void load_tile(const mma::Tile<T, ROWS, HD>& tile, const T* base, int64_t stride, int row0,
+                                          int nrows, int dim, bool vec, int tid, int nthreads) {
+  constexpr int kChunksPerRow = HD / 8;
+  for (int c = tid; c < ROWS * kChunksPerRow; c += nthreads) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    const int row = row0 + r;
+    T* dst = tile.at(r, col);
+    const bool inside = row < nrows && col < dim;
+    if (vec) {
+      const T* src = inside ? base + int64_t(row) * stride + col : base;
+      const int bytes = inside ? (dim - col < 8 ? dim - col : 8) * int(sizeof(T)) : 0;
+      mma::cp_async_16(dst, src, bytes);
+    } else {
+      const T* src = base + int64_t(row) * stride + col;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[e] = inside && col + e < dim ? src[e] : from_float<T>(0.0f);
+    }
+  }
+}
+
+// Rows [row0, row0 + n) of a contiguous float vector into shared memory (0 past `nrows`).
+__device__ __forceinline__ void load_rows(float* dst, const float* src, int row0, int n, int nrows, float scale,
+                                          int tid, int nthreads) {
+  for (int r = tid; r < n; r += nthreads) dst[r] = row0 + r < nrows ? src[row0 + r] * scale : 0.0f;
+}
+
+// Decomposes a 1-D block index into (row block, batch * head): row blocks of one head are neighbours,
+// so they share K/V in L2.
+struct BlockIndex {
+  int block;   // row block within the head
+  int64_t bh;  // b * heads + h
+  int b, h;
+  __device__ __forceinline__ BlockIndex(int64_t pid, int num_blocks, int heads) {
+    block = int(pid % num_blocks);
+    bh = pid / num_blocks;
+    b = int(bh / heads);
+    h = int(bh % heads);
+  }
+};
+
+}  // namespace attn
+}  // namespace fastattn

@@ -1,0 +1,149 @@
+// Attention forward on tensor cores (fp16 / bf16 inputs, fp32 accumulation), FlashAttention-2 style.
+//
+// One block of 4 warps per BLOCK_M = 64 query rows of one (batch, head); warp w owns rows 16w..16w+15.
+// The block walks the key blocks of BLOCK_N keys with the online softmax in base 2 (LOG2E folded into
+// the scale, exp2f): running max m, running sum l (of P before dropout), accumulator O rescaled by
+// exp2(m_old - m_new) when the max grows; at the end O / l and lse = (m + log2 l) * ln 2. S lives in
+// registers only (the (Nq, Nk) matrix is never stored); P is rounded to the input dtype and fed back
+// as the A operand of P V straight from the S accumulators.
+//
+// Pipeline (cp.async, one K and one V buffer): V_j is fetched while S_j = Q K_j^T and the softmax run,
+// K_{j+1} while O += P_j V_j runs.
+//
+// Masking: a key is visible per attn::visible (bounds, bottom-right causal, padding mask); the
+// invisible scores are -inf. A row with no visible key so far keeps m = -inf and is exponentiated
+// against 0 instead, so exp2 never sees -inf - (-inf); at the end l = 0 gives O = 0 and lse = -inf.
+#pragma once
+
+#include "attention/attention_common.cuh"
+
+namespace fastattn {
+namespace attn {
+
+template <typename T, int HD>
+struct FwdShared {
+  using C = Config<HD>;
+  using QTile = mma::Tile<T, C::kFwdBlockM, HD>;
+  using KTile = mma::Tile<T, C::kFwdBlockN, HD>;
+  static constexpr size_t kBytes = sizeof(T) * (QTile::kElems + 2 * KTile::kElems);
+};
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(const AttnParams p) {
+  using C = Config<HD>;
+  using S = FwdShared<T, HD>;
+  constexpr int BM = C::kFwdBlockM, BN = C::kFwdBlockN, NT = C::kFwdWarps * 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const typename S::QTile qs{reinterpret_cast<T*>(smem)};
+  const typename S::KTile ks{qs.data + S::QTile::kElems};
+  const typename S::KTile vs{ks.data + S::KTile::kElems};
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
+  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
+  const int h_kv = idx.h / p.group;
+  const int start_m = idx.block * BM;
+
+  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
+  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
+  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
+  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const int end_n = key_end(p, start_m, BM);
+  const bool dropout = p.dropout_p > 0.0f;
+
+  load_tile(qs, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+  if (end_n > 0) load_tile(ks, k_head, p.k_stride_n, 0, p.seq_k, p.head_dim, p.vec, tid, NT);
+  mma::cp_async_commit();
+
+  float acc_o[HD / 8][4];
+  mma::zero(acc_o);
+  float m_i[2] = {-INFINITY, -INFINITY};  // running max of the base-2 scores of rows g and g + 8
+  float l_i[2] = {0.0f, 0.0f};            // this thread's part of the running sum
+  const int rows[2] = {start_m + warp * 16 + g, start_m + warp * 16 + g + 8};
+
+  for (int start_n = 0; start_n < end_n; start_n += BN) {
+    mma::cp_async_wait<0>();  // K_j (and Q) have landed
+    __syncthreads();          // ... for every thread, and every warp is done with V_{j-1}
+    load_tile(vs, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+    mma::cp_async_commit();
+
+    float acc_s[BN / 8][4];
+    mma::zero(acc_s);
+    mma::gemm_nt<T, HD, BN>(acc_s, qs, warp * 16, ks, 0, lane);
+
+    // Scores in base 2, invisible ones -inf; the row max over the block (a quad shares a row).
+    float row_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = start_n + n * 8 + 2 * t + (e & 1);
+        const float s = visible(p, kpm_row, rows[e / 2], col) ? acc_s[n][e] * p.scale_log2 : -INFINITY;
+        acc_s[n][e] = s;
+        row_max[e / 2] = fmaxf(row_max[e / 2], s);
+      }
+    float alpha[2], m_safe[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(kFullMask, row_max[r], 1));
+      row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(kFullMask, row_max[r], 2));
+      const float m_new = fmaxf(m_i[r], row_max[r]);
+      m_safe[r] = m_new == -INFINITY ? 0.0f : m_new;  // rows with no visible key yet
+      alpha[r] = exp2f(m_i[r] - m_safe[r]);
+      m_i[r] = m_new;
+      l_i[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float pr = exp2f(acc_s[n][e] - m_safe[e / 2]);  // 0 for invisible keys
+        l_i[e / 2] += pr;
+        if (dropout) {
+          const int col = start_n + n * 8 + 2 * t + (e & 1);
+          if (!dropout_keep(p.seed, uint32_t(idx.bh), rows[e / 2], col, p.dropout_p)) pr = 0.0f;
+        }
+        acc_s[n][e] = pr;
+      }
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[n][e] *= alpha[e / 2];
+    uint32_t pf[BN / 16][4];
+    mma::c_to_a<T, BN>(pf, acc_s);
+
+    mma::cp_async_wait<0>();  // V_j has landed
+    __syncthreads();          // ... for every thread, and every warp is done with K_j
+    if (start_n + BN < end_n) load_tile(ks, k_head, p.k_stride_n, start_n + BN, p.seq_k, p.head_dim, p.vec, tid, NT);
+    mma::cp_async_commit();
+    mma::gemm_rn<T, BN, HD>(acc_o, pf, vs, 0, 0, lane);
+  }
+  mma::cp_async_wait<0>();  // nothing may be in flight at exit (Q when no key block is visible)
+
+  // O = acc / l (times 1 / (1 - p) with dropout); rows that saw no key: O = 0, lse = -inf.
+  T* o_head = static_cast<T*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_i[r];
+    l += __shfl_xor_sync(kFullMask, l, 1);
+    l += __shfl_xor_sync(kFullMask, l, 2);
+    const bool no_key = l == 0.0f;
+    const float inv = no_key ? 0.0f : (dropout ? p.keep_scale : 1.0f) / l;
+    const int row = rows[r];
+    if (row < p.seq_q) {
+      T* o_row = o_head + int64_t(row) * p.o_stride_n;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = n * 8 + 2 * t + e;
+          if (col < p.head_dim) o_row[col] = from_float<T>(acc_o[n][2 * r + e] * inv);
+        }
+      if (t == 0) p.lse[idx.bh * p.seq_q + row] = no_key ? -INFINITY : (m_i[r] + log2f(l)) * kLn2;
+    }
+  }
+}
+
+}  // namespace attn
+}  // namespace fastattn

@@ -1,0 +1,330 @@
+// Attention for float32 inputs: the same algorithm as the tensor-core kernels (online softmax forward,
+// recomputing backward with separate dK/dV and dQ kernels, same masks, same dropout stream), with
+// every product an fp32 FMA on the CUDA cores, so fp32 inputs get fp32 accuracy (never tf32).
+//
+// Layout: 4 warps a block; within a warp, lane j owns key j of a 32-key tile when computing scores
+// (dot products over the head dim read shared-memory rows padded by one float, conflict-free), and
+// head-dim columns lane + 32c (c < DC) when accumulating O / dQ / dK / dV. Tiles are plain
+// (synchronous) loads; the head dim is bucketed to HD = 32 * DC and zero-padded.
+#pragma once
+
+#include "attention/attention_common.cuh"
+
+namespace fastattn {
+namespace attn {
+namespace simt {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 32;             // keys (forward, dQ) or queries (dK/dV) per tile: one per lane
+constexpr int kFwdRowsPerWarp = 8;    // forward / dQ: query rows per warp (32 per block)
+constexpr int kKvRowsPerWarp = 4;     // dK/dV: keys per warp (16 per block)
+
+// Dynamic shared memory of each kernel, in bytes (up to 130 KB at HD = 256: opted in by the launcher).
+template <int DC>
+struct FwdSmem {
+  static constexpr int HD = 32 * DC;
+  static constexpr size_t kBytes = sizeof(float) * (kWarps * kFwdRowsPerWarp * HD + kTile * (HD + 1) + kTile * HD +
+                                                    kWarps * kFwdRowsPerWarp * kTile);
+};
+template <int DC>
+struct DkdvSmem {
+  static constexpr int HD = 32 * DC;
+  static constexpr size_t kBytes = sizeof(float) * (2 * kWarps * kKvRowsPerWarp * HD + 2 * kTile * (HD + 1) +
+                                                    2 * kTile + 2 * kWarps * kKvRowsPerWarp * kTile);
+};
+template <int DC>
+struct DqSmem {
+  static constexpr int HD = 32 * DC;
+  static constexpr size_t kBytes =
+      sizeof(float) * (2 * kWarps * kFwdRowsPerWarp * HD + 2 * kTile * (HD + 1) + kWarps * kFwdRowsPerWarp * kTile);
+};
+
+// rows [row0, row0 + ROWS) x cols [0, HD) of a (rows, D) float matrix into shared memory with row
+// stride `ld`; 0 outside.
+template <int ROWS, int HD>
+__device__ __forceinline__ void load_rows_f32(float* dst, int ld, const float* base, int64_t stride, int row0,
+                                              int nrows, int dim) {
+  for (int c = threadIdx.x; c < ROWS * HD; c += kThreads) {
+    const int r = c / HD, col = c % HD;
+    const int row = row0 + r;
+    dst[r * ld + col] = row < nrows && col < dim ? base[int64_t(row) * stride + col] : 0.0f;
+  }
+}
+
+// ----------------------------------------------------------------------------------------- forward
+template <int DC>
+__global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParams p) {
+  constexpr int HD = 32 * DC, BM = kWarps * kFwdRowsPerWarp, BN = kTile, R = kFwdRowsPerWarp;
+  constexpr int LDQ = HD, LDK = HD + 1, LDV = HD;
+  extern __shared__ float smem_f32[];  // FwdSmem<DC>::kBytes
+  float* qs = smem_f32;
+  float* ks = qs + BM * LDQ;
+  float* vs = ks + BN * LDK;
+  float (*ps)[R][BN] = reinterpret_cast<float (*)[R][BN]>(vs + BN * LDV);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
+  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
+  const int h_kv = idx.h / p.group;
+  const int start_m = idx.block * BM;
+  const float* q_head = static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
+  const float* k_head = static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
+  const float* v_head = static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
+  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const bool dropout = p.dropout_p > 0.0f;
+  const int end_n = key_end(p, start_m, BM);
+
+  load_rows_f32<BM, HD>(qs, LDQ, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim);
+  float acc[R][DC] = {};
+  float m_i[R], l_i[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    m_i[r] = -INFINITY;
+    l_i[r] = 0.0f;
+  }
+  const int row0 = start_m + warp * R;
+
+  for (int start_n = 0; start_n < end_n; start_n += BN) {
+    __syncthreads();  // every warp is done with the previous K, V (and Q is loaded)
+    load_rows_f32<BN, HD>(ks, LDK, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim);
+    load_rows_f32<BN, HD>(vs, LDV, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim);
+    __syncthreads();
+
+    float s[R] = {};
+    for (int d = 0; d < p.head_dim; ++d) {
+      const float kd = ks[lane * LDK + d];
+#pragma unroll
+      for (int r = 0; r < R; ++r) s[r] = fmaf(qs[(warp * R + r) * LDQ + d], kd, s[r]);
+    }
+    const int col = start_n + lane;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float sr = visible(p, kpm_row, row0 + r, col) ? s[r] * p.scale_log2 : -INFINITY;
+      const float m_new = fmaxf(m_i[r], warp_max(sr));
+      const float m_safe = m_new == -INFINITY ? 0.0f : m_new;  // rows with no visible key yet
+      const float alpha = exp2f(m_i[r] - m_safe);
+      float pr = exp2f(sr - m_safe);
+      l_i[r] = l_i[r] * alpha + warp_sum(pr);
+      if (dropout && !dropout_keep(p.seed, uint32_t(idx.bh), row0 + r, col, p.dropout_p)) pr = 0.0f;
+      m_i[r] = m_new;
+      ps[warp][r][lane] = pr;
+#pragma unroll
+      for (int c = 0; c < DC; ++c) acc[r][c] *= alpha;
+    }
+    __syncwarp();
+    for (int j = 0; j < BN; ++j) {
+#pragma unroll
+      for (int c = 0; c < DC; ++c) {
+        const float vj = vs[j * LDV + lane + 32 * c];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][c] = fmaf(ps[warp][r][j], vj, acc[r][c]);
+      }
+    }
+    __syncwarp();
+  }
+
+  float* o_head = static_cast<float*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int row = row0 + r;
+    if (row >= p.seq_q) continue;
+    const bool no_key = l_i[r] == 0.0f;
+    const float inv = no_key ? 0.0f : (dropout ? p.keep_scale : 1.0f) / l_i[r];
+#pragma unroll
+    for (int c = 0; c < DC; ++c) {
+      const int d = lane + 32 * c;
+      if (d < p.head_dim) o_head[int64_t(row) * p.o_stride_n + d] = acc[r][c] * inv;
+    }
+    if (lane == 0) p.lse[idx.bh * p.seq_q + row] = no_key ? -INFINITY : (m_i[r] + log2f(l_i[r])) * kLn2;
+  }
+}
+
+// -------------------------------------------------------------------------------------- dK, dV
+template <int DC>
+__global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const AttnParams p) {
+  constexpr int HD = 32 * DC, BN = kWarps * kKvRowsPerWarp, BM = kTile, R = kKvRowsPerWarp;
+  constexpr int LD = HD + 1;
+  extern __shared__ float smem_f32[];  // DkdvSmem<DC>::kBytes
+  float* ks = smem_f32;
+  float* vs = ks + BN * HD;
+  float* qs = vs + BN * HD;
+  float* dos = qs + BM * LD;
+  float* lse_s = dos + BM * LD;
+  float* delta_s = lse_s + BM;
+  float (*ps)[R][BM] = reinterpret_cast<float (*)[R][BM]>(delta_s + BM);
+  float (*dss)[R][BM] = ps + kWarps;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int num_n_blocks = int(ceil_div(p.seq_k, BN));
+  const BlockIndex idx(blockIdx.x, num_n_blocks, p.heads_kv);
+  const int start_n = idx.block * BN;
+  const float* k_head = static_cast<const float*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h;
+  const float* v_head = static_cast<const float*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h;
+  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const bool dropout = p.dropout_p > 0.0f;
+
+  load_rows_f32<BN, HD>(ks, HD, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim);
+  load_rows_f32<BN, HD>(vs, HD, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim);
+  float acc_dk[R][DC] = {}, acc_dv[R][DC] = {};
+  const int key0 = start_n + warp * R;
+  const int begin_m = query_begin(p, start_n, BM);
+
+  for (int gi = 0; gi < p.group; ++gi) {
+    const int h = idx.h * p.group + gi;
+    const int64_t bh = int64_t(idx.b) * p.heads_q + h;
+    const float* q_head = static_cast<const float*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h;
+    const float* do_head = static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h;
+    for (int start_m = begin_m; start_m < p.seq_q; start_m += BM) {
+      __syncthreads();
+      load_rows_f32<BM, HD>(qs, LD, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim);
+      load_rows_f32<BM, HD>(dos, LD, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim);
+      load_rows(lse_s, p.lse + bh * p.seq_q, start_m, BM, p.seq_q, kLog2e, threadIdx.x, kThreads);
+      load_rows(delta_s, p.delta + bh * p.seq_q, start_m, BM, p.seq_q, 1.0f, threadIdx.x, kThreads);
+      __syncthreads();
+
+      // lane = query start_m + lane; rows r = keys key0 + r.
+      float s[R] = {}, dp[R] = {};
+      for (int d = 0; d < p.head_dim; ++d) {
+        const float qd = qs[lane * LD + d], dod = dos[lane * LD + d];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          s[r] = fmaf(ks[(warp * R + r) * HD + d], qd, s[r]);
+          dp[r] = fmaf(vs[(warp * R + r) * HD + d], dod, dp[r]);
+        }
+      }
+      const int query = start_m + lane;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const bool vis = visible(p, kpm_row, query, key0 + r);
+        const float pr = vis ? exp2f(s[r] * p.scale_log2 - lse_s[lane]) : 0.0f;
+        float dpr = dp[r], pd = pr;
+        if (dropout && vis) {
+          if (dropout_keep(p.seed, uint32_t(bh), query, key0 + r, p.dropout_p)) {
+            dpr *= p.keep_scale;
+            pd *= p.keep_scale;
+          } else {
+            dpr = 0.0f;
+            pd = 0.0f;
+          }
+        }
+        ps[warp][r][lane] = pd;
+        dss[warp][r][lane] = pr * (dpr - delta_s[lane]);
+      }
+      __syncwarp();
+      for (int j = 0; j < BM; ++j) {
+#pragma unroll
+        for (int c = 0; c < DC; ++c) {
+          const float doj = dos[j * LD + lane + 32 * c], qj = qs[j * LD + lane + 32 * c];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            acc_dv[r][c] = fmaf(ps[warp][r][j], doj, acc_dv[r][c]);
+            acc_dk[r][c] = fmaf(dss[warp][r][j], qj, acc_dk[r][c]);
+          }
+        }
+      }
+      __syncwarp();
+    }
+  }
+
+  const int64_t kv_head = (int64_t(idx.b) * p.heads_kv + idx.h) * p.seq_k;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int key = key0 + r;
+    if (key >= p.seq_k) continue;
+#pragma unroll
+    for (int c = 0; c < DC; ++c) {
+      const int d = lane + 32 * c;
+      if (d >= p.head_dim) continue;
+      static_cast<float*>(p.dk)[(kv_head + key) * p.head_dim + d] = acc_dk[r][c] * p.scale;
+      static_cast<float*>(p.dv)[(kv_head + key) * p.head_dim + d] = acc_dv[r][c];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------- dQ
+template <int DC>
+__global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnParams p) {
+  constexpr int HD = 32 * DC, BM = kWarps * kFwdRowsPerWarp, BN = kTile, R = kFwdRowsPerWarp;
+  constexpr int LD = HD + 1;
+  extern __shared__ float smem_f32[];  // DqSmem<DC>::kBytes
+  float* qs = smem_f32;
+  float* dos = qs + BM * HD;
+  float* ks = dos + BM * HD;
+  float* vs = ks + BN * LD;
+  float (*dss)[R][BN] = reinterpret_cast<float (*)[R][BN]>(vs + BN * LD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
+  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
+  const int h_kv = idx.h / p.group;
+  const int start_m = idx.block * BM;
+  const float* q_head = static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
+  const float* do_head = static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h;
+  const float* k_head = static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
+  const float* v_head = static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
+  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const bool dropout = p.dropout_p > 0.0f;
+  const int end_n = key_end(p, start_m, BM);
+
+  load_rows_f32<BM, HD>(qs, HD, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim);
+  load_rows_f32<BM, HD>(dos, HD, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim);
+  const int row0 = start_m + warp * R;
+  float lse2[R], delta[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const bool in = row0 + r < p.seq_q;
+    lse2[r] = in ? p.lse[idx.bh * p.seq_q + row0 + r] * kLog2e : 0.0f;
+    delta[r] = in ? p.delta[idx.bh * p.seq_q + row0 + r] : 0.0f;
+  }
+  float acc[R][DC] = {};
+
+  for (int start_n = 0; start_n < end_n; start_n += BN) {
+    __syncthreads();
+    load_rows_f32<BN, HD>(ks, LD, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim);
+    load_rows_f32<BN, HD>(vs, LD, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim);
+    __syncthreads();
+
+    float s[R] = {}, dp[R] = {};
+    for (int d = 0; d < p.head_dim; ++d) {
+      const float kd = ks[lane * LD + d], vd = vs[lane * LD + d];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        s[r] = fmaf(qs[(warp * R + r) * HD + d], kd, s[r]);
+        dp[r] = fmaf(dos[(warp * R + r) * HD + d], vd, dp[r]);
+      }
+    }
+    const int col = start_n + lane;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const bool vis = visible(p, kpm_row, row0 + r, col);
+      const float pr = vis ? exp2f(s[r] * p.scale_log2 - lse2[r]) : 0.0f;
+      float dpr = dp[r];
+      if (dropout && vis)
+        dpr = dropout_keep(p.seed, uint32_t(idx.bh), row0 + r, col, p.dropout_p) ? dpr * p.keep_scale : 0.0f;
+      dss[warp][r][lane] = pr * (dpr - delta[r]);
+    }
+    __syncwarp();
+    for (int j = 0; j < BN; ++j) {
+#pragma unroll
+      for (int c = 0; c < DC; ++c) {
+        const float kj = ks[j * LD + lane + 32 * c];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][c] = fmaf(dss[warp][r][j], kj, acc[r][c]);
+      }
+    }
+    __syncwarp();
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int row = row0 + r;
+    if (row >= p.seq_q) continue;
+#pragma unroll
+    for (int c = 0; c < DC; ++c) {
+      const int d = lane + 32 * c;
+      if (d < p.head_dim) static_cast<float*>(p.dq)[(idx.bh * p.seq_q + row) * p.head_dim + d] = acc[r][c] * p.scale;
+    }
+  }
+}
+
+}  // namespace simt
+}  // namespace attn
+}  // namespace fastattn

@@ -1,0 +1,48 @@
+// The host entry points of fastattn._C (bound to Python in api.cpp). Each checks its tensors,
+// allocates the outputs and launches on the current CUDA stream of the inputs' device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <vector>
+
+namespace fastattn {
+
+// LayerNorm (rms = false) or RMSNorm over the last dim of x (rows, cols), s = x + residual.
+// Returns {y, residual_out (s, or undefined without residual), mean (undefined for RMSNorm), rstd}.
+std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                                 double eps, bool rms, bool residual_in_fp32);
+
+// Returns {dx (x's dtype), dresidual (the same values in the residual's dtype when store_dresidual and a
+// residual is given, else undefined), dweight (weight's dtype, or undefined), dbias (bias_dtype, or
+// undefined)}. dresidual_out is the upstream gradient of s (forward's residual_out), or None.
+std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                 const std::optional<at::Tensor>& weight, std::optional<at::ScalarType> bias_dtype,
+                                 const std::optional<at::Tensor>& mean, const at::Tensor& rstd,
+                                 const std::optional<at::Tensor>& dresidual_out, bool rms,
+                                 bool store_dresidual);
+
+// Draws one token per row of logits (batch, vocab) (kernels/sampling.py's semantics and random stream).
+// temperature, top_k, top_p, min_p, seeds: (batch,) tensors on the logits' device. Returns {tokens
+// int64 (batch,) or (0,) without draw, logprobs float32 (batch,) or (0,), mask bool (batch, vocab) of
+// the kept tokens or (0,) without write_mask}.
+std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                               const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds, bool draw,
+                               bool return_logprobs, bool write_mask);
+
+// Attention forward: q (B, Hq, Nq, D), k, v (B, Hkv, Nk, D), any strides with a contiguous last dim;
+// key_padding_mask bool (B, Nk). Returns {out (B, Hq, Nq, D) contiguous, lse float32 (B, Hq, Nq)}.
+std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
+                                      double dropout_p, int64_t seed);
+
+// Attention backward (deterministic: no atomics). Returns {dq, dk, dv}, contiguous.
+std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                      const std::optional<at::Tensor>& dlse,
+                                      const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
+                                      double dropout_p, int64_t seed);
+
+}  // namespace fastattn
