@@ -15,7 +15,7 @@ else
 SETUP := system-install
 endif
 
-.PHONY: demo test env verify setup system-install clean
+.PHONY: demo test env verify setup system-install clean gpu-check
 
 demo: $(SETUP)
 	$(PYTHON) -m fastattn env
@@ -42,6 +42,16 @@ $(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt
 
 system-install:
 	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
+
+# On a GPU machine: build, tests on CUDA, verify, benchmarks and the memory/sanitizer checks in one call
+# of at most 10 minutes, reported into RESULTS (at most 7 files):
+#     make gpu-check PYTHON=python3 RESULTS=/path/to/dir
+# GPU_CHECK_ARGS=--dry-run shows the plan; without a GPU the GPU stages report "skipped: no GPU".
+RESULTS ?= results
+GPU_CHECK_ARGS ?=
+
+gpu-check: $(filter $(VENV)/.installed,$(SETUP))
+	$(PYTHON) bench/gpu_check.py --results $(RESULTS) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

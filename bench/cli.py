@@ -1,0 +1,183 @@
+"""``python -m fastattn bench``: runs the benchmark targets and writes the reports.
+
+The arguments are declared with the other subcommands in ``fastattn/__main__.py``; :func:`run` does
+the work. Each script of this package also runs on its own (``python -m fastattn.bench.attention
+--quick``) through :func:`main`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+import torch
+
+# Shares of --budget, in that order; a target's unused time passes on to the ones after it.
+BUDGET_WEIGHTS = {"attention": 45, "norm": 20, "sampling": 10, "models": 15, "overhead": 5, "memory": 5}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+THROUGHPUT_TARGETS = ("attention", "norm", "sampling")
+
+NO_GPU_MESSAGE = """\
+No CUDA GPU on this machine. What can be measured here: the dispatch overhead of fastattn's backend
+layer (against calling PyTorch directly), and tiny-shape timings on the CPU that compare providers
+with each other (median milliseconds on one thread). What cannot: GPU timings, TFLOP/s and GB/s, the
+copy and matmul ceilings, peak GPU memory, and our cuda/triton kernels (they need a GPU; under
+TRITON_INTERPRET=1 the Triton kernels only check correctness). On a GPU machine: python -m fastattn
+bench, or make gpu-check RESULTS=dir for the whole check."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastattn bench`` with these arguments."""
+    from fastattn.__main__ import main as fastattn_main
+
+    return fastattn_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _environment_line(env: dict) -> str:
+    device = (
+        f"{env['gpu']} ({env.get('gpu_capability')})"
+        if env.get("gpu")
+        else f"CPU ({env['cpu_threads']} threads)"
+    )
+    commit = (env["commit"] or "unknown")[:12] + (" (modified)" if env.get("dirty") else "")
+    return (
+        f"{device}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda'] or 'none'}; "
+        f"commit {commit}; {env['date']}"
+    )
+
+
+def _deadlines(targets: list[str], budget: float | None):
+    """Yields (target, deadline) with each target's deadline set when it starts, from the time left."""
+    if budget is None:
+        for target in targets:
+            yield target, None
+        return
+    end = time.perf_counter() + budget
+    for index, target in enumerate(targets):
+        left = max(0.0, end - time.perf_counter())
+        weight = BUDGET_WEIGHTS[target] / sum(BUDGET_WEIGHTS[t] for t in targets[index:])
+        yield target, time.perf_counter() + left * weight
+
+
+def run(args) -> int:
+    """Runs ``args.targets`` (all when empty); returns 1 when an acceptance check fails or one of our
+    kernels crashed, else 0."""
+    from fastattn.__main__ import BENCH_TARGETS
+
+    from . import attention, memory, models, norm, overhead, plot, report, sampling
+    from .harness import (
+        Section,
+        choose_providers,
+        cpu_threads,
+        default_device,
+        default_dtype,
+        environment,
+        measure_ceilings,
+        run_grid,
+    )
+
+    targets = list(dict.fromkeys(args.targets)) or list(BENCH_TARGETS)
+    device = default_device()
+    on_gpu = device.type == "cuda"
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
+    progress = not args.no_progress
+    if not on_gpu:
+        print(NO_GPU_MESSAGE + "\n")
+    env = environment(device)
+    print(_environment_line(env) + "\n")
+    ceilings = None
+    if on_gpu and any(t in THROUGHPUT_TARGETS for t in targets):
+        ceilings = measure_ceilings(device)
+        print(
+            f"ceilings measured on this device: copy {ceilings['copy_GBps']:.0f} GB/s (bytes read + "
+            f"written), 8192³ bf16 matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s\n"
+        )
+
+    sections: list[Section] = []
+    markdown_parts = [f"## fastattn benchmarks: {_environment_line(env)}\n"]
+    if not on_gpu:
+        markdown_parts.append(NO_GPU_MESSAGE.replace("\n", " ") + "\n")
+    overhead_results, memory_results, failures = [], [], []
+    op_modules = {"attention": attention, "norm": norm, "sampling": sampling}
+    for target, deadline in _deadlines(targets, args.budget):
+        if target in op_modules:
+            module = op_modules[target]
+            section = Section(
+                module.TITLE,
+                providers=choose_providers(
+                    module.providers(device), device, include=args.provider or (), exclude=args.exclude or ()
+                ),
+            )
+            cases = module.cases(device, dtype)
+            if args.quick:
+                cases = [case for case in cases if case.quick]
+            with cpu_threads(1) if not on_gpu else contextlib.nullcontext():
+                run_grid(section, cases, device, deadline=deadline, progress=progress)
+        elif target == "models":
+            with cpu_threads(1) if not on_gpu else contextlib.nullcontext():
+                section = models.run(
+                    device,
+                    include=args.provider or (),
+                    exclude=args.exclude or (),
+                    deadline=deadline,
+                    progress=progress,
+                )
+        elif target == "overhead":
+            budget = overhead.BUDGET_S if deadline is None else max(0.2, (deadline - time.perf_counter()) / 5)
+            overhead_results, notes = overhead.run(min(budget, overhead.BUDGET_S), progress=progress)
+            print(overhead.format_table(overhead_results, notes))
+            markdown_parts.append(overhead.format_table(overhead_results, notes, markdown=True))
+            failures += [
+                f"dispatch overhead of {r.op}: {r.overhead:+.1%}" for r in overhead_results if not r.ok
+            ]
+            continue
+        else:
+            memory_results, notes = memory.run(device)
+            print(memory.format_table(memory_results, notes))
+            markdown_parts.append(memory.format_table(memory_results, notes, markdown=True))
+            failures += [
+                f"memory of {r.backend} attention grows superlinearly" for r in memory_results if not r.ok
+            ]
+            continue
+        sections.append(section)
+        print(report.section_text(section, on_gpu))
+        markdown_parts.append(report.section_text(section, on_gpu, markdown=True))
+        failures += [
+            f"{row.provider} crashed on {row.case.op} {row.case.mode} {row.case.label}: {row.reason}"
+            for row in section.rows
+            if row.status == "error" and row.family == "ours"
+        ]
+
+    markdown = "\n".join(markdown_parts)
+    result = {
+        "environment": env,
+        "ceilings": ceilings,
+        "targets": targets,
+        "grid": "tiny (CPU)" if not on_gpu else ("quick" if args.quick else "standard"),
+        "budget_s": args.budget,
+        "providers": report.providers_summary(sections),
+        "overhead": [r.as_dict() for r in overhead_results],
+        "memory": [r.as_dict() for r in memory_results],
+        "failures": failures,
+        "rows": report.json_rows(sections, env, on_gpu),
+    }
+    if args.json:
+        report.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as file:
+            file.write(markdown)
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        title = f"fastattn: {_environment_line(env)}"
+        if plot.plot(args.plot, sections, ceilings=ceilings, on_gpu=on_gpu, title=title):
+            print(f"wrote {args.plot}")
+        else:
+            print(f"--plot: nothing to draw for {', '.join(targets)}")
+    if args.record:
+        for path in report.record(result, markdown):
+            print(f"recorded {path}")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0

@@ -1,0 +1,23 @@
+"""Attention benchmarks as a pytest-benchmark suite: ``pytest bench/ --benchmark-only``.
+
+On a GPU the --quick grid of ``bench.attention``; on a CPU the tiny shapes at N=128.
+"""
+
+import pytest
+
+from . import attention
+from .harness import benchmark_case, choose_providers, default_device, default_dtype
+
+DEVICE = default_device()
+CASES = [
+    case
+    for case in attention.cases(DEVICE, default_dtype(DEVICE))
+    if case.quick and (DEVICE.type == "cuda" or case.x == 128)
+]
+PROVIDERS = choose_providers(attention.providers(DEVICE), DEVICE)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.mode}-{c.label.replace(' ', '-')}")
+def test_attention(benchmark, case, provider):
+    benchmark_case(benchmark, case, provider, DEVICE)
