@@ -410,7 +410,11 @@ def scaled_dot_product_attention(
         key_padding_mask = _as_key_padding_mask(attn_mask, batch, nk)
         if key_padding_mask is None or key_padding_mask.device != query.device:
             return torch_sdpa()
-    fused = [name for name in ("cuda", "triton") if not _backend_reasons(name, query, deterministic=False, return_lse=False)]
+    fused = [
+        name
+        for name in backends.AUTO_ORDER
+        if name in ("cuda", "triton") and not _backend_reasons(name, query, deterministic=False, return_lse=False)
+    ]
     default = backends.default_backend()
     if default in ("torch", "naive") or not fused or (default != "auto" and default not in fused):
         return torch_sdpa()
