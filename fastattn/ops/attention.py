@@ -103,12 +103,6 @@ def _attention_fwd_triton(
     return out.contiguous(), lse.contiguous()
 
 
-@_attention_fwd_triton.register_fake
-def _(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
-    batch, heads, nq, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
-
-
 @torch.library.custom_op("fastattn::attention_bwd_triton", mutates_args=())
 def _attention_bwd_triton(
     dout: Tensor,
@@ -133,8 +127,14 @@ def _attention_bwd_triton(
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
-@_attention_bwd_triton.register_fake
-def _(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
+# ----------------------------------------------- fakes and autograd, shared by the two fused backends
+def _attention_fwd_fake(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
+    batch, heads, nq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
+
+
+def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed,
+                        deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -147,15 +147,23 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _attention_backward(ctx, dout, dlse):
-    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = _attention_bwd_triton(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options)
-    return dq, dk, dv, None, None, None, None, None, None
+def _register_fakes_and_autograd(forward, backward) -> None:
+    """The fake implementations of a backend's forward and backward ops, and the forward's autograd
+    formula calling that backend's backward op."""
+    forward.register_fake(_attention_fwd_fake)
+    backward.register_fake(_attention_bwd_fake)
+
+    def attention_backward(ctx, dout, dlse):
+        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = backward(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options)
+        return dq, dk, dv, None, None, None, None, None, None
+
+    forward.register_autograd(attention_backward, setup_context=_attention_setup_context)
 
 
-_attention_fwd_triton.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+_register_fakes_and_autograd(_attention_fwd_triton, _attention_bwd_triton)
 
 
 # ----------------------------------------------------------------------------- the CUDA custom ops
@@ -184,12 +192,6 @@ def _attention_fwd_cuda(
     return out, lse
 
 
-@_attention_fwd_cuda.register_fake
-def _(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
-    batch, heads, nq, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
-
-
 @torch.library.custom_op("fastattn::attention_bwd_cuda", mutates_args=())
 def _attention_bwd_cuda(
     dout: Tensor,
@@ -215,20 +217,7 @@ def _attention_bwd_cuda(
     return dq, dk, dv
 
 
-@_attention_bwd_cuda.register_fake
-def _(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _attention_backward_cuda(ctx, dout, dlse):
-    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = _attention_bwd_cuda(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options)
-    return dq, dk, dv, None, None, None, None, None, None
-
-
-_attention_fwd_cuda.register_autograd(_attention_backward_cuda, setup_context=_attention_setup_context)
+_register_fakes_and_autograd(_attention_fwd_cuda, _attention_bwd_cuda)
 
 
 # ------------------------------------------------------------------------- the backends, as calls

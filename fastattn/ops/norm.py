@@ -111,17 +111,6 @@ def _norm_fwd_triton(
     return kernels.norm_fwd(x, residual, weight, bias, eps, rms=rms, residual_in_fp32=residual_in_fp32)
 
 
-@_norm_fwd_triton.register_fake
-def _(x, residual, weight, bias, eps, rms, residual_in_fp32):
-    y = x.new_empty(x.shape)
-    s = x.new_empty((0,))
-    if residual is not None:
-        s = x.new_empty(x.shape, dtype=_residual_dtype(x.dtype, residual_in_fp32))
-    mean = x.new_empty((0,) if rms else x.shape[:-1], dtype=torch.float32)
-    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
-    return y, s, mean, rstd
-
-
 @torch.library.custom_op("fastattn::norm_bwd_triton", mutates_args=())
 def _norm_bwd_triton(
     dy: Tensor,
@@ -141,16 +130,6 @@ def _norm_bwd_triton(
     return kernels.norm_bwd(dy, ds, x, residual, weight, bias, mean, rstd, rms=rms)
 
 
-@_norm_bwd_triton.register_fake
-def _(dy, ds, x, residual, weight, bias, mean, rstd, rms):
-    separate = residual is not None and residual.dtype != x.dtype
-    dx = x.new_empty(x.shape)
-    dr = residual.new_empty(residual.shape) if separate else x.new_empty((0,))
-    dw = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,))
-    db = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
-    return dx, dr, dw, db
-
-
 def _norm_setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, rms, residual_in_fp32 = inputs
     _, _, mean, rstd = output
@@ -162,29 +141,57 @@ def _norm_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _norm_backward(ctx, dy, ds, dmean, drstd):
-    x, residual, weight, bias, mean, rstd = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros_like(x)
-    dx, dresidual, dw, db = _norm_bwd_triton(
-        dy, ds if residual is not None else None, x, residual, weight, bias, mean, rstd, ctx.rms
-    )
-    if residual is None:
-        dresidual = None
-    elif residual.dtype == x.dtype:
-        dresidual = dx  # the same values in the same dtype: one tensor for both
-    return (
-        dx,
-        dresidual,
-        dw if weight is not None else None,
-        db if bias is not None else None,
-        None,
-        None,
-        None,
-    )
+# ------------------------------------------------ fakes and autograd, shared by the two fused backends
+def _norm_fwd_fake(x, residual, weight, bias, eps, rms, residual_in_fp32):
+    y = x.new_empty(x.shape)
+    s = x.new_empty((0,))
+    if residual is not None:
+        s = x.new_empty(x.shape, dtype=_residual_dtype(x.dtype, residual_in_fp32))
+    mean = x.new_empty((0,) if rms else x.shape[:-1], dtype=torch.float32)
+    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return y, s, mean, rstd
 
 
-_norm_fwd_triton.register_autograd(_norm_backward, setup_context=_norm_setup_context)
+def _norm_bwd_fake(dy, ds, x, residual, weight, bias, mean, rstd, rms):
+    separate = residual is not None and residual.dtype != x.dtype
+    dx = x.new_empty(x.shape)
+    dr = residual.new_empty(residual.shape) if separate else x.new_empty((0,))
+    dw = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,))
+    db = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
+    return dx, dr, dw, db
+
+
+def _register_fakes_and_autograd(forward, backward) -> None:
+    """The fake implementations of a backend's forward and backward ops, and the forward's autograd
+    formula calling that backend's backward op."""
+    forward.register_fake(_norm_fwd_fake)
+    backward.register_fake(_norm_bwd_fake)
+
+    def norm_backward(ctx, dy, ds, dmean, drstd):
+        x, residual, weight, bias, mean, rstd = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(x)
+        dx, dresidual, dw, db = backward(
+            dy, ds if residual is not None else None, x, residual, weight, bias, mean, rstd, ctx.rms
+        )
+        if residual is None:
+            dresidual = None
+        elif residual.dtype == x.dtype:
+            dresidual = dx  # the same values in the same dtype: one tensor for both
+        return (
+            dx,
+            dresidual,
+            dw if weight is not None else None,
+            db if bias is not None else None,
+            None,
+            None,
+            None,
+        )
+
+    forward.register_autograd(norm_backward, setup_context=_norm_setup_context)
+
+
+_register_fakes_and_autograd(_norm_fwd_triton, _norm_bwd_triton)
 
 
 # ----------------------------------------------------------------------------- the CUDA custom ops
@@ -227,17 +234,6 @@ def _norm_fwd_cuda(
     )
 
 
-@_norm_fwd_cuda.register_fake
-def _(x, residual, weight, bias, eps, rms, residual_in_fp32):
-    y = x.new_empty(x.shape)
-    s = x.new_empty((0,))
-    if residual is not None:
-        s = x.new_empty(x.shape, dtype=_residual_dtype(x.dtype, residual_in_fp32))
-    mean = x.new_empty((0,) if rms else x.shape[:-1], dtype=torch.float32)
-    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
-    return y, s, mean, rstd
-
-
 @torch.library.custom_op("fastattn::norm_bwd_cuda", mutates_args=())
 def _norm_bwd_cuda(
     dy: Tensor,
@@ -275,33 +271,7 @@ def _norm_bwd_cuda(
     )
 
 
-@_norm_bwd_cuda.register_fake
-def _(dy, ds, x, residual, weight, bias, mean, rstd, rms):
-    separate = residual is not None and residual.dtype != x.dtype
-    dx = x.new_empty(x.shape)
-    dr = residual.new_empty(residual.shape) if separate else x.new_empty((0,))
-    dw = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,))
-    db = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
-    return dx, dr, dw, db
-
-
-def _norm_backward_cuda(ctx, dy, ds, dmean, drstd):
-    x, residual, weight, bias, mean, rstd = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros_like(x)
-    dx, dresidual, dw, db = _norm_bwd_cuda(
-        dy, ds if residual is not None else None, x, residual, weight, bias, mean, rstd, ctx.rms
-    )
-    if residual is None:
-        dresidual = None
-    elif residual.dtype == x.dtype:
-        dresidual = dx
-    dw = dw if weight is not None else None
-    db = db if bias is not None else None
-    return dx, dresidual, dw, db, None, None, None
-
-
-_norm_fwd_cuda.register_autograd(_norm_backward_cuda, setup_context=_norm_setup_context)
+_register_fakes_and_autograd(_norm_fwd_cuda, _norm_bwd_cuda)
 
 
 # ------------------------------------------------------------------------- the backends, as calls

@@ -148,6 +148,13 @@ def _backend_reasons(name: str, logits: Tensor) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the Triton custom op
+def _sample_fake(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
+    """The outputs' shapes and dtypes, for both fused backends' ops (torch.compile traces these)."""
+    batch = logits.shape[0]
+    tokens = logits.new_empty((batch,), dtype=torch.int64)
+    return tokens, logits.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
+
+
 @torch.library.custom_op("fastattn::sample_triton", mutates_args=())
 def _sample_triton(
     logits: Tensor,
@@ -164,11 +171,7 @@ def _sample_triton(
     return kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs)
 
 
-@_sample_triton.register_fake
-def _(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
-    batch = logits.shape[0]
-    tokens = logits.new_empty((batch,), dtype=torch.int64)
-    return tokens, logits.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
+_sample_triton.register_fake(_sample_fake)
 
 
 # ------------------------------------------------------------------------------ the CUDA custom op
@@ -194,11 +197,7 @@ def _sample_cuda(
     return tokens, logprobs
 
 
-@_sample_cuda.register_fake
-def _(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
-    batch = logits.shape[0]
-    tokens = logits.new_empty((batch,), dtype=torch.int64)
-    return tokens, logits.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
+_sample_cuda.register_fake(_sample_fake)
 
 
 # ------------------------------------------------------------------------- the backends, as calls
