@@ -21,6 +21,7 @@ demo: $(SETUP)
 	$(PYTHON) -m fastattn env
 	$(PYTHON) -m fastattn verify
 	$(PYTHON) -m fastattn demo
+	$(PYTHON) -m fastattn train gpt --steps 300 --out results/demo-gpt
 
 test: $(SETUP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastattn {env,verify,demo} ...`` (``--help`` on each)."""
+"""Command line: ``python -m fastattn {env,verify,bench,train,demo} ...`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,27 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from .bench import cli
+
+    return cli.run(args)
+
+
+BENCH_TARGETS = ("attention", "norm", "sampling", "models", "overhead", "memory")
+
+
+def _bench_target(name: str) -> str:
+    if name not in BENCH_TARGETS:
+        raise argparse.ArgumentTypeError(f"invalid target {name!r} (choose from {', '.join(BENCH_TARGETS)})")
+    return name
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from .models import train
+
+    return train.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastattn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,13 +147,91 @@ def main(argv: list[str] | None = None) -> int:
         "through Triton's interpreter on small shapes.",
     )
     verify.add_argument("--json", metavar="PATH", help="also write the rows and the environment as JSON")
-    verify.add_argument("--op", action="append", help="only this op (repeatable): attention")
+    verify.add_argument("--op", action="append", help="only this op (repeatable): attention, norm, sampling")
     verify.add_argument("--backend", action="append", help="only this backend (repeatable)")
     grid = verify.add_mutually_exclusive_group()
     grid.add_argument("--full", dest="full", action="store_true", default=None,
                       help="the full shape grid (default on a GPU)")
     grid.add_argument("--quick", dest="full", action="store_false", help="small shapes (default on a CPU)")
     verify.set_defaults(run=command_verify)
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark tables (and --plot) of our backends against PyTorch and installed peers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Times every provider side by side on the standard grid and prints one table per op: ours (cuda,
+triton), PyTorch's (SDPA with each of its backends, F.layer_norm / F.rms_norm, sort-based sampling),
+naive (fastattn.reference), torch.compile of naive, and every installed peer (flash-attn, xformers,
+liger-kernel, apex, flashinfer); a provider that cannot run says why. In brackets: the speedup over
+the best PyTorch provider of the same case.
+
+targets (all when none is named):
+  attention  TFLOP/s, forward and backward: B = 16384/N, H = 2048/D, N 512..16384, D 64/128/256
+  norm       GB/s of the bytes that must move: LayerNorm, RMSNorm, with the residual add, backward
+  sampling   µs per batch: V 32000 / 128256, B 1 / 64 / 512, top-k 50 + top-p 0.9
+  models     GPT train step and generation in tokens/s on each backend (fastattn.models)
+  overhead   the cost of fastattn's dispatch on small CPU tensors against calling PyTorch (limit 5%)
+  memory     peak GPU memory of attention fwd+bwd for N 1k..16k: must grow linearly
+
+On a GPU, timings are triton.testing.do_bench medians (20/80 percentiles in the JSON), and the copy
+bandwidth and bf16 matmul rate of the device are measured once per run as ceilings. Without a GPU,
+only the dispatch overhead and tiny-shape CPU timings (milliseconds) can be measured.""",
+        epilog="""\
+examples:
+  python -m fastattn bench                               everything this machine can run
+  python -m fastattn bench attention --quick --plot a.png
+  python -m fastattn bench norm --provider ours --provider torch
+  python -m fastattn bench --json run.json --record      also keep the run in bench/results/""",
+    )
+    bench.add_argument("targets", nargs="*", type=_bench_target, metavar="TARGET",
+                       help=f"one or more of {', '.join(BENCH_TARGETS)}")
+    bench.add_argument("--quick", action="store_true", help="a trimmed grid (a few shapes per op)")
+    bench.add_argument("--json", metavar="PATH", help="write every timing as a JSON row, with the versions")
+    bench.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    bench.add_argument("--plot", metavar="PATH",
+                       help="draw a PNG: TFLOP/s vs N (attention), GB/s vs hidden size (norms), µs vs batch "
+                       "(sampling), with the measured ceilings")
+    bench.add_argument("--record", action="store_true",
+                       help="also keep the JSON and Markdown in bench/results/, named by date, GPU, versions")
+    bench.add_argument("--provider", action="append", metavar="NAME",
+                       help="time only this provider or family (ours, pytorch, peer); repeatable")
+    bench.add_argument("--exclude", action="append", metavar="NAME", help="leave a provider out; repeatable")
+    bench.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                       help="attention and norm inputs (default: bfloat16 on a GPU, float32 on a CPU)")
+    bench.add_argument("--budget", type=float, metavar="SECONDS",
+                       help="stop timing new shapes after this long, shared among the targets (the --quick "
+                       "shapes run first)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=command_bench)
+
+    train = commands.add_parser(
+        "train",
+        help="train a reference model (gpt, bert, seq2seq, vae) on shipped data and show what it learned",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Trains one of fastattn's reference models on data shipped with the package (no downloads), with a
+progress bar and held-out metrics along the way, then shows what the model learned. Every attention,
+LayerNorm and sampling call of the model goes through fastattn's ops on --backend.
+
+  gpt      character-level GPT on tiny Shakespeare: held-out loss (nats/char), generated text
+  bert     character-level BERT (masked LM) on tiny Shakespeare: masked-character accuracy against
+           always guessing the most frequent character, filled-in masks
+  seq2seq  the encoder-decoder Transformer translating numerals to English words: exact match on
+           held-out numbers, translations
+  vae      a VAE with Transformer encoder/decoder on the 8x8 digits: reconstruction error against the
+           mean image, KL, and a PNG of reconstructions, prior samples and an interpolation""",
+        epilog="""\
+examples:
+  python -m fastattn train gpt --steps 200                 a quick look (about a minute on 2 CPU cores)
+  python -m fastattn train seq2seq --save runs/s2s.pt      the full default run, then a checkpoint
+  python -m fastattn train seq2seq --load runs/s2s.pt --steps 0    evaluate and show a checkpoint
+  python -m fastattn train vae --out runs/vae             writes runs/vae/vae.png""",
+    )
+    from .models.train import add_arguments as add_train_arguments
+
+    add_train_arguments(train)
+    train.set_defaults(run=command_train)
 
     demo = commands.add_parser("demo", help="a short tour of the fused ops on this machine")
     demo.set_defaults(run=command_demo)

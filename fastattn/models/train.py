@@ -1,0 +1,588 @@
+"""``python -m fastattn train {gpt,bert,seq2seq,vae}``: trains a reference model on data shipped with
+the package, with a progress bar and held-out metrics, then shows what it learned.
+
+- ``gpt``: a character-level GPT on tiny Shakespeare (nanoGPT's CPU "baby" config); held-out loss in
+  nats per character; generated text.
+- ``bert``: a character-level BERT on tiny Shakespeare, masked-LM pre-training; masked-character
+  accuracy against always guessing the most frequent character; filled-in masks.
+- ``seq2seq``: the encoder–decoder Transformer translating numerals to English words; exact match on
+  held-out numbers; translations.
+- ``vae``: the patch-Transformer VAE on scikit-learn's 8×8 digits; held-out reconstruction error
+  against predicting the mean image, KL; a PNG of reconstructions, prior samples and an interpolation.
+
+Every task uses AdamW with a linear warm-up and a cosine decay to a tenth of the peak learning rate
+over all its steps (those of a loaded checkpoint included), and clips gradients at norm 1.
+Each run writes ``metrics.json`` and ``samples.txt`` (``vae.png`` for the VAE) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastattn import backends
+from fastattn.data import CharTokenizer, NumberTranslation, load_digits, number_to_words, tiny_shakespeare
+from fastattn.data.digits import MAX_INTENSITY
+
+from .bert import BERT, IGNORE_INDEX, BERTConfig, mask_tokens
+from .gpt import GPT, GPTConfig
+from .transformer import Transformer, TransformerConfig
+from .vae import VAE, VAEConfig
+
+EVAL_SEED = 1234  # held-out batches and masks are drawn from this seed, the same in every evaluation
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A task's training defaults (``--steps``, ``--batch-size`` and ``--lr`` override the first three)."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    eval_interval: int
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+def learning_rate(step: int, total_steps: int, recipe: Recipe, peak: float) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * peak``."""
+    if step < recipe.warmup_steps:
+        return peak * (step + 1) / recipe.warmup_steps
+    progress = min(1.0, (step - recipe.warmup_steps) / max(1, total_steps - recipe.warmup_steps))
+    return peak * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Task(abc.ABC):
+    """One trainable model and its data. Subclasses set ``name``, ``summary``, ``recipe``,
+    ``model_class`` and ``config_class`` and implement the abstract methods."""
+
+    name: str
+    summary: str
+    recipe: Recipe
+    model_class: type[nn.Module]
+    config_class: type
+    config: object  # the model's config, set before batches are drawn (by :func:`run`)
+    batch_size: int  # the training (and evaluation) batch size, set with it
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @abc.abstractmethod
+    def default_config(self):
+        """The model's config when no checkpoint is loaded."""
+
+    @abc.abstractmethod
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """A training batch drawn with ``generator``, on ``self.device``."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...], step: int, total_steps: int) -> Tensor:
+        """The training loss of ``batch`` at ``step`` of ``total_steps``."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, *, full: bool) -> dict[str, float]:
+        """Held-out metrics (model in eval mode, no gradients); ``full=False``: a quicker estimate."""
+
+    @abc.abstractmethod
+    def show(self, model: nn.Module, out_dir: Path, seed: int) -> str:
+        """What the model learned, as text to print (and to write to ``samples.txt``)."""
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One line for the progress log."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+
+
+# -------------------------------------------------------------------------------------------- gpt
+class GPTTask(Task):
+    name = "gpt"
+    summary = "character-level GPT on tiny Shakespeare; held-out loss (nats/char) and generated text"
+    recipe = Recipe(steps=2000, batch_size=12, learning_rate=1e-3, warmup_steps=100, eval_interval=250)
+    model_class, config_class = GPT, GPTConfig
+    EVAL_BATCHES = 200
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        text = tiny_shakespeare()
+        self.tokenizer = CharTokenizer(text)
+        data = self.tokenizer.encode(text)
+        split = int(0.9 * len(data))  # nanoGPT's split: the last 10% is held out
+        self.train_data, self.val_data = data[:split], data[split:]
+
+    def default_config(self) -> GPTConfig:
+        return GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128)
+
+    def _windows(self, data: Tensor, batch_size: int, block_size: int, generator: torch.Generator):
+        starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)  # (B,)
+        index = starts[:, None] + torch.arange(block_size + 1)  # (B, N + 1)
+        windows = data[index].to(self.device)
+        return windows[:, :-1], windows[:, 1:]  # inputs, next characters: (B, N) each
+
+    def batch(self, batch_size, generator):
+        return self._windows(self.train_data, batch_size, self.config.block_size, generator)
+
+    def loss(self, model, batch, step, total_steps):
+        return model(*batch)[1]
+
+    @torch.no_grad()
+    def evaluate(self, model, *, full):
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        count = self.EVAL_BATCHES if full else self.EVAL_BATCHES // 10
+        losses = [
+            model(*self._windows(self.val_data, self.batch_size, self.config.block_size, generator))[1].item()
+            for _ in range(count)
+        ]
+        return {"loss": sum(losses) / len(losses)}  # nats per character
+
+    def show(self, model, out_dir, seed):
+        prompt = self.tokenizer.encode("\n")[None].to(self.device)  # (1, 1)
+        out = model.generate(prompt, 500, temperature=0.8, top_p=0.95, seed=seed)
+        return "generated (temperature 0.8, top-p 0.95):\n" + self.tokenizer.decode(out[0, 1:])
+
+
+# ------------------------------------------------------------------------------------------- bert
+class BERTTask(Task):
+    name = "bert"
+    summary = "character-level BERT on tiny Shakespeare; masked-character accuracy and filled-in masks"
+    recipe = Recipe(steps=2500, batch_size=32, learning_rate=1e-3, warmup_steps=200, eval_interval=500)
+    model_class, config_class = BERT, BERTConfig
+    SPECIALS = ["[PAD]", "[CLS]", "[MASK]"]
+    MIN_LENGTH = 16  # characters per sequence are drawn from MIN_LENGTH .. max_seq_len - 1 (then padded)
+    EVAL_BATCHES = 50
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        text = tiny_shakespeare()
+        self.tokenizer = CharTokenizer(text, specials=self.SPECIALS)
+        data = self.tokenizer.encode(text)
+        split = int(0.9 * len(data))
+        self.train_data, self.val_data = data[:split], data[split:]
+        counts = torch.bincount(self.train_data, minlength=self.tokenizer.vocab_size)
+        self.most_frequent = int(counts.argmax())  # the baseline's guess (a space)
+
+    def default_config(self) -> BERTConfig:
+        pad, cls, mask = (self.tokenizer.stoi[s] for s in self.SPECIALS)
+        return BERTConfig(
+            vocab_size=self.tokenizer.vocab_size,
+            max_seq_len=64,
+            n_layer=4,
+            n_head=4,
+            d_model=128,
+            d_ff=512,
+            dropout=0.0,
+            pad_id=pad,
+            cls_id=cls,
+            mask_id=mask,
+        )
+
+    def _sequences(self, data: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:
+        """``[CLS]`` + a random stretch of text of random length, right-padded: int64 ``(B, max_seq_len)``."""
+        width = self.config.max_seq_len - 1
+        starts = torch.randint(len(data) - width, (batch_size,), generator=generator)  # (B,)
+        lengths = torch.randint(self.MIN_LENGTH, width + 1, (batch_size,), generator=generator)  # (B,)
+        text = data[starts[:, None] + torch.arange(width)]  # (B, N - 1)
+        text = text.masked_fill(torch.arange(width) >= lengths[:, None], self.config.pad_id)
+        cls = torch.full((batch_size, 1), self.config.cls_id, dtype=torch.int64)
+        return torch.cat([cls, text], dim=1)  # (B, N)
+
+    def _masked(self, tokens: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        maskable = tokens >= len(self.SPECIALS)  # real characters only
+        inputs, labels = mask_tokens(
+            tokens,
+            mask_id=self.config.mask_id,
+            vocab_size=self.tokenizer.vocab_size,
+            maskable=maskable,
+            generator=generator,
+            first_regular_id=len(self.SPECIALS),
+        )
+        return inputs.to(self.device), labels.to(self.device)
+
+    def batch(self, batch_size, generator):
+        return self._masked(self._sequences(self.train_data, batch_size, generator), generator)
+
+    def loss(self, model, batch, step, total_steps):
+        return model(*batch)[1]
+
+    @torch.no_grad()
+    def evaluate(self, model, *, full):
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        correct = baseline = total = 0
+        loss_sum = 0.0
+        for _ in range(self.EVAL_BATCHES if full else self.EVAL_BATCHES // 5):
+            inputs, labels = self._masked(
+                self._sequences(self.val_data, self.batch_size, generator), generator
+            )
+            logits, loss = model(inputs, labels)
+            chosen = labels != IGNORE_INDEX
+            predicted = logits.argmax(dim=-1)
+            correct += int((predicted == labels)[chosen].sum())
+            baseline += int((labels == self.most_frequent)[chosen].sum())
+            total += int(chosen.sum())
+            loss_sum += loss.item() * int(chosen.sum())
+        return {
+            "masked_accuracy": correct / total,
+            "baseline_accuracy": baseline / total,
+            "ratio_to_baseline": correct / max(baseline, 1),
+            "masked_loss": loss_sum / total,
+        }
+
+    def _printable(self, ids: Tensor) -> str:
+        return self.tokenizer.decode(ids).replace("\n", "|")  # one line per sequence
+
+    def show(self, model, out_dir, seed):
+        lines = ["masked characters (each a [MASK], shown as _) and the model's fill-ins, held-out text:"]
+        generator = torch.Generator().manual_seed(seed)
+        width = self.config.max_seq_len - 1
+        for _ in range(4):
+            start = int(torch.randint(len(self.val_data) - width, (), generator=generator))
+            text = self.val_data[start : start + width]  # (N - 1,)
+            chosen = torch.rand(width, generator=generator) < 0.15
+            masked = text.masked_fill(chosen, self.config.mask_id)
+            tokens = torch.cat([torch.tensor([self.config.cls_id]), masked])[None].to(self.device)  # (1, N)
+            predicted = model(tokens)[0][0, 1:].argmax(dim=-1).cpu()  # (N - 1,)
+            filled = torch.where(chosen, predicted, text)
+            right = int((predicted == text)[chosen].sum())
+            lines += [
+                f"  original {self._printable(text)}",
+                f"  masked   {self._printable(masked).replace('[MASK]', '_')}",
+                f"  filled   {self._printable(filled)}   ({right}/{int(chosen.sum())} right)",
+                "",
+            ]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- seq2seq
+class Seq2SeqTask(Task):
+    name = "seq2seq"
+    summary = "encoder-decoder Transformer, numerals to English words; exact match on held-out numbers"
+    recipe = Recipe(
+        steps=3000,
+        batch_size=64,
+        learning_rate=1e-3,
+        warmup_steps=300,
+        eval_interval=500,
+        betas=(0.9, 0.98),
+        weight_decay=0.01,
+    )
+    model_class, config_class = Transformer, TransformerConfig
+    EXAMPLES = [0, 15, 100, 1234, 70007, 110011, 999999]
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.data = NumberTranslation(max_number=10**6, num_test=1000, seed=0)
+
+    def default_config(self) -> TransformerConfig:
+        return TransformerConfig(
+            source_vocab_size=len(self.data.source_vocab),
+            target_vocab_size=len(self.data.target_vocab),
+            d_model=128,
+            n_heads=4,
+            d_ff=512,
+            n_encoder_layers=3,
+            n_decoder_layers=3,
+            dropout=0.1,
+            label_smoothing=0.1,
+            max_len=32,
+            pad_id=NumberTranslation.PAD,
+        )
+
+    def batch(self, batch_size, generator):
+        _, source, target = self.data.train_batch(batch_size, generator)
+        return source.to(self.device), target.to(self.device)
+
+    def loss(self, model, batch, step, total_steps):
+        source, target = batch
+        return model(source, target[:, :-1], target[:, 1:])[1]  # predict each next word
+
+    def translate(self, model: Transformer, numbers: list[int]) -> list[str]:
+        source = self.data.encode_source(numbers).to(self.device)
+        out = model.generate(
+            source,
+            bos_id=NumberTranslation.BOS,
+            eos_id=NumberTranslation.EOS,
+            max_new_tokens=self.data.max_target_len - 1,
+        )
+        return [self.data.decode_target(row) for row in out.cpu()]
+
+    @torch.no_grad()
+    def evaluate(self, model, *, full):
+        numbers = self.data.test_numbers if full else self.data.test_numbers[:200]
+        translations = self.translate(model, numbers)
+        right = sum(t == number_to_words(n) for n, t in zip(numbers, translations, strict=True))
+        return {"exact_match": right / len(numbers)}
+
+    def show(self, model, out_dir, seed):
+        numbers = self.EXAMPLES + self.data.test_numbers[:8]
+        lines = ["translations (greedy), hand-picked then held-out numbers:"]
+        for n, translation in zip(numbers, self.translate(model, numbers), strict=True):
+            mark = "ok" if translation == number_to_words(n) else f"WRONG (expected: {number_to_words(n)})"
+            lines.append(f"  {n:>7} -> {translation}   {mark}")
+        return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- vae
+class VAETask(Task):
+    name = "vae"
+    summary = "patch-Transformer VAE on the 8x8 digits; reconstruction error, KL, and a PNG"
+    recipe = Recipe(
+        steps=3000, batch_size=64, learning_rate=1e-3, warmup_steps=100, eval_interval=500, weight_decay=0.0
+    )
+    model_class, config_class = VAE, VAEConfig
+    NUM_TEST = 297
+    KL_WARMUP_FRACTION = 0.3  # beta rises linearly from 0 to config.beta over this fraction of the steps
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        images, labels = load_digits()
+        images = images.float().div(MAX_INTENSITY)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        test, train = order[: self.NUM_TEST], order[self.NUM_TEST :]
+        self.train_images, self.test_images = images[train].to(device), images[test].to(device)
+        self.test_labels = labels[test]
+        self.mean_image = self.train_images.mean(dim=0)  # (1, 8, 8): the baseline's prediction
+
+    def default_config(self) -> VAEConfig:
+        return VAEConfig()
+
+    def batch(self, batch_size, generator):
+        index = torch.randint(len(self.train_images), (batch_size,), generator=generator)
+        return (self.train_images[index.to(self.device)],)
+
+    def beta(self, step: int, total_steps: int) -> float:
+        warmup = max(1, int(self.KL_WARMUP_FRACTION * total_steps))
+        return self.config.beta * min(1.0, step / warmup)
+
+    def loss(self, model, batch, step, total_steps):
+        return model(batch[0], beta=self.beta(step, total_steps)).loss
+
+    @torch.no_grad()
+    def evaluate(self, model, *, full):
+        images = self.test_images
+        mu, logvar = model.encode(images)
+        reconstruction = torch.sigmoid(model.decode(mu))  # decoded from the posterior mean
+        error = F.mse_loss(reconstruction, images).item()
+        baseline = F.mse_loss(self.mean_image.expand_as(images), images).item()
+        noise = torch.randn(mu.shape, generator=torch.Generator().manual_seed(EVAL_SEED)).to(mu)
+        out = model(images, beta=1.0, noise=noise)
+        return {
+            "reconstruction_mse": error,
+            "mean_image_mse": baseline,
+            "mse_ratio": error / baseline,
+            "kl": out.kl.item(),
+            "negative_elbo": out.loss.item(),
+        }
+
+    def show(self, model, out_dir, seed):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        generator = torch.Generator().manual_seed(seed)
+        originals = self.test_images[:10]
+        reconstructions = torch.sigmoid(model.decode(model.encode(originals)[0]))
+        samples = model.sample(10, generator=generator)
+        first = int((self.test_labels == 1).nonzero()[0])
+        last = int((self.test_labels == 7).nonzero()[0])
+        path = model.interpolate(self.test_images[first], self.test_images[last], 10)
+        rows = [
+            ("held-out digits", originals),
+            ("reconstructions", reconstructions),
+            ("samples from the prior", samples),
+            ("interpolation 1 -> 7", path),
+        ]
+        figure, axes = plt.subplots(len(rows), 10, figsize=(10, 1.25 * len(rows) + 0.5))
+        for row, (title, images) in enumerate(rows):
+            axes[row, 0].set_title(title, loc="left", fontsize=9)
+            for column in range(10):
+                axes[row, column].imshow(images[column, 0].cpu().numpy(), cmap="gray_r", vmin=0.0, vmax=1.0)
+                axes[row, column].axis("off")
+        figure.suptitle("fastattn VAE on 8x8 digits")
+        figure.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png = out_dir / "vae.png"
+        figure.savefig(png, dpi=100)
+        plt.close(figure)
+        return f"wrote {png}: held-out digits, their reconstructions, 10 prior samples, an interpolation"
+
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (GPTTask, BERTTask, Seq2SeqTask, VAETask)}
+
+
+# ---------------------------------------------------------------------------------- the training loop
+def save_checkpoint(path: str | os.PathLike, task: Task, model: nn.Module, optimizer, step: int) -> None:
+    """Writes the task name, the model's config, its weights, the optimizer's state and the step."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "task": task.name,
+            "config": dataclasses.asdict(model.config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
+    """The dictionary :func:`save_checkpoint` wrote, tensors on ``device``."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, peak_lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or position vectors)."""
+    parameters = list(model.parameters())  # each tied weight once
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=recipe.betas)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``train`` command (see :func:`add_arguments`)."""
+    from tqdm import tqdm
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.backend != "auto" and backends.device_reasons(args.backend, device):
+        reasons = "; ".join(backends.device_reasons(args.backend, device))
+        raise SystemExit(f"--backend {args.backend} cannot run on {device}: {reasons}")
+    torch.manual_seed(args.seed)
+    task = TASKS[args.model](device)
+    recipe = task.recipe
+    checkpoint = load_checkpoint(args.load, device) if args.load else None
+    if checkpoint is not None and checkpoint["task"] != task.name:
+        raise SystemExit(f"{args.load} holds a {checkpoint['task']} checkpoint, not {task.name}")
+    task.config = task.config_class(**checkpoint["config"]) if checkpoint else task.default_config()
+    task.batch_size = args.batch_size or recipe.batch_size
+    model = task.model_class(task.config, backend=args.backend).to(device)
+    peak_lr = args.lr or recipe.learning_rate
+    optimizer = make_optimizer(model, recipe, peak_lr)
+    start_step = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_step = checkpoint["step"]
+        print(f"loaded {args.load} (step {start_step})")
+    steps = recipe.steps if args.steps is None else args.steps
+    total_steps = start_step + steps
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"train {task.name}: {task.summary}")
+    print(
+        f"{parameters / 1e6:.2f}M parameters, {steps} steps of batch {task.batch_size}, peak lr {peak_lr:g}, "
+        f"backend {args.backend}, device {device}, seed {args.seed}"
+    )
+
+    generator = torch.Generator().manual_seed(args.seed)
+    model.train()
+    started = time.perf_counter()
+    smoothed = None
+    progress = tqdm(
+        range(start_step, total_steps),
+        desc=f"train {task.name}",
+        unit="step",
+        dynamic_ncols=True,
+        disable=steps == 0,
+    )
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, total_steps, recipe, peak_lr)
+        loss = task.loss(model, task.batch(task.batch_size, generator), step, total_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        value = loss.item()
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        progress.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+        if (step + 1) % recipe.eval_interval == 0 and step + 1 < total_steps:
+            model.eval()
+            progress.write(
+                f"step {step + 1}: train loss {smoothed:.4f}; held-out: "
+                f"{format_metrics(task.evaluate(model, full=False))}"
+            )
+            model.train()
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    metrics = task.evaluate(model, full=True)
+    print(
+        f"held-out after {total_steps} steps ({train_seconds:.0f} s of training): {format_metrics(metrics)}"
+    )
+    out_dir = Path(args.out or os.path.join("runs", f"train-{task.name}"))
+    with torch.no_grad():
+        shown = task.show(model, out_dir, args.seed)
+    print(shown)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "samples.txt").write_text(shown + "\n", encoding="utf-8")
+    record = {
+        "task": task.name,
+        "steps": total_steps,
+        "train_seconds": round(train_seconds, 1),
+        "backend": args.backend,
+        "device": str(device),
+        "seed": args.seed,
+        "config": dataclasses.asdict(task.config),
+        "metrics": metrics,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if args.save:
+        save_checkpoint(args.save, task, model, optimizer, total_steps)
+        print(f"saved {args.save}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` subcommand's arguments."""
+    parser.add_argument("model", choices=list(TASKS), help="the model to train: " + ", ".join(TASKS))
+    parser.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="training steps (defaults: "
+        + ", ".join(f"{n} {t.recipe.steps}" for n, t in TASKS.items())
+        + "); with --load, steps beyond the checkpoint's; 0 only evaluates and shows",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="B", help="sequences (images) per step (default: the task's)"
+    )
+    parser.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: the task's)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto",) + backends.BACKENDS,
+        help="backend of every attention, norm and sampling call (default auto: the fastest "
+        "that runs here; torch on a CPU). triton on a CPU needs TRITON_INTERPRET=1 set before Python "
+        "starts (Triton's interpreter; slow)",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialization, the batches and the samples"
+    )
+    parser.add_argument(
+        "--save", metavar="PATH", help="write a checkpoint (config, weights, optimizer, step) at the end"
+    )
+    parser.add_argument("--load", metavar="PATH", help="start from this checkpoint (of the same model)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where metrics.json, samples.txt and vae.png go (default: runs/train-MODEL)",
+    )
