@@ -186,7 +186,7 @@ setup(
     package_dir={"fastattn.kernels": "kernels", "fastattn.bench": "bench"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.5", "triton>=3.0", "numpy"],
+    install_requires=["torch>=2.5", "triton>=3.0", "numpy", "tqdm", "matplotlib"],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "pybind11", "ninja"],
         "hf": ["transformers"],

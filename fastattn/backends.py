@@ -20,8 +20,8 @@ process (the environment variable ``FASTATTN_BACKEND``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 
@@ -48,14 +48,21 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-@functools.cache
 def _import_error(module: str) -> str | None:
-    """The error importing ``module`` raised, or None; recorded once and shown, never swallowed."""
+    """The error importing ``module`` raised, or None."""
     try:
         importlib.import_module(module)
     except Exception as error:  # an extension can fail with OSError (a missing .so) as well as ImportError
         return f"{type(error).__name__}: {error}"
     return None
+
+
+# Worked out once, as fastattn is imported, so that no backend check imports anything later (an
+# import inside a function that torch.compile traces breaks the graph). The extension's import error
+# is recorded and shown, never swallowed. Triton is only looked for, not imported: it must be imported
+# after TRITON_INTERPRET is set, which a program may do after importing fastattn.
+EXTENSION_ERROR = _import_error("fastattn._C")
+TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 
 def platform_reasons(name: str) -> list[str]:
@@ -69,10 +76,9 @@ def platform_reasons(name: str) -> list[str]:
 _platform_reasons_found: dict[tuple[str, bool], tuple[str, ...]] = {}
 
 
-@torch.compiler.assume_constant_result  # torch.compile calls it eagerly and keeps the answer as a constant
 def _platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
-    # Asked on every op call: worked out once per name (and TRITON_INTERPRET setting), as the imports
-    # and torch.cuda.is_available() do not change within a process; uncached, this took 1-4 µs a call.
+    # Asked on every op call: worked out once per name (and TRITON_INTERPRET setting), as
+    # torch.cuda.is_available() does not change within a process; uncached, this took 1-4 µs a call.
     key = (name, interpreting)
     if key not in _platform_reasons_found:
         _platform_reasons_found[key] = _find_platform_reasons(name, interpreting)
@@ -81,15 +87,13 @@ def _platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
 
 def _find_platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
     if name == "cuda":
-        error = _import_error("fastattn._C")
-        if error is not None:
-            return (f"extension not built: {error}",)
+        if EXTENSION_ERROR is not None:
+            return (f"extension not built: {EXTENSION_ERROR}",)
         if not torch.cuda.is_available():
             return ("no CUDA GPU is available",)
     elif name == "triton":
-        error = _import_error("triton")
-        if error is not None:
-            return (f"triton cannot be imported: {error}",)
+        if not TRITON_FOUND:
+            return ("triton is not installed",)
         if not torch.cuda.is_available() and not interpreting:
             return ("no CUDA GPU is available (set TRITON_INTERPRET=1 to run the kernels on the CPU)",)
     return ()

@@ -61,6 +61,18 @@ PREPROCESS_ROWS = 64  # rows per program of the (memory-bound, one pass) delta p
 
 # --------------------------------------------------------------------------------------- helpers
 @triton.jit
+def _cast(x, dtype: tl.constexpr, IEEE: tl.constexpr):
+    """float32 ``x`` rounded to ``dtype`` (to nearest, ties to even). Triton's interpreter truncates
+    float32 to bfloat16 instead of rounding, which doubles the rounding error of P and dS; there (and
+    only there is IEEE set for bfloat16 inputs) the rounding is done on the bits first."""
+    if IEEE and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round the low 16 bits away
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     """a @ b with fp32 accumulation. IEEE: fp32 operands at full fp32 precision (no tf32)."""
     if IEEE:
@@ -94,11 +106,12 @@ def _store_tile(
     offs_d,  # arange(0, BLOCK_D)
     head_dim,  # D
     value,  # (len(offs_r), BLOCK_D) float32 tile, cast to the matrix's dtype
+    IEEE: tl.constexpr,  # fp32 dots at ieee precision (see _cast)
 ):
     mask = ((start + offs_r) < n_rows)[:, None] & (offs_d < head_dim)[None, :]
     block = head + tl.cast(start, tl.int64) * stride_row
     ptrs = block + offs_r[:, None] * stride_row + offs_d[None, :]
-    tl.store(ptrs, value.to(head.dtype.element_ty), mask=mask)
+    tl.store(ptrs, _cast(value, head.dtype.element_ty, IEEE), mask=mask)
 
 
 @triton.jit
@@ -212,7 +225,7 @@ def _attn_fwd_kernel(
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p)
             p = tl.where(keep, p, 0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        acc = acc * alpha[:, None] + _dot(_cast(p, v.dtype, IEEE), v, IEEE)
         m_i = m_new
 
     no_key = l_i == 0.0
@@ -221,7 +234,7 @@ def _attn_fwd_kernel(
         acc = acc * tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
     lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
     _store_tile(Out + b * stride_ob + h * stride_oh, start_m, seq_q, stride_om, tl.arange(0, BLOCK_M), offs_d,
-                head_dim, acc / l_safe[:, None])
+                head_dim, acc / l_safe[:, None], IEEE)
     tl.store(Lse + bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
 
 
@@ -343,11 +356,11 @@ def _attn_bwd_dkdv_kernel(
             dp_t = _dot(v, tl.trans(do), IEEE)  # (dO Vᵀ)ᵀ
             if DROPOUT:
                 keep_t = _dropout_keep(seed, bh, rows[None, :], offs_n[:, None], dropout_p)
-                dv += _dot(tl.where(keep_t, p_t * keep_scale, 0.0).to(do.dtype), do, IEEE)
+                dv += _dot(_cast(tl.where(keep_t, p_t * keep_scale, 0.0), do.dtype, IEEE), do, IEEE)
                 dp_t = tl.where(keep_t, dp_t * keep_scale, 0.0)
             else:
-                dv += _dot(p_t.to(do.dtype), do, IEEE)
-            ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)  # dSᵀ
+                dv += _dot(_cast(p_t, do.dtype, IEEE), do, IEEE)
+            ds_t = _cast(p_t * (dp_t - delta[None, :]), q.dtype, IEEE)  # dSᵀ
             dk += _dot(ds_t, q, IEEE)
             if DQ_ATOMIC:
                 dq = _dot(tl.trans(ds_t), k, IEEE) * scale  # (BLOCK_M, BLOCK_D)
@@ -358,8 +371,8 @@ def _attn_bwd_dkdv_kernel(
     local_n = tl.arange(0, BLOCK_N)
     dk_head = DK + b * stride_dkb + h_kv * stride_dkh
     dv_head = DV + b * stride_dvb + h_kv * stride_dvh
-    _store_tile(dk_head, start_n, seq_k, stride_dkn, local_n, offs_d, head_dim, dk * scale)
-    _store_tile(dv_head, start_n, seq_k, stride_dvn, local_n, offs_d, head_dim, dv)
+    _store_tile(dk_head, start_n, seq_k, stride_dkn, local_n, offs_d, head_dim, dk * scale, IEEE)
+    _store_tile(dv_head, start_n, seq_k, stride_dvn, local_n, offs_d, head_dim, dv, IEEE)
 
 
 @triton.jit
@@ -435,11 +448,11 @@ def _attn_bwd_dq_kernel(
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p)
             dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = (p * (dp - delta[:, None])).to(k.dtype)
+        ds = _cast(p * (dp - delta[:, None]), k.dtype, IEEE)
         dq += _dot(ds, k, IEEE)
 
     dq_head = DQ + b * stride_dqb + h * stride_dqh
-    _store_tile(dq_head, start_m, seq_q, stride_dqm, local_m, offs_d, head_dim, dq * scale)
+    _store_tile(dq_head, start_m, seq_q, stride_dqm, local_m, offs_d, head_dim, dq * scale, IEEE)
 
 
 # ----------------------------------------------------------------------------------- dropout mask

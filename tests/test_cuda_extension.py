@@ -41,7 +41,7 @@ def _why_not_built() -> str | None:
 @pytest.fixture(scope="module")
 def C():
     """The extension module; skipped where setup.py builds none, a failure where it should have."""
-    error = backends._import_error("fastattn._C")
+    error = backends.EXTENSION_ERROR
     if error is not None:
         why = _why_not_built()
         if why is not None:

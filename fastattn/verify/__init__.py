@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import platform
 from collections.abc import Iterable
 
@@ -19,6 +20,10 @@ from .. import backends
 from .common import Case, Row
 
 OPS = ("attention", "norm", "sampling")
+# The rows of the torch backend are PyTorch's own kernels, shown for comparison under the same rule:
+# one over the bound is reported, not counted as a failure of fastattn (PyTorch's float32 SDPA backward
+# on the CPU exceeds the 3x gradient bound by about 7% on some shapes).
+COMPARISON_BACKENDS = ("torch",)
 
 
 def all_cases(device: torch.device, full: bool, ops: Iterable[str] = OPS) -> list[Case]:
@@ -61,20 +66,37 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _over_in_comparison(row: Row) -> bool:
+    """A comparison backend's result over the bound (a crash there still counts as a failure)."""
+    return not row.ok and row.backend in COMPARISON_BACKENDS and math.isfinite(row.max_error)
+
+
+def failures(rows: list[Row]) -> list[Row]:
+    """The rows that fail fastattn's checks."""
+    return [r for r in rows if not r.ok and not _over_in_comparison(r)]
+
+
+def _verdict(row: Row) -> str:
+    if row.ok:
+        return "ok"
+    return "over (PyTorch's kernel)" if _over_in_comparison(row) else "FAIL"
+
+
 def format_table(rows: list[Row]) -> str:
     header = ("op", "backend", "dtype", "case", "max error", "bound", "result")
-    lines = [
-        (r.op, r.backend, r.dtype, r.case, f"{r.max_error:.2e}", f"{r.bound:.2e}", "ok" if r.ok else "FAIL")
-        for r in rows
-    ]
+    lines = [(r.op, r.backend, r.dtype, r.case, f"{r.max_error:.2e}", f"{r.bound:.2e}", _verdict(r)) for r in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
-    failures = [r for r in rows if not r.ok]
+    failed = failures(rows)
+    over = [r for r in rows if _over_in_comparison(r)]
     out.append("")
-    out.append(f"{len(rows) - len(failures)} passed, {len(failures)} failed")
-    for r in failures:
+    out.append(f"{len(rows) - len(failed) - len(over)} passed, {len(failed)} failed")
+    for r in over:
+        out.append(f"over the bound in PyTorch's own kernel (not counted) {r.op} [{r.backend}, {r.dtype}, {r.case}]: "
+                   f"{r.detail}")
+    for r in failed:
         out.append(f"FAIL {r.op} [{r.backend}, {r.dtype}, {r.case}]: {r.detail}")
     return "\n".join(out)
 
