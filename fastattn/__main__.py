@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastattn {env,verify,bench,train,demo} ...`` (``--help`` on each)."""
+"""Command line: ``python -m fastattn {env,verify,bench,train,attention-graph,demo}`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -131,6 +131,20 @@ def command_train(args: argparse.Namespace) -> int:
     return train.run(args)
 
 
+def command_attention_graph(args: argparse.Namespace) -> int:
+    from .viz import graph
+
+    try:
+        model, tokenizer, task_name = graph.load_char_model(args.model)
+        tokens, labels = graph.encode_text(task_name, tokenizer, model, args.text)
+    except ValueError as error:
+        raise SystemExit(f"attention-graph: {error}") from None
+    title = f"{task_name} attention: {args.text!r}"
+    path = graph.write_attention_graph(model, tokens, labels, args.out, threshold=args.threshold, title=title)
+    print(f"wrote {path}: {len(labels)} tokens; open it in a browser")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastattn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -232,6 +246,37 @@ examples:
 
     add_train_arguments(train)
     train.set_defaults(run=command_train)
+
+    attention_graph = commands.add_parser(
+        "attention-graph",
+        help="an HTML page of what a trained gpt or bert model attends to, token by token",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Runs a checkpoint of `python -m fastattn train {gpt,bert} --save PATH` on --text and writes one
+self-contained HTML file (inline CSS and JavaScript, the weights embedded, nothing fetched): the
+characters in a row (a space drawn as a visible mark; BERT's input starts with [CLS]); hover a token,
+or click it to pin it, to draw curves to the tokens it attends to, thicker for larger weights. Pickers
+choose the layer and the head or the average over heads; weights not above the threshold shown on the
+page are hidden (a slider changes it).
+
+The weights are the exact attention probabilities, recovered from the fused kernel's log-sum-exp
+(see fastattn.viz.attention_weights).""",
+        epilog="""\
+examples:
+  python -m fastattn train gpt --save runs/gpt.pt
+  python -m fastattn attention-graph --model runs/gpt.pt --text "To be, or not to be" --out graph.html""",
+    )
+    attention_graph.add_argument("--model", required=True, metavar="CHECKPOINT",
+                                 help="a gpt or bert checkpoint written by `train ... --save`")
+    attention_graph.add_argument("--text", required=True,
+                                 help="the input: characters of the model's vocabulary, at most its context "
+                                 "length")
+    attention_graph.add_argument("--out", default="attention_graph.html", metavar="PATH",
+                                 help="the HTML file to write (default: attention_graph.html)")
+    attention_graph.add_argument("--threshold", type=float, default=0.05,
+                                 help="initial threshold: links with a weight not above it are hidden "
+                                 "(default: 0.05)")
+    attention_graph.set_defaults(run=command_attention_graph)
 
     demo = commands.add_parser("demo", help="a short tour of the fused ops on this machine")
     demo.set_defaults(run=command_demo)
