@@ -8,6 +8,7 @@ backends are plain PyTorch, differentiated by autograd itself.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -221,14 +222,10 @@ _register_fakes_and_autograd(_attention_fwd_cuda, _attention_bwd_cuda)
 
 
 # ------------------------------------------------------------------------- the backends, as calls
-def _attention_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+def _attention_fused(forward, q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+    """Calls ``forward``, the fused forward op of the cuda or triton backend, with a dropout seed."""
     seed = _dropout_seed(dropout_p)
-    return _attention_fwd_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
-
-
-def _attention_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
-    seed = _dropout_seed(dropout_p)
-    return _attention_fwd_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
+    return forward(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
 
 
 def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
@@ -261,8 +258,8 @@ def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
 
 
 _IMPLEMENTATIONS = {
-    "cuda": _attention_cuda,
-    "triton": _attention_triton,
+    "cuda": functools.partial(_attention_fused, _attention_fwd_cuda),
+    "triton": functools.partial(_attention_fused, _attention_fwd_triton),
     "torch": _attention_torch,
     "naive": _attention_naive,
 }

@@ -13,6 +13,7 @@ allow) and the weight and bias as ``(N,)``; reshaping back is autograd's busines
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -275,26 +276,11 @@ _register_fakes_and_autograd(_norm_fwd_cuda, _norm_bwd_cuda)
 
 
 # ------------------------------------------------------------------------- the backends, as calls
-def _norm_triton(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
+def _norm_fused(forward, x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
+    """Calls ``forward``, the fused forward op of the cuda or triton backend, on rows ``(..., N)``."""
     n = math.prod(shape)
     rows = x.shape[: x.dim() - len(shape)] + (n,)  # (..., N)
-    y, s, _, _ = _norm_fwd_triton(
-        x.reshape(rows),
-        residual.reshape(rows) if residual is not None else None,
-        weight.reshape(n) if weight is not None else None,
-        bias.reshape(n) if bias is not None else None,
-        float(eps),
-        rms,
-        residual_in_fp32,
-    )
-    y = y.reshape(x.shape)
-    return y if residual is None else (y, s.reshape(x.shape))
-
-
-def _norm_cuda(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
-    n = math.prod(shape)
-    rows = x.shape[: x.dim() - len(shape)] + (n,)  # (..., N)
-    y, s, _, _ = _norm_fwd_cuda(
+    y, s, _, _ = forward(
         x.reshape(rows),
         residual.reshape(rows) if residual is not None else None,
         weight.reshape(n) if weight is not None else None,
@@ -338,7 +324,12 @@ def _norm_naive(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
     return reference.layer_norm(x, shape, weight, bias, eps, **options)
 
 
-_IMPLEMENTATIONS = {"cuda": _norm_cuda, "triton": _norm_triton, "torch": _norm_torch, "naive": _norm_naive}
+_IMPLEMENTATIONS = {
+    "cuda": functools.partial(_norm_fused, _norm_fwd_cuda),
+    "triton": functools.partial(_norm_fused, _norm_fwd_triton),
+    "torch": _norm_torch,
+    "naive": _norm_naive,
+}
 
 
 def _norm(op, x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms):
