@@ -22,4 +22,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_bwd", &fastattn::attention_bwd, "FlashAttention-2 style backward (deterministic)", arg("dout"),
         arg("q"), arg("k"), arg("v"), arg("out"), arg("lse"), arg("dlse"), arg("key_padding_mask"), arg("causal"),
         arg("scale"), arg("dropout_p"), arg("seed"));
+  m.def("attention_shared_memory", &fastattn::attention_shared_memory,
+        "(forward, backward) shared memory per block of the attention kernels, in bytes", arg("dtype"),
+        arg("head_dim"));
+  m.def("kernel_image_error", &fastattn::kernel_image_error,
+        "empty when the extension can run on CUDA device `device`, else why not", arg("device"));
 }

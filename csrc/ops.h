@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace fastattn {
@@ -44,5 +45,12 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
                                       const std::optional<at::Tensor>& dlse,
                                       const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
                                       double dropout_p, int64_t seed);
+
+// {forward, backward} dynamic shared memory per block of the attention kernels for (dtype, head_dim),
+// in bytes, to compare with the device's opt-in limit.
+std::vector<int64_t> attention_shared_memory(at::ScalarType dtype, int64_t head_dim);
+
+// Empty when the extension has a kernel image for CUDA device `device`, else why not.
+std::string kernel_image_error(int64_t device);
 
 }  // namespace fastattn

@@ -62,6 +62,7 @@ def _import_error(module: str) -> str | None:
 # is recorded and shown, never swallowed. Triton is only looked for, not imported: it must be imported
 # after TRITON_INTERPRET is set, which a program may do after importing fastattn.
 EXTENSION_ERROR = _import_error("fastattn._C")
+_C = importlib.import_module("fastattn._C") if EXTENSION_ERROR is None else None
 TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 
@@ -106,14 +107,52 @@ def device_reasons(name: str, device: torch.device) -> list[str]:
     reasons = platform_reasons(name)
     if reasons:
         return reasons
-    if name == "cuda" and device.type != "cuda":
-        return [f"needs CUDA tensors, got {device.type} tensors"]
+    if name == "cuda":
+        if device.type != "cuda":
+            return [f"needs CUDA tensors, got {device.type} tensors"]
+        return list(_cuda_device_reasons(_device_index(device)))
     if name == "triton":
         if device.type == "cpu" and not triton_interpreting():
             return ["CPU tensors need TRITON_INTERPRET=1 (Triton's interpreter)"]
         if device.type not in ("cpu", "cuda"):
             return [f"needs CUDA tensors, got {device.type} tensors"]
     return []
+
+
+# The tensor-core kernels use mma.sync with bfloat16 operands and cp.async: compute capability 8.0.
+MIN_CUDA_CAPABILITY = (8, 0)
+
+_cuda_device_reasons_found: dict[int, tuple[str, ...]] = {}
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _cuda_device_reasons(index: int) -> tuple[str, ...]:
+    # Asked on every op call with CUDA tensors; a device's capability and the extension's kernel images
+    # do not change within a process, so each device is asked once.
+    if index not in _cuda_device_reasons_found:
+        _cuda_device_reasons_found[index] = _find_cuda_device_reasons(index)
+    return _cuda_device_reasons_found[index]
+
+
+def _find_cuda_device_reasons(index: int) -> tuple[str, ...]:
+    capability = torch.cuda.get_device_capability(index)
+    if capability < MIN_CUDA_CAPABILITY:
+        major, minor = MIN_CUDA_CAPABILITY
+        return (f"needs a GPU of compute capability {major}.{minor} or newer, cuda:{index} is "
+                f"{capability[0]}.{capability[1]}",)
+    error = _C.kernel_image_error(index)
+    if error:
+        return (f"the extension has no kernel for cuda:{index} (sm_{capability[0]}{capability[1]}): {error}; "
+                "rebuild it with FASTATTN_CUDA_ARCHS including this architecture",)
+    return ()
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """The most dynamic shared memory one block may use on CUDA ``device`` (opted in), in bytes."""
+    return torch.cuda.get_device_properties(_device_index(device)).shared_memory_per_block_optin
 
 
 def available_backends() -> list[str]:

@@ -22,7 +22,10 @@ import fastattn
 from fastattn import backends, reference
 
 CUDA_OPS = ("attention_fwd_cuda", "attention_bwd_cuda", "norm_fwd_cuda", "norm_bwd_cuda", "sample_cuda")
-EXTENSION_FUNCTIONS = ("attention_fwd", "attention_bwd", "norm_fwd", "norm_bwd", "sample")
+EXTENSION_FUNCTIONS = (
+    "attention_fwd", "attention_bwd", "norm_fwd", "norm_bwd", "sample", "attention_shared_memory",
+    "kernel_image_error",
+)
 
 
 def _why_not_built() -> str | None:
@@ -88,11 +91,66 @@ def test_op_layers_list_no_missing_cuda_kernel(C):
     q = torch.randn(1, 2, 3, 8)
     x = torch.randn(3, 8)
     reasons = (
-        attention._backend_reasons("cuda", q, deterministic=True, return_lse=True)
+        attention._backend_reasons("cuda", q, q, q, deterministic=True, return_lse=True)
         + norm._backend_reasons("cuda", x, (8,), None, None, None)
         + sampling._backend_reasons("cuda", x)
     )
     assert not [r for r in reasons if "not part of this build" in r], reasons
+
+
+# ------------------------------------------------------------------------- what a GPU must offer
+KIB = 1024
+SM86_SHARED_MEMORY = 99 * KIB  # opt-in limit per block of sm_86 and sm_89 (sm_80: 163 KiB, sm_90: 227 KiB)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [1, 8, 32, 33, 64, 96, 128, 129, 192, 256])
+def test_attention_shared_memory_fits_every_sm80_and_sm90_block(C, dtype, head_dim):
+    """Every kernel fits sm_80's 163 KiB; all but the head_dim > 128 backwards (and the float32
+    head_dim > 128 forward) fit sm_86's 99 KiB, as the shared_memory_reasons docstring says."""
+    forward, backward = C.attention_shared_memory(dtype, head_dim)
+    assert 0 < forward <= backward <= 163 * KIB, (forward, backward)
+    too_big_for_sm86 = head_dim > 128 and (dtype == torch.float32 or head_dim > 192)
+    assert (backward > SM86_SHARED_MEMORY) == too_big_for_sm86, backward
+    assert (forward > SM86_SHARED_MEMORY) == (too_big_for_sm86 and dtype == torch.float32), forward
+
+
+def test_attention_shared_memory_checks_its_arguments(C):
+    with pytest.raises(RuntimeError, match="dtype must be float16, bfloat16 or float32, got Int"):
+        C.attention_shared_memory(torch.int32, 64)
+    with pytest.raises(RuntimeError, match="head_dim must be in 1..256, got 257"):
+        C.attention_shared_memory(torch.float16, 257)
+
+
+def test_shared_memory_reasons_name_the_need_and_the_limit(C, monkeypatch):
+    """On a GPU with sm_86's limit, the head_dim 256 backward is refused before launch, with the sizes;
+    the forward alone is not."""
+    from fastattn.ops import attention
+
+    monkeypatch.setattr(backends, "shared_memory_limit", lambda device: SM86_SHARED_MEMORY)
+    gpu = torch.device("cuda", 0)
+    assert attention.shared_memory_reasons(torch.float16, 256, False, gpu) == []
+    assert attention.shared_memory_reasons(torch.float16, 256, True, gpu) == [
+        "the torch.float16 head_dim 256 backward needs 99.25 KiB of shared memory per block, cuda:0 allows 99.00 KiB"
+    ]
+    assert len(attention.shared_memory_reasons(torch.float32, 256, True, gpu)) == 2
+    assert attention.shared_memory_reasons(torch.bfloat16, 128, True, gpu) == []
+
+
+def test_old_gpus_are_refused_with_the_capability(C, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (7, 5))
+    assert backends._find_cuda_device_reasons(3) == (
+        "needs a GPU of compute capability 8.0 or newer, cuda:3 is 7.5",
+    )
+
+
+def test_kernel_image_error_is_a_message_not_a_crash(C):
+    """Asked about a device it cannot run on (here: none at all), the extension says why."""
+    error = C.kernel_image_error(0)
+    if torch.cuda.is_available():
+        assert isinstance(error, str)
+    else:
+        assert error, "no GPU, yet the extension claims a kernel image for cuda:0"
 
 
 # ------------------------------------------------------------------------------- C++ argument checks
@@ -257,6 +315,7 @@ def test_same_seed_same_tokens_on_triton_and_cuda(gpu, dtype, vocab):
 @pytest.mark.parametrize("vocab", [10, 1000, 32_000])
 def test_cuda_kept_set_equals_triton_and_reference(gpu, C, vocab):
     from fastattn.kernels import sampling as triton_sampling
+
     from fastattn.ops import sampling as ops
 
     gen = torch.Generator().manual_seed(1)

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "attention/attention_params.h"
@@ -176,6 +177,19 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   p.vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout);
   FASTATTN_CHECK_LAUNCH(launch_attention_bwd(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream()));
   return {dq, dk, dv};
+}
+
+std::vector<int64_t> attention_shared_memory(at::ScalarType dtype, int64_t head_dim) {
+  check_float_dtype(dtype, "dtype");
+  TORCH_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head_dim must be in 1..", kMaxHeadDim, ", got ", head_dim);
+  const AttnSharedMemory bytes = attention_shared_memory(to_dtype(dtype), int(head_dim));
+  return {int64_t(bytes.forward), int64_t(bytes.backward)};
+}
+
+std::string kernel_image_error(int64_t device) {
+  const cudaError_t err = kernel_image_status(int(device));
+  cudaGetLastError();  // the failed query must not show up later as the error of an unrelated launch
+  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
 }
 
 }  // namespace fastattn

@@ -1,12 +1,16 @@
 // Dispatch of the attention kernels on dtype and head-dim bucket (the buckets of dispatch_half and
-// dispatch_simt must match generate_instantiations.py), and the backward's preprocess kernel.
+// dispatch_simt must match generate_instantiations.py), the backward's preprocess kernel, and what the
+// kernels need of a device (shared memory, a kernel image).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
-#include "attention/attention_common.cuh"
+#include "attention/attention_bwd.cuh"
+#include "attention/attention_fwd.cuh"
 #include "attention/attention_run.h"
+#include "attention/attention_simt.cuh"
 
 namespace fastattn {
 
@@ -58,6 +62,42 @@ cudaError_t dispatch_simt(const AttnParams& p, F&& run) {
 }
 
 }  // namespace
+
+AttnSharedMemory attention_shared_memory(DType dtype, int head_dim) {
+  AttnParams p{};
+  p.dtype = dtype;
+  p.head_dim = head_dim;
+  AttnSharedMemory bytes{};
+  const auto record_half = [&](auto hd) {
+    using T = __half;  // bf16 tiles have the same size
+    constexpr int HD = decltype(hd)::value;
+    bytes.forward = attn::FwdShared<T, HD>::kBytes;
+    bytes.backward = std::max(attn::DkdvShared<T, HD>::kBytes, attn::DqShared<T, HD>::kBytes);
+    return cudaSuccess;
+  };
+  const auto record_simt = [&](auto dc) {
+    constexpr int DC = decltype(dc)::value;
+    bytes.forward = attn::simt::FwdSmem<DC>::kBytes;
+    bytes.backward = std::max(attn::simt::DkdvSmem<DC>::kBytes, attn::simt::DqSmem<DC>::kBytes);
+    return cudaSuccess;
+  };
+  if (dtype == DType::kFloat32)
+    dispatch_simt(p, record_simt);
+  else
+    dispatch_half(p, record_half);
+  return bytes;
+}
+
+cudaError_t kernel_image_status(int device) {
+  int previous = 0;
+  cudaError_t err = cudaGetDevice(&previous);
+  if (err != cudaSuccess) return err;
+  if ((err = cudaSetDevice(device)) != cudaSuccess) return err;
+  cudaFuncAttributes attributes{};
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, attn::attn_bwd_preprocess_kernel);
+  cudaSetDevice(previous);
+  return status;
+}
 
 cudaError_t launch_attention_fwd(const AttnParams& p, cudaStream_t stream) {
   if (p.head_dim < 1 || p.head_dim > 256) return cudaErrorInvalidValue;

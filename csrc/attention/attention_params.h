@@ -62,4 +62,16 @@ struct AttnParams {
 cudaError_t launch_attention_fwd(const AttnParams& params, cudaStream_t stream);
 cudaError_t launch_attention_bwd(const AttnParams& params, cudaStream_t stream);
 
+// Dynamic shared memory per block of the kernels for (dtype, head_dim), in bytes: the forward kernel's,
+// and the larger of the two backward kernels'. The op layer compares them with the device's limit.
+struct AttnSharedMemory {
+  size_t forward;
+  size_t backward;
+};
+AttnSharedMemory attention_shared_memory(DType dtype, int head_dim);
+
+// cudaSuccess when the extension holds a kernel image that runs on CUDA device `device`, else the
+// error a launch there would give (an extension built for sm_80 and sm_90 has none for sm_75 or sm_120).
+cudaError_t kernel_image_status(int device);
+
 }  // namespace fastattn

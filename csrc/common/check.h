@@ -24,11 +24,12 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
               t.device());
 }
 
-inline void check_float_dtype(const at::Tensor& t, const char* name) {
-  const auto dtype = t.scalar_type();
+inline void check_float_dtype(at::ScalarType dtype, const char* name) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
               " must be float16, bfloat16 or float32, got ", dtype);
 }
+
+inline void check_float_dtype(const at::Tensor& t, const char* name) { check_float_dtype(t.scalar_type(), name); }
 
 inline void check_dtype(const at::Tensor& t, const char* name, at::ScalarType expected) {
   TORCH_CHECK(t.scalar_type() == expected, name, " must be ", expected, ", got ", t.scalar_type());

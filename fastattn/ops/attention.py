@@ -68,20 +68,48 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p, scale) -> None:
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
 
 
-def _backend_reasons(name, q, *, deterministic, return_lse) -> list[str]:
+def _backend_reasons(name, q, k, v, *, deterministic, return_lse) -> list[str]:
     """Why backend ``name`` cannot serve this attention call (empty: it can)."""
     reasons = backends.device_reasons(name, q.device)
     if name in ("cuda", "triton"):
         if q.dtype not in FUSED_DTYPES:
             reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
-        if q.shape[-1] > MAX_FUSED_HEAD_DIM:
+        elif q.shape[-1] > MAX_FUSED_HEAD_DIM:
             reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
+        elif name == "cuda" and not reasons:
+            needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+            reasons += shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
     if name == "torch":
         if return_lse:
             reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
         if deterministic and q.device.type == "cuda":
             reasons.append("deterministic=True: scaled_dot_product_attention's CUDA backward is not guaranteed to be")
     return reasons
+
+
+def shared_memory_reasons(dtype: torch.dtype, head_dim: int, needs_backward: bool, device: torch.device) -> list[str]:
+    """Why the CUDA kernels for (dtype, head_dim) cannot launch on ``device`` for lack of shared memory.
+
+    The largest tiles need more than some GPUs allow one block: the float16/bfloat16 backward at
+    head_dim > 192 takes 99.25 KiB, and float32 at head_dim > 128 takes 100.13 KiB forward and
+    132.25 KiB backward, where sm_86 and sm_89 allow 99 KiB (sm_80 163 KiB, sm_90 227 KiB). Such calls
+    go to another backend (or, with ``backend="cuda"``, raise) rather than fail at launch.
+    """
+    forward, backward = _cuda_shared_memory(dtype, head_dim)
+    limit = backends.shared_memory_limit(device)
+    needs = [("forward", forward)] + ([("backward", backward)] if needs_backward else [])
+    return [
+        f"the {dtype} head_dim {head_dim} {which} needs {size / 1024:.2f} KiB of shared memory per block, "
+        f"{device} allows {limit / 1024:.2f} KiB"
+        for which, size in needs
+        if size > limit
+    ]
+
+
+@functools.cache
+def _cuda_shared_memory(dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
+    forward, backward = backends._C.attention_shared_memory(dtype, head_dim)
+    return forward, backward
 
 
 # --------------------------------------------------------------------------- the Triton custom ops
@@ -334,7 +362,7 @@ def attention(
     name = backends.select(
         "attention",
         backend,
-        lambda candidate: _backend_reasons(candidate, q, deterministic=deterministic, return_lse=return_lse),
+        lambda candidate: _backend_reasons(candidate, q, k, v, deterministic=deterministic, return_lse=return_lse),
     )
     out, lse = _IMPLEMENTATIONS[name](q, k, v, key_padding_mask, causal, scale, float(dropout_p), deterministic)
     return (out, lse) if return_lse else out
@@ -399,7 +427,8 @@ def scaled_dot_product_attention(
     fused = [
         name
         for name in backends.AUTO_ORDER
-        if name in ("cuda", "triton") and not _backend_reasons(name, query, deterministic=False, return_lse=False)
+        if name in ("cuda", "triton")
+        and not _backend_reasons(name, query, key, value, deterministic=False, return_lse=False)
     ]
     default = backends.default_backend()
     if default in ("torch", "naive") or not fused or (default != "auto" and default not in fused):
