@@ -69,7 +69,9 @@ def cases(device: torch.device, dtype: torch.dtype) -> list[Case]:
     """The standard grid on a GPU (the --quick part marked), tiny shapes on a CPU. Logits are float32
     whatever ``dtype`` (what a language model's head usually hands to the sampler)."""
     if device.type != "cuda":
-        return [_case(TINY_VOCABULARY, batch, settings, device, True) for settings in SETTINGS for batch in TINY_BATCHES]
+        return [
+            _case(TINY_VOCABULARY, batch, settings, device, True) for settings in SETTINGS for batch in TINY_BATCHES
+        ]
     return [
         _case(vocab, batch, settings, device, vocab in QUICK_VOCABULARIES)
         for settings in SETTINGS

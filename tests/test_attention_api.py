@@ -39,7 +39,7 @@ def test_integer_inputs():
 
 @pytest.mark.parametrize("which", ["q", "k", "v"])
 def test_wrong_rank(which):
-    tensors = dict(zip("qkv", qkv()))
+    tensors = dict(zip("qkv", qkv(), strict=True))
     tensors[which] = tensors[which][0]
     with pytest.raises(ValueError, match=f"{which} must be 4-D"):
         fastattn.attention(tensors["q"], tensors["k"], tensors["v"])
@@ -195,7 +195,7 @@ def test_opcheck_with_an_expanded_upstream_gradient(device):
     for t in (q, k, v):
         t.grad = None
     reference.attention(q, k, v).sum().backward()
-    for ours, expected in zip(grads, (q.grad, k.grad, v.grad)):
+    for ours, expected in zip(grads, (q.grad, k.grad, v.grad), strict=True):
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
 
 

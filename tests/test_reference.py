@@ -83,7 +83,9 @@ def test_layer_norm_multi_dimensional_shape_and_residual():
 def test_rms_norm_matches_torch(shape):
     x = torch.randn(*shape, dtype=torch.float64)
     weight = torch.randn(shape[-1], dtype=torch.float64)
-    torch.testing.assert_close(reference.rms_norm(x, shape[-1], weight, eps=1e-6), F.rms_norm(x, (shape[-1],), weight, 1e-6))
+    torch.testing.assert_close(
+        reference.rms_norm(x, shape[-1], weight, eps=1e-6), F.rms_norm(x, (shape[-1],), weight, 1e-6)
+    )
 
 
 def test_norm_statistics_are_float32_for_half_inputs():

@@ -95,7 +95,7 @@ def _check_tensor_values(checks: dict[str, Tensor]) -> None:
         return
     names = list(checks)
     ok = torch.stack([checks[name].all() for name in names]).tolist()
-    for name, fine in zip(names, ok):
+    for name, fine in zip(names, ok, strict=True):
         if not fine:
             raise ValueError(f"sample: every entry of {name} must be {_RULES[name][0]}")
 

@@ -85,7 +85,7 @@ def _verdict(row: Row) -> str:
 def format_table(rows: list[Row]) -> str:
     header = ("op", "backend", "dtype", "case", "max error", "bound", "result")
     lines = [(r.op, r.backend, r.dtype, r.case, f"{r.max_error:.2e}", f"{r.bound:.2e}", _verdict(r)) for r in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
