@@ -360,7 +360,8 @@ def _attn_bwd_dkdv_kernel(
                 dp_t = tl.where(keep_t, dp_t * keep_scale, 0.0)
             else:
                 dv += _dot(_cast(p_t, do.dtype, IEEE), do, IEEE)
-            ds_t = _cast(p_t * (dp_t - delta[None, :]), q.dtype, IEEE)  # dSᵀ
+            # a select, not p_t * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
+            ds_t = _cast(tl.where(visible, p_t * (dp_t - delta[None, :]), 0.0), q.dtype, IEEE)  # dSᵀ
             dk += _dot(ds_t, q, IEEE)
             if DQ_ATOMIC:
                 dq = _dot(tl.trans(ds_t), k, IEEE) * scale  # (BLOCK_M, BLOCK_D)
@@ -448,7 +449,7 @@ def _attn_bwd_dq_kernel(
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p)
             dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = _cast(p * (dp - delta[:, None]), k.dtype, IEEE)
+        ds = _cast(tl.where(visible, p * (dp - delta[:, None]), 0.0), k.dtype, IEEE)  # a select, as in dSᵀ
         dq += _dot(ds, k, IEEE)
 
     dq_head = DQ + b * stride_dqb + h * stride_dqh

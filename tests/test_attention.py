@@ -277,6 +277,31 @@ def test_causal_with_more_queries_than_keys_masks_whole_rows(backend, device, de
         assert torch.isfinite(tensor).all()
 
 
+# Triton's interpreter computes the product before the select and warns about it (a GPU does not)
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "det"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_non_finite_lse_gradient_on_rows_that_see_no_key_stays_there(backend, device, dtype, deterministic):
+    """lse = -inf rows are where a NaN or inf upstream gradient of lse turns up (merging partial
+    attentions with logaddexp, say). Those rows take no part in S, so dq, dk, dv are what a finite
+    dlse there gives: dS is selected to 0 off the visible entries, never multiplied by P = 0."""
+    torch.manual_seed(0)
+    q, k, v = make_qkv(2, 2, 1, 40, 30, 24, dtype, device)  # causal: queries 0..9 see no key
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    dout = torch.randn(q.shape, dtype=dtype, device=device)
+    dlse = torch.randn(2, 2, 40, device=device)
+    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True, backend=backend,
+                                  deterministic=deterministic)
+    assert (lse[:, :, :10] == -math.inf).all()
+    finite = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse), retain_graph=True)
+    dlse[:, 0, :10], dlse[:, 1, :10] = math.nan, math.inf
+    poisoned = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))
+    for name, got, want in zip(("dq", "dk", "dv"), poisoned, finite, strict=True):
+        bad = (~torch.isfinite(got)).sum().item()
+        assert bad == 0, f"{name}: {bad} non-finite entries"
+        assert torch.equal(got, want), f"{name}: max difference {(got - want).abs().max().item():.3e}"
+
+
 def test_every_key_padded(backend, device):
     """No query sees any key: zeros everywhere, lse = -inf, all gradients exactly zero."""
     mask = torch.zeros(2, 40, dtype=torch.bool, device=device)

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -20,6 +21,7 @@ namespace fastattn {
 namespace {
 
 constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMaxSeq = int64_t(1) << 30;
 
 bool aligned16(const at::Tensor& t) {
   if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
@@ -53,8 +55,13 @@ std::vector<int64_t> check_inputs(const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(heads_kv > 0 && heads_q % heads_kv == 0, "the query heads (", heads_q,
               ") must be a multiple of the key/value heads (", heads_kv, ")");
   TORCH_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head_dim must be in 1..", kMaxHeadDim, ", got ", head_dim);
-  TORCH_CHECK(seq_q < INT32_MAX && seq_k < INT32_MAX, "sequence lengths must be < 2^31, got ", seq_q, " and ", seq_k);
-  TORCH_CHECK(batch * heads_q < INT32_MAX, "batch * heads must be < 2^31, got ", batch * heads_q);
+  // Row indices are int32 inside the kernels, with room for a block past the end (start += block).
+  TORCH_CHECK(seq_q <= kMaxSeq && seq_k <= kMaxSeq, "sequence lengths must be at most 2^30, got ", seq_q, " and ",
+              seq_k);
+  // The grids hold one block per (batch, head, 16 rows) at most (the smallest row block of any kernel).
+  const int64_t blocks = std::max(batch * heads_q * ((seq_q + 15) / 16), batch * heads_kv * ((seq_k + 15) / 16));
+  TORCH_CHECK(blocks < INT32_MAX, "batch * heads * ceil(seq / 16) must be < 2^31 (the kernels' grid), got ", blocks,
+              " for q ", q.sizes(), " and k ", k.sizes());
   if (present(key_padding_mask)) {
     const at::Tensor& m = *key_padding_mask;
     check_dtype(m, "key_padding_mask", at::kBool);

@@ -112,7 +112,8 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
             }
           }
           acc_s[n][e] = pd;                         // P^T * Z / (1 - p), for dV
-          acc_dp[n][e] = pr * (dp - delta_s[qi]);   // dS^T
+          // a select, not pr * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
+          acc_dp[n][e] = vis ? pr * (dp - delta_s[qi]) : 0.0f;  // dS^T
         }
       uint32_t pf[BM / 16][4], dsf[BM / 16][4];
       mma::c_to_a<T, BM>(pf, acc_s);
@@ -218,7 +219,7 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel
         float dp = acc_dp[n][e];
         if (dropout && vis)
           dp = dropout_keep(p.seed, uint32_t(idx.bh), row, col, p.dropout_p) ? dp * p.keep_scale : 0.0f;
-        acc_s[n][e] = pr * (dp - delta[e / 2]);  // dS
+        acc_s[n][e] = vis ? pr * (dp - delta[e / 2]) : 0.0f;  // dS (a select: see the dK/dV kernel)
       }
     uint32_t dsf[BN / 16][4];
     mma::c_to_a<T, BN>(dsf, acc_s);

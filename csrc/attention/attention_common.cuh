@@ -20,7 +20,7 @@ constexpr float kLn2 = 0.6931471805599453f;    // ln 2
 // Tile sizes of the tensor-core kernels for a head-dim bucket HD (a multiple of 16; D <= HD is
 // zero-padded in shared memory). One warp owns 16 rows of a tile. Register budget per thread
 // (fp32 accumulators): forward O is HD/2 and S is BN/2; backward dK + dV are HD/DSPLIT and S^T, dP^T are
-// BM_BWD/2 each, so HD = 256 splits the head dim over two warp groups (DSPLIT = 2) to stay < 255
+// BM_BWD/2 each, so HD > 128 (192, 256) splits the head dim over two warp groups (DSPLIT = 2) to stay < 255
 // registers without spilling. (Sizes from register arithmetic; to be tuned on an H100.)
 template <int HD>
 struct Config {

@@ -20,7 +20,7 @@ constexpr int kTile = 32;             // keys (forward, dQ) or queries (dK/dV) p
 constexpr int kFwdRowsPerWarp = 8;    // forward / dQ: query rows per warp (32 per block)
 constexpr int kKvRowsPerWarp = 4;     // dK/dV: keys per warp (16 per block)
 
-// Dynamic shared memory of each kernel, in bytes (up to 130 KB at HD = 256: opted in by the launcher).
+// Dynamic shared memory of each kernel, in bytes (up to 132.25 KiB at HD = 256: opted in by the launcher).
 template <int DC>
 struct FwdSmem {
   static constexpr int HD = 32 * DC;
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
           }
         }
         ps[warp][r][lane] = pd;
-        dss[warp][r][lane] = pr * (dpr - delta_s[lane]);
+        dss[warp][r][lane] = vis ? pr * (dpr - delta_s[lane]) : 0.0f;  // a select: see attention_bwd.cuh
       }
       __syncwarp();
       for (int j = 0; j < BM; ++j) {
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
       float dpr = dp[r];
       if (dropout && vis)
         dpr = dropout_keep(p.seed, uint32_t(idx.bh), row0 + r, col, p.dropout_p) ? dpr * p.keep_scale : 0.0f;
-      dss[warp][r][lane] = pr * (dpr - delta[r]);
+      dss[warp][r][lane] = vis ? pr * (dpr - delta[r]) : 0.0f;
     }
     __syncwarp();
     for (int j = 0; j < BN; ++j) {
