@@ -12,9 +12,12 @@
 // found by a bracket search: [lo, hi) with W(>= lo) >= target > W(>= hi); one pass over the row
 // measures W at PIVOTS keys spread over (lo, hi) and the bracket shrinks to the bucket between the
 // last pivot that reaches the target and the first that does not (at most 8 passes from 2^32 keys).
-// These are exactly the Triton kernel's pivots, so both backends test the same keys; counts are exact
-// integers, and the float64 masses agree up to summation order (they could decide differently only
-// when a cumulative mass lies within float64 rounding of p * F(t_k)).
+// The first pass tests the Triton kernel's pivots; after it the brackets differ (the Triton kernel
+// also snaps its bracket to keys that occur in the row, which saves passes), but each search ends on
+// the same key, the unique largest key of the row meeting its target. Counts are exact integers, and
+// the float64 masses agree up to summation order (they could decide differently only when a
+// cumulative mass lies within float64 rounding of p * F(t_k)). Log-probabilities agree to a few ulp,
+// not bit for bit (expf here, ex2.approx in Triton's exp; different summation order).
 //
 // The Gumbel noise is the Triton kernel's stream bit for bit (Philox4x32-10 keyed by the row's seed,
 // counter (i mod 2^32, i >> 32, 0, 0); j = r0 * 2^20 + (r1 >> 12); u = (2j + 1) * 2^-53;
@@ -76,15 +79,18 @@ __device__ __forceinline__ int32_t pivot(int32_t lo, int32_t hi, int s) {
   return static_cast<int32_t>(int64_t(lo) + 1 + (width * s) / kPivots);
 }
 
-// Block-wide reductions in a fixed order: each warp reduces by butterfly, then thread 0's loop over
-// the warps' results. `T` is int32_t, float or double.
+// Block-wide reductions in a fixed order: each warp reduces by butterfly, then thread k's loop over
+// the warps' k-th results. A pass sums at most kSums values per thread: the kPivots counts or masses,
+// and with the top-p masses Z_k = F(t_k) as well.
+constexpr int kSums = kPivots + 1;
+
 struct Shared {
-  double d[kMaxWarps][kPivots];
-  int32_t i[kMaxWarps][kPivots];
+  double d[kMaxWarps][kSums];
+  int32_t i[kMaxWarps][kSums];
   float f[kMaxWarps];
   int32_t idx[kMaxWarps];
-  double d_out[kPivots];
-  int32_t i_out[kPivots];
+  double d_out[kSums];
+  int32_t i_out[kSums];
 };
 
 template <class T>
@@ -94,45 +100,27 @@ __device__ __forceinline__ T warp_reduce_sum(T v) {
   return v;
 }
 
-// Sums v[0..K) of int32 over the block; every thread gets the totals.
-template <int K>
-__device__ __forceinline__ void block_sum_int(int32_t (&v)[K], Shared& sh) {
+// Sums v[0..K) over the block through `partial` (one row per warp) and `total`; every thread gets the
+// totals. T is int32_t (counts, exact) or double (masses).
+template <class T, int K>
+__device__ __forceinline__ void block_sum(T (&v)[K], T (&partial)[kMaxWarps][kSums], T (&total)[kSums]) {
+  static_assert(K <= kSums, "Shared holds kSums partial sums per warp");
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
 #pragma unroll
   for (int k = 0; k < K; ++k) v[k] = warp_reduce_sum(v[k]);
   __syncthreads();
   if (lane == 0)
 #pragma unroll
-    for (int k = 0; k < K; ++k) sh.i[warp][k] = v[k];
+    for (int k = 0; k < K; ++k) partial[warp][k] = v[k];
   __syncthreads();
   if (threadIdx.x < K) {
-    int32_t total = 0;
-    for (int w = 0; w < warps; ++w) total += sh.i[w][threadIdx.x];
-    sh.i_out[threadIdx.x] = total;
+    T sum = 0;
+    for (int w = 0; w < warps; ++w) sum += partial[w][threadIdx.x];
+    total[threadIdx.x] = sum;
   }
   __syncthreads();
 #pragma unroll
-  for (int k = 0; k < K; ++k) v[k] = sh.i_out[k];
-}
-
-template <int K>
-__device__ __forceinline__ void block_sum_double(double (&v)[K], Shared& sh) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
-#pragma unroll
-  for (int k = 0; k < K; ++k) v[k] = warp_reduce_sum(v[k]);
-  __syncthreads();
-  if (lane == 0)
-#pragma unroll
-    for (int k = 0; k < K; ++k) sh.d[warp][k] = v[k];
-  __syncthreads();
-  if (threadIdx.x < K) {
-    double total = 0.0;
-    for (int w = 0; w < warps; ++w) total += sh.d[w][threadIdx.x];
-    sh.d_out[threadIdx.x] = total;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < K; ++k) v[k] = sh.d_out[k];
+  for (int k = 0; k < K; ++k) v[k] = total[k];
 }
 
 // (value, index) pairs: the larger value wins, the lower index on equal values. No NaN values.
@@ -231,7 +219,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleParams 
       }
       key_min = min(key_min, ordered_key(z));
     }
-    block_sum_int(counts2, sh);
+    block_sum(counts2, sh.i, sh.i_out);
     block_argmax(z_max, arg_max, sh);
     key_min = block_min_int(key_min, sh);
     const bool valid = counts2[0] == 0 && z_max > -INFINITY;
@@ -252,7 +240,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleParams 
 #pragma unroll
         for (int s = 0; s < kPivots; ++s) counts[s] += key >= pivot(lo, hi, s) ? 1 : 0;
       }
-      block_sum_int(counts, sh);
+      block_sum(counts, sh.i, sh.i_out);
       int32_t new_lo = lo, new_hi = hi;
 #pragma unroll
       for (int s = 0; s < kPivots; ++s) {
@@ -280,7 +268,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleParams 
 #pragma unroll
         for (int s = 0; s < kPivots; ++s) masses[s] += key >= pivot(lo, hi, s) ? e : 0.0;
       }
-      block_sum_double(masses, sh);
+      block_sum(masses, sh.d, sh.d_out);
       if (target < 0.0) target = top_p * masses[kPivots];
       int32_t new_lo = lo, new_hi = hi;
 #pragma unroll
