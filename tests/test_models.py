@@ -229,6 +229,22 @@ def test_transformer_kv_cache_gives_the_logits_of_full_recomputation(backend):
     )
 
 
+def test_transformer_decoding_projects_the_encoder_output_once_per_layer():
+    """The cross-attention keys and values of the memory are worked out at the first step of a
+    decoding and reused by the later ones; a new decoding (another memory) works them out again."""
+    model = tiny_transformer("torch").eval()
+    (source, target, _), _ = transformer_inputs(torch.Generator().manual_seed(3))
+    target = target.clamp(min=3)
+    projections = []
+    for block in model.decoder:
+        block.cross_attention.key_value.register_forward_hook(lambda *_: projections.append(1))
+    with torch.no_grad():
+        for decoding in (1, 2):
+            memory, memory_mask = model.encode(source)
+            cached_logits(model, target, 1, memory=memory, memory_mask=memory_mask)
+            assert len(projections) == decoding * len(model.decoder), (decoding, len(projections))
+
+
 def test_gpt_generate_greedy_is_argmax_of_recomputation_and_seeded_sampling_repeats():
     model = tiny_gpt("torch").eval()
     prompt = torch.randint(0, 13, (2, 3), generator=torch.Generator().manual_seed(4))

@@ -57,17 +57,20 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         kv_cache: nn.Module | None = None,
         start_pos: int = 0,
+        memory_keys_values: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x: ``(B, Nq, C)``; memory: ``(B, Nk, C)`` or None; key_padding_mask: bool ``(B, Nk)``, True =
         the key takes part. With ``kv_cache`` (a :class:`fastattn.models.generate.KVCache`), the new keys
         and values are written at positions ``start_pos ..`` and the queries attend to every cached
-        position up to theirs (bottom-right causal: ``Nq < Nk``). Returns ``(B, Nq, C)``."""
+        position up to theirs (bottom-right causal: ``Nq < Nk``). ``memory_keys_values``: the
+        :meth:`keys_values` of ``memory``, computed once for every step of a decoding. Returns
+        ``(B, Nq, C)``."""
         batch, nq, channels = x.shape
-        source = x if memory is None else memory
-        nk = source.shape[1]
         q = self.query(x).view(batch, nq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Nq, D)
-        kv = self.key_value(source).view(batch, nk, 2, self.n_kv_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 × (B, Hkv, Nk, D)
+        if memory_keys_values is not None:
+            k, v = memory_keys_values
+        else:
+            k, v = self.keys_values(x if memory is None else memory)  # 2 × (B, Hkv, Nk, D)
         if kv_cache is not None:
             k, v = kv_cache.update(start_pos, k, v)  # (B, Hkv, start_pos + Nk, D)
         y = fastattn.attention(
@@ -80,6 +83,14 @@ class MultiHeadAttention(nn.Module):
             backend=self.backend,
         )  # (B, H, Nq, D)
         return self.out(y.transpose(1, 2).reshape(batch, nq, channels))
+
+
+    def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values of ``source`` ``(B, N, C)``: two ``(B, Hkv, N, D)`` tensors."""
+        batch, n, _ = source.shape
+        kv = self.key_value(source).view(batch, n, 2, self.n_kv_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
 
 
 class FeedForward(nn.Module):
@@ -153,10 +164,12 @@ class Block(nn.Module):
         memory_padding_mask: Tensor | None = None,
         kv_cache: nn.Module | None = None,
         start_pos: int = 0,
+        memory_keys_values: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x: ``(B, N, C)``. ``causal``, ``key_padding_mask`` (bool ``(B, N)``), ``kv_cache`` and
-        ``start_pos`` go to the self-attention; ``memory`` ``(B, M, C)`` and ``memory_padding_mask``
-        (bool ``(B, M)``) to the cross-attention. Returns ``(B, N, C)``."""
+        ``start_pos`` go to the self-attention; ``memory`` ``(B, M, C)``, ``memory_padding_mask``
+        (bool ``(B, M)``) and ``memory_keys_values`` (the cross-attention's keys and values of
+        ``memory``, when already computed) to the cross-attention. Returns ``(B, N, C)``."""
 
         def attend_to_self(h: Tensor) -> Tensor:
             return self.self_attention(
@@ -167,7 +180,11 @@ class Block(nn.Module):
         if self.cross_attention is not None:
             if memory is None:
                 raise ValueError("a block with cross-attention needs the encoder's output (memory)")
-            sublayers.append(lambda h: self.cross_attention(h, memory, key_padding_mask=memory_padding_mask))
+            sublayers.append(
+                lambda h: self.cross_attention(
+                    h, memory, key_padding_mask=memory_padding_mask, memory_keys_values=memory_keys_values
+                )
+            )
         sublayers.append(self.feed_forward)
 
         if not self.norm_first:

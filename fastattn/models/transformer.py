@@ -11,7 +11,8 @@
   stack), which trains more stably without a long warm-up.
 
 Decoding (:meth:`Transformer.generate`) starts from ``<bos>`` and stops at ``<eos>``, greedily or with
-``fastattn.sample``'s settings, with a KV cache for the decoder's self-attention.
+``fastattn.sample``'s settings, with a KV cache for the decoder's self-attention and its cross-attention's keys and
+values of the encoder's output worked out once per decoding.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Transformer(nn.Module):
         self.decoder_norm = LayerNorm(config.d_model, backend=backend) if config.norm_first else None
         self.output = nn.Linear(config.d_model, config.target_vocab_size, bias=False)
         self.kv_caches: nn.ModuleList | None = None
+        self._memory_source: Tensor | None = None  # the memory whose keys and values _memory_cache holds
+        self._memory_cache: list[tuple[Tensor, Tensor]] = []
         for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
@@ -126,6 +129,9 @@ class Transformer(nn.Module):
         offset = 0 if start_pos is None else start_pos
         x = self._embed(self.target_embedding, target, offset)  # (B, T, C)
         target_mask = None if start_pos is not None else target != self.config.pad_id  # (B, T)
+        memory_keys_values = [None] * len(self.decoder)
+        if start_pos is not None:
+            memory_keys_values = self._memory_keys_values(memory, start_pos)
         for index, block in enumerate(self.decoder):
             cache = None if start_pos is None else self.kv_caches[index]
             x = block(
@@ -136,10 +142,21 @@ class Transformer(nn.Module):
                 memory_padding_mask=memory_mask,
                 kv_cache=cache,
                 start_pos=offset,
+                memory_keys_values=memory_keys_values[index],
             )  # (B, T, C)
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
         return self.output(x)  # (B, T, V)
+
+    def _memory_keys_values(self, memory: Tensor, start_pos: int) -> list[tuple[Tensor, Tensor]]:
+        """Each decoder layer's cross-attention keys and values of ``memory``, worked out at the first
+        step of a decoding (``start_pos`` 0, or another memory) and reused by the later steps: the
+        encoder's output does not change while the decoder runs, and projecting it again at every step
+        would cost 2·S·C² multiply-adds per layer and token for a source of S tokens."""
+        if start_pos == 0 or self._memory_source is not memory:
+            self._memory_source = memory
+            self._memory_cache = [block.cross_attention.keys_values(memory) for block in self.decoder]
+        return self._memory_cache
 
     def forward(
         self, source: Tensor, target: Tensor, labels: Tensor | None = None
