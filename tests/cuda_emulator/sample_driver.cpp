@@ -1,0 +1,71 @@
+// Runs csrc/sampling's kernel on the host (fakecuda.h), filling the params as csrc/sampling/sampling.cpp
+// does, for test_cuda_emulated.py.
+//
+// stdin:  SampleCase, then logits ((rows - 1) * row_stride + vocab elements of `dtype`), temperature
+//         (float32), top_k (int32, in [1, vocab]), top_p (float64), min_p (float64), seeds (int64), one
+//         per row.
+// stdout: tokens (int64) and log-probs (float32) per row when `draw`, then the kept mask (int8, rows x vocab).
+#include <cstdio>
+
+#include "fakecuda.h"
+#include "sampling/sampling_launch.cu"  // the test's rewritten copy (its -I comes before csrc's)
+
+using namespace fastattn;
+
+namespace {
+
+struct SampleCase {
+  int64_t rows, vocab, row_stride, dtype, draw;
+};
+
+template <class T>
+std::vector<T> read_values(int64_t count) {
+  std::vector<T> values(static_cast<size_t>(count));
+  if (std::fread(values.data(), sizeof(T), values.size(), stdin) != values.size())
+    fakecuda::fail("short read from stdin");
+  return values;
+}
+
+template <class T>
+void write_values(const std::vector<T>& values) {
+  std::fwrite(values.data(), sizeof(T), values.size(), stdout);
+}
+
+}  // namespace
+
+int main() {
+  SampleCase c;
+  if (std::fread(&c, sizeof c, 1, stdin) != 1) fakecuda::fail("short read from stdin");
+  const auto logits = read_values<uint8_t>(((c.rows - 1) * c.row_stride + c.vocab) * dtype_size(DType(c.dtype)));
+  const auto temperature = read_values<float>(c.rows);
+  const auto top_k = read_values<int32_t>(c.rows);
+  const auto top_p = read_values<double>(c.rows), min_p = read_values<double>(c.rows);
+  const auto seeds = read_values<int64_t>(c.rows);
+  // Poisoned: what the kernel does not write shows.
+  std::vector<int64_t> tokens(size_t(c.rows), -7);
+  std::vector<float> logprobs(size_t(c.rows), NAN);
+  std::vector<int8_t> mask(size_t(c.rows * c.vocab), -1);
+
+  SampleParams p{};
+  p.logits = logits.data();
+  p.temperature = temperature.data();
+  p.top_k = top_k.data();
+  p.top_p = top_p.data();
+  p.min_p = min_p.data();
+  p.seed = seeds.data();
+  p.token = c.draw ? tokens.data() : nullptr;
+  p.logprob = c.draw ? logprobs.data() : nullptr;
+  p.mask = mask.data();
+  p.rows = c.rows;
+  p.row_stride = c.rows > 1 ? c.row_stride : c.vocab;
+  p.vocab = int32_t(c.vocab);
+  p.dtype = DType(c.dtype);
+  if (launch_sample(p, nullptr) != cudaSuccess) fakecuda::fail("launch_sample failed");
+
+  if (c.draw) {
+    write_values(tokens);
+    write_values(logprobs);
+  }
+  write_values(mask);
+  return 0;
+}

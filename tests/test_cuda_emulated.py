@@ -1,0 +1,403 @@
+"""The CUDA norm and sampling kernels of csrc/, run on the CPU, so that every CI run checks their logic.
+
+``cuda_emulator/fakecuda.h`` emulates the CUDA features these kernels use (threads, __syncthreads, warp
+shuffles; its header lists what it does not emulate). The drivers in ``cuda_emulator/`` include the
+kernels' sources unchanged; only the ``kernel<<<grid, block, smem, stream>>>(args)`` launches of the two
+launch files are rewritten, into the build directory, as ``fake_launch(kernel, grid, block, args)``.
+
+Checked: the norms' outputs and gradients against the float64 reference under the rule of
+``fastattn.testing`` (as tests/test_norm.py checks the other backends), on each kernel path; the sampling
+kernel's kept set against the Triton kernel's and the reference's, its draws against the kept set; the
+Philox words against Triton's ``tl.randint4x``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from fastattn.kernels import sampling as triton_sampling
+from torch import Tensor
+
+from fastattn import reference
+from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, error_report
+from fastattn.verify.norm import Problem, forward_backward, make_inputs, norm_fn, rounding_floors
+
+EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+LAUNCH_SOURCES = ("norm/norm_launch.cu", "sampling/sampling_launch.cu")
+DRIVERS = ("norm_driver", "sample_driver", "philox_driver")
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/types.h
+ABSENT = -1  # the drivers' dtype code of a tensor the case has not
+
+
+# ------------------------------------------------------------------------------------------- build
+LAUNCH = re.compile(r"(?P<kernel>[\w:]+)<<<(?P<config>.*?)>>>\((?P<args>.*?)\);", re.DOTALL)
+
+
+def split_arguments(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses, brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return parts + [text[start:].strip()]
+
+
+def rewrite_launches(source: str) -> str:
+    """Every ``kernel<<<grid, block[, smem, stream]>>>(args);`` as ``fake_launch(kernel, dim3(grid),
+    dim3(block), args);`` (shared memory is static, the launch synchronous)."""
+
+    def fake_launch(match: re.Match) -> str:
+        grid, block = split_arguments(match["config"])[:2]
+        return f"fake_launch({match['kernel']}, dim3({grid}), dim3({block}), {match['args']});"
+
+    rewritten, count = LAUNCH.subn(fake_launch, source)
+    if count != source.count("<<<"):
+        raise AssertionError(f"rewrote {count} of {source.count('<<<')} kernel launches: a launch of a new form")
+    return rewritten
+
+
+def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
+    """Compiles the drivers against the sources in ``csrc`` into ``build``; fails the test on an error."""
+    for name in LAUNCH_SOURCES:
+        (build / name).parent.mkdir(parents=True, exist_ok=True)
+        (build / name).write_text(rewrite_launches((csrc / name).read_text()))
+    # The rewritten launch files (-I build) shadow csrc's; the stubs stand in for the CUDA headers.
+    flags = ["-O2", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", f"-I{EMULATOR / 'stub'}", f"-I{EMULATOR}",
+             f"-I{build}", f"-I{csrc}"]
+    compilers = {
+        name: subprocess.Popen(["g++", *flags, str(EMULATOR / f"{name}.cpp"), "-o", str(build / name)],
+                               stderr=subprocess.PIPE, text=True)
+        for name in DRIVERS
+    }  # in parallel: a few seconds each
+    errors = [f"{name}:\n{compiler.communicate()[1]}" for name, compiler in compilers.items()
+              if compiler.wait() != 0]
+    if errors:
+        pytest.fail("the emulated CUDA drivers do not compile:\n" + "\n".join(errors), pytrace=False)
+    return {name: build / name for name in DRIVERS}
+
+
+@pytest.fixture(scope="module")
+def drivers(tmp_path_factory) -> dict[str, Path]:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the emulated CUDA kernels are built with the host's C++20 compiler")
+    return build_drivers(CSRC, tmp_path_factory.mktemp("cuda_emulator"))
+
+
+def run_driver(driver: Path, stdin: bytes) -> bytes:
+    result = subprocess.run([str(driver)], input=stdin, capture_output=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"{driver.name} exited with {result.returncode}: {result.stderr.decode()}")
+    return result.stdout
+
+
+def raw(t: Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+class Unpacker:
+    """Reads consecutive tensors out of a driver's output."""
+
+    def __init__(self, data: bytes):
+        self.data, self.offset = data, 0
+
+    def take(self, dtype: torch.dtype, *shape: int) -> Tensor:
+        size = math.prod(shape) * dtype.itemsize
+        chunk = bytearray(self.data[self.offset : self.offset + size])
+        if len(chunk) != size:
+            raise AssertionError(f"driver output ends at byte {len(self.data)}, expected {self.offset + size}")
+        self.offset += size
+        return torch.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------- norms
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where x's and the residual's rows lie in their buffers (elements); None: contiguous."""
+
+    x_offset: int = 0
+    x_row_stride: int | None = None
+    residual_offset: int = 0
+    residual_row_stride: int | None = None
+
+
+def strided_storage(t: Tensor, offset: int, row_stride: int) -> Tensor:
+    """A buffer holding ``t``'s rows at ``offset + r * row_stride``."""
+    rows, cols = t.shape
+    storage = torch.zeros(offset + (rows - 1) * row_stride + cols, dtype=t.dtype)
+    storage.as_strided((rows, cols), (row_stride, 1), offset).copy_(t)
+    return storage
+
+
+def emulated_norm(driver: Path, problem: Problem, inputs: dict, layout: Layout):
+    """The emulated kernels' forward and backward on ``inputs``: ({"y", "s", "dx", "dresidual",
+    "dweight", "dbias"} as verify.norm.forward_backward gives them, (vectorized, dW/dB splits))."""
+    rows, cols = problem.shape
+    x, residual, weight, bias = (inputs[name] for name in ("x", "residual", "weight", "bias"))
+    s_dtype = torch.float32 if residual is not None and problem.residual_in_fp32 else problem.dtype
+    x_stride = layout.x_row_stride or cols
+    residual_stride = layout.residual_row_stride or cols
+
+    def code(t):
+        return ABSENT if t is None else DTYPE_CODES[t.dtype]
+
+    header = struct.pack(
+        "<13qd", int(problem.op == "rms_norm"), rows, cols,
+        code(x), layout.x_offset, x_stride, code(residual), layout.residual_offset, residual_stride,
+        code(weight), code(bias), DTYPE_CODES[s_dtype], SM_COUNT, problem.eps,
+    )  # NormCase of norm_driver.cpp
+    buffers = [strided_storage(x, layout.x_offset, x_stride)]
+    if residual is not None:
+        buffers.append(strided_storage(residual, layout.residual_offset, residual_stride))
+    buffers += [t for t in (weight, bias) if t is not None] + [inputs["dy"]]
+    if residual is not None:
+        buffers.append(inputs["ds"].to(s_dtype))
+    out = Unpacker(run_driver(driver, header + b"".join(raw(t) for t in buffers)))
+
+    vec_fwd, vec_bwd, splits = out.take(torch.int64, 3).tolist()
+    result = {"y": out.take(problem.dtype, rows, cols)}
+    result["s"] = out.take(s_dtype, rows, cols) if residual is not None else None
+    out.take(torch.float32, rows * (1 if problem.op == "rms_norm" else 2))  # mean, rstd: checked through y
+    result["dx"] = out.take(problem.dtype, rows, cols)
+    result["dresidual"] = out.take(residual.dtype, rows, cols) if residual is not None else None
+    result["dweight"] = out.take(weight.dtype, cols) if weight is not None else None
+    result["dbias"] = out.take(bias.dtype, cols) if bias is not None else None
+    assert vec_fwd == vec_bwd
+    return result, (bool(vec_fwd), splits)
+
+
+def norm_problem(op, rows, cols, dtype, *, weight=None, bias=None, residual=None, residual_in_fp32=False):
+    return Problem(op, (rows, cols), dtype=dtype, weight_dtype=weight, bias_dtype=bias, residual_dtype=residual,
+                   residual_in_fp32=residual_in_fp32, eps=1e-5 if op == "layer_norm" else 1e-6)
+
+
+f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+SM_COUNT = 132  # an H100's: with norm_bwd_splits, it sets how many partials dW/dB are summed from
+# csrc/norm/norm_launch.cu: one warp per row up to 1024 columns, one block per row with the row in
+# registers up to 16384, one block per row re-reading the row beyond. Vectorized (16-byte) accesses
+# need cols % 8 == 0 and 16-byte aligned rows.
+# (id, problem, layout, vectorized, dW/dB partials or None)
+NORM_CASES = [
+    ("warp-plain", norm_problem("layer_norm", 9, 100, f32), Layout(), False, None),
+    ("warp-1024", norm_problem("layer_norm", 9, 1024, f16, weight=f16, bias=f16, residual=f16), Layout(), True, 1),
+    ("warp-1-col", norm_problem("rms_norm", 5, 1, f32, weight=f32), Layout(), False, 1),
+    ("warp-mixed", norm_problem("layer_norm", 6, 64, bf16, weight=f32, bias=f32, residual=f32,
+                                residual_in_fp32=True), Layout(), True, 1),
+    ("block-1025", norm_problem("rms_norm", 3, 1025, bf16, weight=bf16, residual=f32, residual_in_fp32=True),
+     Layout(), False, 1),
+    ("block-16384", norm_problem("layer_norm", 2, 16384, bf16, weight=f32, bias=bf16), Layout(), True, 1),
+    ("stream-16392", norm_problem("rms_norm", 2, 16392, f16, residual=f16), Layout(), True, None),
+    ("stream-20001", norm_problem("layer_norm", 2, 20001, f32, weight=f32, residual=bf16), Layout(), False, 1),
+    # strided rows that stay aligned, then rows that start off the 16-byte grid
+    ("strided", norm_problem("layer_norm", 5, 256, f16, weight=f16, bias=f16, residual=f16),
+     Layout(x_row_stride=264, residual_row_stride=512), True, 1),
+    ("misaligned", norm_problem("rms_norm", 5, 256, f16, weight=f16, residual=bf16),
+     Layout(x_offset=1, x_row_stride=259, residual_offset=3, residual_row_stride=300), False, 1),
+    ("misaligned-block", norm_problem("layer_norm", 3, 2048, f32, weight=f32, bias=f32, residual=f32),
+     Layout(x_offset=2, x_row_stride=2050, residual_offset=4), False, 1),
+    # dW/dB summed from several partials, of row counts that are no multiple of the 8 rows a block steps by
+    ("partials-65", norm_problem("layer_norm", 65, 40, f32, weight=f32, bias=f32), Layout(), True, 2),
+    ("partials-200", norm_problem("rms_norm", 200, 72, bf16, weight=bf16, residual=bf16), Layout(), True, 4),
+    ("partials-block", norm_problem("layer_norm", 130, 1032, f16, weight=f16, bias=f32), Layout(), True, 3),
+]
+
+
+@pytest.mark.parametrize(("problem", "layout", "vectorized", "partials"), [case[1:] for case in NORM_CASES],
+                         ids=[case[0] for case in NORM_CASES])
+def test_norm(drivers, problem, layout, vectorized, partials):
+    """y, s and every gradient against the float64 reference: the rule and floors of verify.norm.reports."""
+    inputs = make_inputs(problem, "cpu", seed=0)
+    ours, (vec, splits) = emulated_norm(drivers["norm_driver"], problem, inputs, layout)
+    assert vec == vectorized, f"{problem}: vectorized path {vec}, expected {vectorized}"
+    assert partials is None or splits == partials, f"{problem}: {splits} dW/dB partials, expected {partials}"
+    exact = forward_backward(norm_fn(problem, None), problem, inputs, torch.float64)
+    plain = forward_backward(norm_fn(problem, None), problem, inputs)
+    floors = rounding_floors(problem, inputs)
+    failures = []
+    for name, out in ours.items():
+        if out is None:
+            continue
+        factor = FORWARD_FACTOR if name in ("y", "s") else GRADIENT_FACTOR
+        report = error_report(name, out, exact[name], plain[name], factor=factor)
+        if floors.get(name, 0.0) > report.bound:
+            report = dataclasses.replace(report, bound=floors[name])
+        if not report.ok:
+            failures.append(str(report))
+    assert not failures, f"{problem}: " + "; ".join(failures)
+
+
+# ---------------------------------------------------------------------------------------- sampling
+@dataclasses.dataclass
+class SampleBatch:
+    logits: Tensor  # (rows, vocab), possibly a strided view
+    temperature: Tensor
+    top_k: Tensor
+    top_p: Tensor
+    min_p: Tensor
+    seeds: Tensor
+
+    def __str__(self) -> str:
+        return f"{tuple(self.logits.shape)} {str(self.logits.dtype).removeprefix('torch.')}"
+
+    def row(self, r: int) -> str:
+        return (f"row {r} (T={self.temperature[r].item():g}, k={self.top_k[r].item()}, p={self.top_p[r].item():g}, "
+                f"min_p={self.min_p[r].item():g})")
+
+
+LOGIT_KINDS = ("randn", "ties", "few-values", "half-neginf", "one-finite", "all-neginf", "nan", "posinf", "constant")
+# Per-row (temperature, top_k as a fraction of the vocabulary or a count, top_p, min_p).
+ROW_PARAMETERS = [
+    (0.0, 1.0, 1.0, 0.0),  # greedy
+    (1.0, 1.0, 1.0, 0.0),  # plain
+    (0.7, 1, 1.0, 0.0),
+    (1.3, 5, 0.9, 0.0),
+    (1.0, 50, 1.0, 0.05),
+    (1.0, 0.5, 0.5, 0.0),
+    (0.5, 1.0, 0.9, 0.1),
+    (1.0, 3, 0.3, 0.0),
+    (2.0, 1.0, 0.999, 0.0),
+    (1.0, 2, 0.1, 0.5),
+    (1.0, 10**9, 0.95, 0.01),
+    (1e-30, 1.0, 0.8, 0.0),  # x / T overflows to +-inf
+]
+
+
+def make_logits(kind: str, vocab: int, generator: torch.Generator) -> Tensor:
+    x = torch.randn(vocab, generator=generator) * 3
+    if kind == "ties":
+        x = (x * 2).round() / 2
+    elif kind == "few-values":
+        x = torch.randint(0, 4, (vocab,), generator=generator).float()
+    elif kind == "half-neginf":
+        x[torch.rand(vocab, generator=generator) < 0.5] = -torch.inf
+    elif kind == "one-finite":
+        x[:] = -torch.inf
+        x[vocab // 2] = 1.0
+    elif kind == "all-neginf":
+        x[:] = -torch.inf
+    elif kind == "nan":
+        x[vocab // 3] = torch.nan
+    elif kind == "posinf":
+        x[:: max(1, vocab // 5)] = torch.inf
+    elif kind == "constant":
+        x[:] = 0.25
+    return x
+
+
+def sample_batch(vocab: int, dtype: torch.dtype, shift: int, device) -> SampleBatch:
+    """One row per entry of ROW_PARAMETERS, row r of kind LOGIT_KINDS[(r + shift) % len]; a strided view
+    of a wider buffer."""
+    generator = torch.Generator().manual_seed(vocab * 31 + shift)
+    rows = len(ROW_PARAMETERS)
+    logits = torch.stack([make_logits(LOGIT_KINDS[(r + shift) % len(LOGIT_KINDS)], vocab, generator)
+                          for r in range(rows)])
+    wide = torch.zeros(rows, vocab + 5, dtype=dtype, device=device)
+    wide[:, :vocab] = logits.to(dtype)
+    temperature, top_k, top_p, min_p = zip(*ROW_PARAMETERS, strict=True)
+    top_k = [max(1, round(k * vocab)) if isinstance(k, float) else k for k in top_k]
+    seeds = torch.randint(-(2**63), 2**63 - 1, (rows,), dtype=torch.int64, generator=generator)
+    return SampleBatch(
+        wide[:, :vocab], torch.tensor(temperature, dtype=torch.float32, device=device),
+        torch.tensor(top_k, device=device), torch.tensor(top_p, dtype=torch.float64, device=device),
+        torch.tensor(min_p, dtype=torch.float64, device=device), seeds.to(device),
+    )
+
+
+def emulated_sample(driver: Path, batch: SampleBatch, *, draw: bool):
+    """(tokens, log-probs) when ``draw`` (else None, None) and the kept mask, from the emulated kernel."""
+    logits = batch.logits.cpu()
+    rows, vocab = logits.shape
+    stride = logits.stride(0)
+    storage = torch.as_strided(logits, ((rows - 1) * stride + vocab,), (1,))
+    header = struct.pack("<5q", rows, vocab, stride, DTYPE_CODES[logits.dtype], int(draw))  # SampleCase
+    parameters = [batch.temperature.float(), batch.top_k.clamp(1, vocab).int(), batch.top_p.double(),
+                  batch.min_p.double(), batch.seeds]  # as sampling.cpp converts them
+    out = Unpacker(run_driver(driver, header + b"".join(raw(t) for t in [storage, *parameters])))
+    tokens, logprobs = (out.take(torch.int64, rows), out.take(torch.float32, rows)) if draw else (None, None)
+    return tokens, logprobs, out.take(torch.int8, rows, vocab)
+
+
+def assert_masks_equal(name: str, got: Tensor, want: Tensor, batch: SampleBatch):
+    differing = [r for r in range(got.shape[0]) if not torch.equal(got[r], want[r])]
+    details = [f"{batch.row(r)}: kept {int(got[r].sum())} tokens vs {int(want[r].sum())}, differing at "
+               f"{(got[r] != want[r]).nonzero().flatten()[:8].tolist()}" for r in differing]
+    assert not differing, f"{batch}: kept set differs from {name} in rows " + "; ".join(details)
+
+
+# Vocabularies of one warp (<= 256: 8 tokens a thread) and of several, up to 12 warps.
+@pytest.mark.parametrize("vocab", [1, 7, 256, 257, 1000, 3000])
+def test_sampling_kept_set(drivers, device, vocab):
+    """The kept set (draw=False) equals the Triton kernel's and the reference's, over every dtype and kind."""
+    for shift, dtype in enumerate(DTYPE_CODES):
+        batch = sample_batch(vocab, dtype, shift, device)
+        _, _, mask = emulated_sample(drivers["sample_driver"], batch, draw=False)
+        params = (batch.temperature, batch.top_k, batch.top_p, batch.min_p)
+        assert_masks_equal("the Triton kernel's", mask.bool(), triton_sampling.filter_mask(batch.logits, *params).cpu(),
+                           batch)
+        want = reference.filter_logits(batch.logits, *params) > -math.inf
+        assert_masks_equal("reference.filter_logits", mask.bool(), want.cpu(), batch)
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 2000])
+def test_sampling_draws(drivers, device, vocab):
+    """draw=True: greedy rows take the first argmax, rows with a NaN or no finite logit give -1 (log-prob
+    NaN), every other token lies in the kept set and has the log-prob of its share of the kept mass."""
+    for shift, dtype in enumerate(DTYPE_CODES):
+        batch = sample_batch(vocab, dtype, shift + 3, device)
+        tokens, logprobs, mask = emulated_sample(drivers["sample_driver"], batch, draw=True)
+        z = reference.filter_logits(batch.logits, batch.temperature, batch.top_k, batch.top_p, batch.min_p).cpu()
+        for r in range(len(tokens)):
+            token, logprob, where = tokens[r].item(), logprobs[r].item(), f"{batch}, {batch.row(r)}"
+            drawn = f"{where}: token {token}, log-prob {logprob}"
+            if (z[r] == -math.inf).all():  # a NaN or no finite z
+                assert token == -1 and math.isnan(logprob), drawn
+            elif batch.temperature[r] == 0:
+                assert token == int(batch.logits[r].argmax()) and logprob == 0.0, drawn
+            else:
+                assert 0 <= token < vocab and mask[r, token] == 1, f"{where}: token {token} is not kept"
+                kept = z[r][mask[r].bool()].double()
+                want = (z[r, token] - kept.logsumexp(0)).item() if kept.max() < math.inf else -math.log(len(kept))
+                assert logprob == pytest.approx(want, abs=1e-4, rel=1e-4), f"{where}: log-prob {logprob} vs {want}"
+
+
+# ------------------------------------------------------------------------------------------ Philox
+@triton.jit
+def _philox_words(seed_ptr, counter_ptr, words_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr + i), tl.load(counter_ptr + i))
+    tl.store(words_ptr + 4 * i, r0.to(tl.int32, bitcast=True))
+    tl.store(words_ptr + 4 * i + 1, r1.to(tl.int32, bitcast=True))
+    tl.store(words_ptr + 4 * i + 2, r2.to(tl.int32, bitcast=True))
+    tl.store(words_ptr + 4 * i + 3, r3.to(tl.int32, bitcast=True))
+
+
+def test_philox_matches_triton(drivers, device):
+    """csrc/common/philox.cuh gives tl.randint4x's words bit for bit (the Gumbel noise of both samplers)."""
+    seeds = [0, 1, 42, 2**31, 2**32 - 1, 2**32, 2**40 + 12345, 2**63 - 1, -1, -(2**32) - 1, -(2**63),
+             -987654321098765432]
+    counters = [0, 1, 31, 128255, 2**31 - 1, 2**32 - 1, 2**32, 2**32 + 3, 2**40 + 5, 2**62]
+    pairs = [(seed, counter) for seed in seeds for counter in counters]
+    size = triton.next_power_of_2(len(pairs))
+    pairs += [(0, 0)] * (size - len(pairs))
+    words = torch.zeros(4 * size, dtype=torch.int32, device=device)
+    _philox_words[(1,)](torch.tensor([s for s, _ in pairs], device=device),
+                        torch.tensor([c for _, c in pairs], device=device), words, N=size)
+    triton_words = [[w & 0xFFFFFFFF for w in words[4 * n : 4 * n + 4].tolist()] for n in range(size)]
+    host = run_driver(drivers["philox_driver"], "".join(f"{s} {c}\n" for s, c in pairs).encode()).decode()
+    host_words = [[int(w, 16) for w in line.split()] for line in host.splitlines()]
+    differing = [(pair, [hex(w) for w in h], [hex(w) for w in t])
+                 for pair, h, t in zip(pairs, host_words, triton_words, strict=True) if h != t]
+    assert not differing, f"(seed, counter), csrc words, Triton words: {differing[:5]}"
