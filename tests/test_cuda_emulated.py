@@ -29,8 +29,7 @@ from fastattn.kernels import sampling as triton_sampling
 from torch import Tensor
 
 from fastattn import reference
-from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, error_report
-from fastattn.verify.norm import Problem, forward_backward, make_inputs, norm_fn, rounding_floors
+from fastattn.verify.norm import Problem, compare, make_inputs
 
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -223,19 +222,7 @@ def test_norm(drivers, problem, layout, vectorized, partials):
     ours, (vec, splits) = emulated_norm(drivers["norm_driver"], problem, inputs, layout)
     assert vec == vectorized, f"{problem}: vectorized path {vec}, expected {vectorized}"
     assert partials is None or splits == partials, f"{problem}: {splits} dW/dB partials, expected {partials}"
-    exact = forward_backward(norm_fn(problem, None), problem, inputs, torch.float64)
-    plain = forward_backward(norm_fn(problem, None), problem, inputs)
-    floors = rounding_floors(problem, inputs)
-    failures = []
-    for name, out in ours.items():
-        if out is None:
-            continue
-        factor = FORWARD_FACTOR if name in ("y", "s") else GRADIENT_FACTOR
-        report = error_report(name, out, exact[name], plain[name], factor=factor)
-        if floors.get(name, 0.0) > report.bound:
-            report = dataclasses.replace(report, bound=floors[name])
-        if not report.ok:
-            failures.append(str(report))
+    failures = [str(report) for report in compare(problem, inputs, ours) if not report.ok]
     assert not failures, f"{problem}: " + "; ".join(failures)
 
 

@@ -74,9 +74,9 @@ def _backend_reasons(name, q, k, v, *, deterministic, return_lse) -> list[str]:
     if name in ("cuda", "triton"):
         if q.dtype not in FUSED_DTYPES:
             reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
-        elif q.shape[-1] > MAX_FUSED_HEAD_DIM:
+        if q.shape[-1] > MAX_FUSED_HEAD_DIM:
             reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
-        elif name == "cuda" and not reasons:
+        if name == "cuda" and not reasons:  # the kernels' shared memory is known for the served shapes only
             needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
             reasons += shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
     if name == "torch":

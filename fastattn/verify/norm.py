@@ -165,8 +165,13 @@ def reports(problem: Problem, backend: str, device, seed: int = 0) -> list[Error
     """Every output of ``problem`` on ``backend`` under the error-ratio rule: y and s (factor 2),
     dx, dresidual, dweight, dbias (factor 3), with the floors of :func:`rounding_floors`."""
     inputs = make_inputs(problem, device, seed)
+    return compare(problem, inputs, forward_backward(norm_fn(problem, backend), problem, inputs))
+
+
+def compare(problem: Problem, inputs: dict, ours: dict) -> list[ErrorReport]:
+    """The reports of :func:`reports` for outputs ``ours`` (as :func:`forward_backward` gives them)
+    computed by any means from ``inputs``."""
     floors = rounding_floors(problem, inputs)
-    ours = forward_backward(norm_fn(problem, backend), problem, inputs)
     exact = forward_backward(norm_fn(problem, None), problem, inputs, torch.float64)
     plain = forward_backward(norm_fn(problem, None), problem, inputs)
     result = []
