@@ -66,8 +66,13 @@ def _find_cuda_home() -> str | None:
 def _nvcc_version(cuda_home: str) -> str | None:
     """The release of nvcc ("13.0"), or None when it cannot be run."""
     try:
-        output = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True,
-                                text=True, check=True, timeout=60).stdout
+        output = subprocess.run(
+            [os.path.join(cuda_home, "bin", "nvcc"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"release (\d+\.\d+)", output)
@@ -127,8 +132,10 @@ def _cuda_extension():
         return [], {}
     if nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
         # torch refuses to build with a different major version; say so instead of failing the install
-        _log(f"nvcc {nvcc_version} ({cuda_home}) does not match torch's CUDA {torch.version.cuda}: installing "
-             "without the CUDA extension (set CUDA_HOME to a matching toolkit)")
+        _log(
+            f"nvcc {nvcc_version} ({cuda_home}) does not match torch's CUDA {torch.version.cuda}: installing "
+            "without the CUDA extension (set CUDA_HOME to a matching toolkit)"
+        )
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
@@ -160,8 +167,10 @@ def _cuda_extension():
         "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
         "-U__CUDA_NO_HALF2_OPERATORS__",
     ] + _gencode_flags(os.environ.get("FASTATTN_CUDA_ARCHS", DEFAULT_ARCHS))
-    _log(f"building fastattn._C with CUDA_HOME={os.environ['CUDA_HOME']}, MAX_JOBS={os.environ['MAX_JOBS']}, "
-         f"{len(sources)} sources, flags {' '.join(f for f in nvcc_flags if f.startswith('-gencode'))}")
+    _log(
+        f"building fastattn._C with CUDA_HOME={os.environ['CUDA_HOME']}, MAX_JOBS={os.environ['MAX_JOBS']}, "
+        f"{len(sources)} sources, flags {' '.join(f for f in nvcc_flags if f.startswith('-gencode'))}"
+    )
     extension = CUDAExtension(
         name="fastattn._C",
         sources=[os.path.relpath(s, ROOT) for s in sources],

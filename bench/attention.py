@@ -193,9 +193,7 @@ def _xformers() -> Provider:
     def build(case, inputs):
         q, k, v = (inputs[name].transpose(1, 2) for name in "qkv")  # (B, N, H, D) views: no copy
         bias = ops.LowerTriangularMask() if case.params["causal"] else None
-        return _in_mode(
-            case, inputs, lambda: ops.memory_efficient_attention(q, k, v, attn_bias=bias).transpose(1, 2)
-        )
+        return _in_mode(case, inputs, lambda: ops.memory_efficient_attention(q, k, v, attn_bias=bias).transpose(1, 2))
 
     return Provider("xformers", "peer", "xformers.ops.memory_efficient_attention", build, unavailable=why)
 
@@ -211,9 +209,7 @@ def _flashinfer() -> Provider:
         workspace = torch.empty(FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
         wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD")
         starts = torch.arange(p["batch"] + 1, dtype=torch.int32, device=q.device) * p["nq"]
-        wrapper.plan(
-            starts, starts, p["heads"], p["heads"], p["head_dim"], causal=p["causal"], q_data_type=q.dtype
-        )
+        wrapper.plan(starts, starts, p["heads"], p["heads"], p["head_dim"], causal=p["causal"], q_data_type=q.dtype)
         return lambda: wrapper.run(q, k, v)
 
     return Provider(

@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _environment_line(env: dict) -> str:
-    device = (
-        f"{env['gpu']} ({env.get('gpu_capability')})"
-        if env.get("gpu")
-        else f"CPU ({env['cpu_threads']} threads)"
-    )
+    device = f"{env['gpu']} ({env.get('gpu_capability')})" if env.get("gpu") else f"CPU ({env['cpu_threads']} threads)"
     commit = (env["commit"] or "unknown")[:12] + (" (modified)" if env.get("dirty") else "")
     return (
         f"{device}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda'] or 'none'}; "
@@ -128,17 +124,13 @@ def run(args) -> int:
             overhead_results, notes = overhead.run(min(budget, overhead.BUDGET_S), progress=progress)
             print(overhead.format_table(overhead_results, notes))
             markdown_parts.append(overhead.format_table(overhead_results, notes, markdown=True))
-            failures += [
-                f"dispatch overhead of {r.op}: {r.overhead:+.1%}" for r in overhead_results if not r.ok
-            ]
+            failures += [f"dispatch overhead of {r.op}: {r.overhead:+.1%}" for r in overhead_results if not r.ok]
             continue
         else:
             memory_results, notes = memory.run(device)
             print(memory.format_table(memory_results, notes))
             markdown_parts.append(memory.format_table(memory_results, notes, markdown=True))
-            failures += [
-                f"memory of {r.backend} attention grows superlinearly" for r in memory_results if not r.ok
-            ]
+            failures += [f"memory of {r.backend} attention grows superlinearly" for r in memory_results if not r.ok]
             continue
         sections.append(section)
         print(report.section_text(section, on_gpu))

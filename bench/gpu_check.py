@@ -49,9 +49,7 @@ BENCH_MARGIN_S = 30  # the benchmarks stop starting shapes this long before thei
 MIN_STAGE_S = 5
 LOG_HEAD_BYTES, LOG_TAIL_BYTES = 50_000, 350_000  # per stage: the start and the end of long outputs
 GPU_PROBE = "import torch; print(torch.cuda.is_available())"
-NVIDIA_SMI_QUERY = (
-    "name,driver_version,memory.total,temperature.gpu,power.draw,power.limit,clocks.sm,clocks.max.sm"
-)
+NVIDIA_SMI_QUERY = "name,driver_version,memory.total,temperature.gpu,power.draw,power.limit,clocks.sm,clocks.max.sm"
 
 
 @dataclass
@@ -102,9 +100,7 @@ def _commands(stage: Stage, python: str, results: Path, scratch: Path, limit_s: 
             commands.append(["nvidia-smi", f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv"])
         return commands
     if stage.name == "tests":
-        return [
-            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={results / 'tests.xml'}"]
-        ]
+        return [[python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={results / 'tests.xml'}"]]
     if stage.name == "verify":
         return [fastattn + ["verify", "--full", "--json", str(results / "verify.json")]]
     if stage.name == "memory":
@@ -200,11 +196,7 @@ def _append_log(log: Path, stage: Stage, output: Path) -> None:
     data = output.read_bytes()
     if len(data) > LOG_HEAD_BYTES + LOG_TAIL_BYTES:
         left_out = len(data) - LOG_HEAD_BYTES - LOG_TAIL_BYTES
-        data = (
-            data[:LOG_HEAD_BYTES]
-            + f"\n[... {left_out} bytes left out ...]\n".encode()
-            + data[-LOG_TAIL_BYTES:]
-        )
+        data = data[:LOG_HEAD_BYTES] + f"\n[... {left_out} bytes left out ...]\n".encode() + data[-LOG_TAIL_BYTES:]
     with open(log, "ab") as file:
         header = f"\n===== {stage.name}: {stage.status} ({stage.seconds:.0f} s of {stage.limit_s:.0f} s)\n"
         file.write(header.encode())
@@ -243,9 +235,7 @@ def run_stage(stage: Stage, python: str, results: Path, scratch: Path, limit_s: 
     elif stage.name == "build" and codes[0] != 0:
         stage.status = "failed"
         stage.detail = (
-            "CUDA extension not built; installed without it"
-            if codes[-1] == 0
-            else "could not install the package"
+            "CUDA extension not built; installed without it" if codes[-1] == 0 else "could not install the package"
         )
     elif stage.name == "env":
         stage.status = "passed" if codes[0] == 0 else "failed"
@@ -268,9 +258,7 @@ def _junit_counts(path: Path) -> dict | None:
     except (OSError, ElementTree.ParseError):
         return None
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    counts = {
-        key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "failures", "errors", "skipped")
-    }
+    counts = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "failures", "errors", "skipped")}
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return counts
 
@@ -292,9 +280,7 @@ def _read(path: Path) -> str:
 def _environment_text(environment: dict | None) -> str:
     if not environment:
         return "environment: unknown (no benchmark report was written)"
-    commit = (environment.get("commit") or "unknown")[:12] + (
-        " (modified)" if environment.get("dirty") else ""
-    )
+    commit = (environment.get("commit") or "unknown")[:12] + (" (modified)" if environment.get("dirty") else "")
     return (
         f"{environment.get('gpu') or 'no GPU'}; torch {environment.get('torch')}, triton "
         f"{environment.get('triton')}, CUDA {environment.get('cuda')}; commit {commit}; "
@@ -337,9 +323,7 @@ def write_report(
     lines += ["| stage | result | time | limit | what |", "|---|---|---|---|---|"]
     for stage in stages:
         result = stage.status + (f" ({stage.detail})" if stage.detail else "")
-        lines.append(
-            f"| {stage.name} | {result} | {stage.seconds:.0f} s | {stage.limit_s:.0f} s | {stage.what} |"
-        )
+        lines.append(f"| {stage.name} | {result} | {stage.seconds:.0f} s | {stage.limit_s:.0f} s | {stage.what} |")
     lines.append("")
     if tests:
         lines.append(
@@ -356,18 +340,14 @@ def write_report(
     files = sorted(p.name for p in results.iterdir() if p.is_file()) + ["summary.json", "summary.md"]
     full += "\nfiles: " + ", ".join(sorted(set(files))) + "\n"
     summary["files"] = sorted(set(files))
-    (results / "summary.json").write_text(
-        json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (results / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (results / "summary.md").write_text(full, encoding="utf-8")
     return short
 
 
 def _has_gpu(python: str) -> bool:
     try:
-        probe = subprocess.run(
-            [python, "-c", GPU_PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT
-        )
+        probe = subprocess.run([python, "-c", GPU_PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT)
     except (OSError, subprocess.SubprocessError):
         return False
     return probe.stdout.strip().endswith("True")

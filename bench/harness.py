@@ -251,9 +251,7 @@ def compile_context() -> contextlib.ExitStack:
     import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
 
-    limit = (
-        "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    )  # its older name
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # its older name
     stack = contextlib.ExitStack()
     stack.enter_context(dynamo_config.patch(**{limit: 256}))
     if hasattr(functorch_config, "donated_buffer"):
@@ -325,9 +323,7 @@ def _prepare(case: Case, provider: Provider, device: torch.device, input_sets: l
         calls[-1]()
         _synchronize(device)
         first_s = time.perf_counter() - start
-    grads = [
-        t for inputs in input_sets for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad
-    ]
+    grads = [t for inputs in input_sets for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
     return rotating(calls), grads, first_s
 
 

@@ -87,9 +87,7 @@ def run(device: torch.device) -> tuple[list[MemoryScaling], list[str]]:
         linear = SEQUENCE_LENGTHS[-1] / SEQUENCE_LENGTHS[0]
         ratio = peaks[-1] / max(peaks[0], 1)
         limit = linear * LINEAR_SLACK
-        results.append(
-            MemoryScaling(backend, list(SEQUENCE_LENGTHS), peaks, ratio, linear, limit, ratio <= limit)
-        )
+        results.append(MemoryScaling(backend, list(SEQUENCE_LENGTHS), peaks, ratio, linear, limit, ratio <= limit))
     if not results and not notes:
         notes.append("no backend of ours runs here")
     return results, notes
@@ -112,8 +110,7 @@ def format_table(results: list[MemoryScaling], notes: list[str], markdown: bool 
     ]
     notes = notes + [f"{r.backend}: FAIL: {r.detail}" for r in results if r.detail]
     title = (
-        f"peak memory of attention forward + backward beyond its inputs (B={BATCH}, H={HEADS}, "
-        f"D={HEAD_DIM}, bfloat16)"
+        f"peak memory of attention forward + backward beyond its inputs (B={BATCH}, H={HEADS}, D={HEAD_DIM}, bfloat16)"
     )
     return table(title, header, lines, notes, markdown=markdown)
 

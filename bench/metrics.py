@@ -32,9 +32,7 @@ def visible_pairs(nq: int, nk: int, causal: bool) -> int:
     return rows * (first_count + nk) // 2
 
 
-def attention_flops(
-    batch: int, heads: int, nq: int, nk: int, head_dim: int, causal: bool, mode: str
-) -> float:
+def attention_flops(batch: int, heads: int, nq: int, nk: int, head_dim: int, causal: bool, mode: str) -> float:
     """FLOPs of one attention call; ``mode`` is ``"fwd"``, ``"bwd"`` or ``"fwd+bwd"``."""
     forward = 4.0 * batch * heads * visible_pairs(nq, nk, causal) * head_dim
     factor = {"fwd": 1.0, "bwd": BACKWARD_OVER_FORWARD, "fwd+bwd": 1.0 + BACKWARD_OVER_FORWARD}[mode]

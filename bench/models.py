@@ -182,9 +182,7 @@ def run(
         section.notes.append(f"fastattn.models is not available yet ({type(error).__name__}: {error})")
         return section
     section.notes.append(f"GPTConfig: {dataclasses.asdict(config)}")
-    section.providers = choose_providers(
-        providers(gpt, config, device), device, include=include, exclude=exclude
-    )
+    section.providers = choose_providers(providers(gpt, config, device), device, include=include, exclude=exclude)
     runnable = [p for p in section.providers if p.unavailable is None]
     budget = GPU_BUDGET_S if device.type == "cuda" else CPU_BUDGET_S
     jobs = [(case, provider) for case in cases(config, device) for provider in runnable]
@@ -208,9 +206,7 @@ def _time(case: Case, provider: Provider, device: torch.device, budget: float) -
         if isinstance(error, torch.OutOfMemoryError):
             torch.cuda.empty_cache()
         status = "skipped" if isinstance(error, (NotImplementedError, torch.OutOfMemoryError)) else "error"
-        return Row(
-            case, provider.name, provider.family, status, f"{type(error).__name__}: {error}".splitlines()[0]
-        )
+        return Row(case, provider.name, provider.family, status, f"{type(error).__name__}: {error}".splitlines()[0])
     return Row(case, provider.name, provider.family, "ok", timing=timing)
 
 

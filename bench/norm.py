@@ -202,9 +202,7 @@ def _apex() -> Provider:
             forward = lambda: module.fused_rms_norm_affine(x, weight, shape, eps)
         return _in_mode(case, inputs, forward)
 
-    return Provider(
-        "apex", "peer", "apex fused_layer_norm_affine / fused_rms_norm_affine", build, unavailable=why
-    )
+    return Provider("apex", "peer", "apex fused_layer_norm_affine / fused_rms_norm_affine", build, unavailable=why)
 
 
 def _flash_attn() -> Provider:
@@ -224,9 +222,7 @@ def _flash_attn() -> Provider:
         )
         return _in_mode(case, inputs, forward)
 
-    return Provider(
-        "flash-attn", "peer", "flash_attn.ops.triton.layer_norm.layer_norm_fn", build, unavailable=why
-    )
+    return Provider("flash-attn", "peer", "flash_attn.ops.triton.layer_norm.layer_norm_fn", build, unavailable=why)
 
 
 def _flashinfer() -> Provider:

@@ -33,9 +33,7 @@ from .harness import cpu_threads
 
 TITLE = "overhead"
 LIMIT = 0.05  # the acceptance limit: at most 5% over calling PyTorch directly
-BLOCK_US = (
-    2000  # a block of calls lasts about 2 ms: long against the clock's resolution, short against load drifts
-)
+BLOCK_US = 2000  # a block of calls lasts about 2 ms: long against the clock's resolution, short against load drifts
 MAX_CALLS_PER_BLOCK = 100
 MIN_BLOCK_PAIRS = 10
 BUDGET_S = 2.0  # per op: several hundred block pairs for calls of 10-300 µs

@@ -37,9 +37,7 @@ def _ceiling(ax, unit: str, rows, ceilings: dict) -> None:
             label=f"bf16 matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s",
         )
     elif unit == "GB/s":
-        ax.axhline(
-            ceilings["copy_GBps"], color="black", linewidth=1, label=f"copy {ceilings['copy_GBps']:.0f} GB/s"
-        )
+        ax.axhline(ceilings["copy_GBps"], color="black", linewidth=1, label=f"copy {ceilings['copy_GBps']:.0f} GB/s")
     elif unit == "µs":
         points = sorted({(row.case.x, row.case.work) for row in rows})
         ax.plot(
@@ -51,9 +49,7 @@ def _ceiling(ax, unit: str, rows, ceilings: dict) -> None:
         )
 
 
-def plot(
-    path: str | Path, sections: list[Section], *, ceilings: dict | None, on_gpu: bool, title: str
-) -> bool:
+def plot(path: str | Path, sections: list[Section], *, ceilings: dict | None, on_gpu: bool, title: str) -> bool:
     """Writes a PNG; False when there is nothing to draw."""
     import matplotlib
 

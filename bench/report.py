@@ -103,9 +103,7 @@ def section_text(section: Section, on_gpu: bool, *, markdown: bool = False) -> s
         notes.append(f"{section.cases_not_run} cases not run: the time budget ran out")
     notes += section.notes
     if notes:
-        parts.append(
-            table(f"{section.title}: providers and cases not timed", (), (), notes, markdown=markdown)
-        )
+        parts.append(table(f"{section.title}: providers and cases not timed", (), (), notes, markdown=markdown))
     return "\n".join(parts)
 
 

@@ -67,8 +67,10 @@ def command_verify(args: argparse.Namespace) -> int:
     full = args.full if args.full is not None else device.type == "cuda"
     if interpreted:
         print("No GPU: the Triton kernels run on the CPU through Triton's interpreter (small shapes).")
-    print(f"verify on {device} ({'full grid' if full else 'small shapes'}), backends: "
-          f"{', '.join(args.backend or __import__('fastattn').available_backends())}")
+    print(
+        f"verify on {device} ({'full grid' if full else 'small shapes'}), backends: "
+        f"{', '.join(args.backend or __import__('fastattn').available_backends())}"
+    )
     start = time.perf_counter()
     rows = verify.run(device, full=full, ops=args.op or verify.OPS, backend_names=args.backend)
     print(verify.format_table(rows))
@@ -98,15 +100,19 @@ def command_demo(args: argparse.Namespace) -> int:
     options = dict(causal=True, key_padding_mask=mask)
     exact = fastattn.reference.attention(q.double(), k.double(), v.double(), **options)
     plain = fastattn.reference.attention(q, k, v, **options)
-    print(f"attention: B={batch} Hq={heads_q} Hkv={heads_kv} (GQA) Nq={nq} Nk={nk} D={head_dim}, "
-          f"causal (bottom-right), key padding, {str(dtype).removeprefix('torch.')} on {device}")
+    print(
+        f"attention: B={batch} Hq={heads_q} Hkv={heads_kv} (GQA) Nq={nq} Nk={nk} D={head_dim}, "
+        f"causal (bottom-right), key padding, {str(dtype).removeprefix('torch.')} on {device}"
+    )
     for backend in fastattn.available_backends():
         start = time.perf_counter()
         out = fastattn.attention(q, k, v, backend=backend, **options)
         elapsed = time.perf_counter() - start
         report = error_report("out", out, exact, plain, factor=2.0)
-        print(f"  {backend:<7} max error vs float64 {report.max_error:.2e} (bound {report.bound:.2e}) "
-              f"{'ok' if report.ok else 'FAIL'}   {elapsed * 1e3:8.1f} ms")
+        print(
+            f"  {backend:<7} max error vs float64 {report.max_error:.2e} (bound {report.bound:.2e}) "
+            f"{'ok' if report.ok else 'FAIL'}   {elapsed * 1e3:8.1f} ms"
+        )
     return 0
 
 
@@ -164,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--op", action="append", help="only this op (repeatable): attention, norm, sampling")
     verify.add_argument("--backend", action="append", help="only this backend (repeatable)")
     grid = verify.add_mutually_exclusive_group()
-    grid.add_argument("--full", dest="full", action="store_true", default=None,
-                      help="the full shape grid (default on a GPU)")
+    grid.add_argument(
+        "--full", dest="full", action="store_true", default=None, help="the full shape grid (default on a GPU)"
+    )
     grid.add_argument("--quick", dest="full", action="store_false", help="small shapes (default on a CPU)")
     verify.set_defaults(run=command_verify)
 
@@ -198,24 +205,41 @@ examples:
   python -m fastattn bench norm --provider ours --provider torch
   python -m fastattn bench --json run.json --record      also keep the run in bench/results/""",
     )
-    bench.add_argument("targets", nargs="*", type=_bench_target, metavar="TARGET",
-                       help=f"one or more of {', '.join(BENCH_TARGETS)}")
+    bench.add_argument(
+        "targets", nargs="*", type=_bench_target, metavar="TARGET", help=f"one or more of {', '.join(BENCH_TARGETS)}"
+    )
     bench.add_argument("--quick", action="store_true", help="a trimmed grid (a few shapes per op)")
     bench.add_argument("--json", metavar="PATH", help="write every timing as a JSON row, with the versions")
     bench.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
-    bench.add_argument("--plot", metavar="PATH",
-                       help="draw a PNG: TFLOP/s vs N (attention), GB/s vs hidden size (norms), µs vs batch "
-                       "(sampling), with the measured ceilings")
-    bench.add_argument("--record", action="store_true",
-                       help="also keep the JSON and Markdown in bench/results/, named by date, GPU, versions")
-    bench.add_argument("--provider", action="append", metavar="NAME",
-                       help="time only this provider or family (ours, pytorch, peer); repeatable")
+    bench.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="draw a PNG: TFLOP/s vs N (attention), GB/s vs hidden size (norms), µs vs batch "
+        "(sampling), with the measured ceilings",
+    )
+    bench.add_argument(
+        "--record",
+        action="store_true",
+        help="also keep the JSON and Markdown in bench/results/, named by date, GPU, versions",
+    )
+    bench.add_argument(
+        "--provider",
+        action="append",
+        metavar="NAME",
+        help="time only this provider or family (ours, pytorch, peer); repeatable",
+    )
     bench.add_argument("--exclude", action="append", metavar="NAME", help="leave a provider out; repeatable")
-    bench.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
-                       help="attention and norm inputs (default: bfloat16 on a GPU, float32 on a CPU)")
-    bench.add_argument("--budget", type=float, metavar="SECONDS",
-                       help="stop timing new shapes after this long, shared among the targets (the --quick "
-                       "shapes run first)")
+    bench.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        help="attention and norm inputs (default: bfloat16 on a GPU, float32 on a CPU)",
+    )
+    bench.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop timing new shapes after this long, shared among the targets (the --quick shapes run first)",
+    )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(run=command_bench)
 
@@ -266,16 +290,24 @@ examples:
   python -m fastattn train gpt --save runs/gpt.pt
   python -m fastattn attention-graph --model runs/gpt.pt --text "To be, or not to be" --out graph.html""",
     )
-    attention_graph.add_argument("--model", required=True, metavar="CHECKPOINT",
-                                 help="a gpt or bert checkpoint written by `train ... --save`")
-    attention_graph.add_argument("--text", required=True,
-                                 help="the input: characters of the model's vocabulary, at most its context "
-                                 "length")
-    attention_graph.add_argument("--out", default="attention_graph.html", metavar="PATH",
-                                 help="the HTML file to write (default: attention_graph.html)")
-    attention_graph.add_argument("--threshold", type=float, default=0.05,
-                                 help="initial threshold: links with a weight not above it are hidden "
-                                 "(default: 0.05)")
+    attention_graph.add_argument(
+        "--model", required=True, metavar="CHECKPOINT", help="a gpt or bert checkpoint written by `train ... --save`"
+    )
+    attention_graph.add_argument(
+        "--text", required=True, help="the input: characters of the model's vocabulary, at most its context length"
+    )
+    attention_graph.add_argument(
+        "--out",
+        default="attention_graph.html",
+        metavar="PATH",
+        help="the HTML file to write (default: attention_graph.html)",
+    )
+    attention_graph.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="initial threshold: links with a weight not above it are hidden (default: 0.05)",
+    )
     attention_graph.set_defaults(run=command_attention_graph)
 
     demo = commands.add_parser("demo", help="a short tour of the fused ops on this machine")

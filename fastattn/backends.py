@@ -141,12 +141,16 @@ def _find_cuda_device_reasons(index: int) -> tuple[str, ...]:
     capability = torch.cuda.get_device_capability(index)
     if capability < MIN_CUDA_CAPABILITY:
         major, minor = MIN_CUDA_CAPABILITY
-        return (f"needs a GPU of compute capability {major}.{minor} or newer, cuda:{index} is "
-                f"{capability[0]}.{capability[1]}",)
+        return (
+            f"needs a GPU of compute capability {major}.{minor} or newer, cuda:{index} is "
+            f"{capability[0]}.{capability[1]}",
+        )
     error = _C.kernel_image_error(index)
     if error:
-        return (f"the extension has no kernel for cuda:{index} (sm_{capability[0]}{capability[1]}): {error}; "
-                "rebuild it with FASTATTN_CUDA_ARCHS including this architecture",)
+        return (
+            f"the extension has no kernel for cuda:{index} (sm_{capability[0]}{capability[1]}): {error}; "
+            "rebuild it with FASTATTN_CUDA_ARCHS including this architecture",
+        )
     return ()
 
 

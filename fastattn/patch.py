@@ -38,18 +38,30 @@ def replacement_for(module: nn.Module, *, attention: bool, norm: bool) -> nn.Mod
     kind = type(module)
     if attention and kind is nn.MultiheadAttention:
         return MultiheadAttention(
-            module.embed_dim, module.num_heads, dropout=module.dropout, bias=module.in_proj_bias is not None,
-            add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
-            vdim=module.vdim, batch_first=module.batch_first, device="meta",
+            module.embed_dim,
+            module.num_heads,
+            dropout=module.dropout,
+            bias=module.in_proj_bias is not None,
+            add_bias_kv=module.bias_k is not None,
+            add_zero_attn=module.add_zero_attn,
+            kdim=module.kdim,
+            vdim=module.vdim,
+            batch_first=module.batch_first,
+            device="meta",
         )
     if norm and kind is nn.LayerNorm:
         return LayerNorm(
-            module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine,
-            bias=module.bias is not None, device="meta",
+            module.normalized_shape,
+            eps=module.eps,
+            elementwise_affine=module.elementwise_affine,
+            bias=module.bias is not None,
+            device="meta",
         )
     if norm and kind is nn.RMSNorm:
         return RMSNorm(
-            module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine,
+            module.normalized_shape,
+            eps=module.eps,
+            elementwise_affine=module.elementwise_affine,
             device="meta",
         )
     return None

@@ -65,9 +65,7 @@ def attention(
     v = v.repeat_interleave(group, dim=1)  # (B, Hq, Nk, D)
 
     scores = scale * (q @ k.transpose(-1, -2))  # (B, Hq, Nq, Nk)
-    visible = attention_visibility(
-        batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device
-    )
+    visible = attention_visibility(batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device)
     scores = scores.masked_fill(~visible, float("-inf"))
     row_max = scores.amax(dim=-1, keepdim=True) if nk > 0 else scores.new_full((batch, heads_q, nq, 1), -torch.inf)
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # rows with no key
@@ -237,8 +235,9 @@ def sampling_seeds(seed, generator: torch.Generator | None, batch: int, device) 
         return torch.full((batch,), int(seed), dtype=torch.int64, device=device)
     int64 = torch.iinfo(torch.int64)
     if generator is not None:
-        drawn = torch.randint(int64.min, int64.max, (batch,), dtype=torch.int64, generator=generator,
-                              device=generator.device)
+        drawn = torch.randint(
+            int64.min, int64.max, (batch,), dtype=torch.int64, generator=generator, device=generator.device
+        )
         return drawn.to(device)
     return torch.randint(int64.min, int64.max, (batch,), dtype=torch.int64, device=device)
 

@@ -162,11 +162,20 @@ def _attn_fwd_kernel(
     Out,  # (B, Hq, Nq, D) output, last dim contiguous
     Lse,  # (B, Hq, Nq) float32 output, contiguous
     Kpm,  # (B, Nk) uint8 key_padding_mask, 1 = key takes part (dummy without HAS_KPM)
-    stride_qb, stride_qh, stride_qm,  # strides of Q (elements)
-    stride_kb, stride_kh, stride_kn,  # strides of K
-    stride_vb, stride_vh, stride_vn,  # strides of V
-    stride_ob, stride_oh, stride_om,  # strides of Out
-    stride_mb, stride_mn,  # strides of Kpm
+    stride_qb,
+    stride_qh,
+    stride_qm,  # strides of Q (elements)
+    stride_kb,
+    stride_kh,
+    stride_kn,  # strides of K
+    stride_vb,
+    stride_vh,
+    stride_vn,  # strides of V
+    stride_ob,
+    stride_oh,
+    stride_om,  # strides of Out
+    stride_mb,
+    stride_mn,  # strides of Kpm
     heads_q,  # Hq
     group,  # Hq // Hkv: query heads per key/value head
     seq_q,  # Nq
@@ -195,8 +204,9 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
 
-    q = _load_tile(Q + b * stride_qb + h * stride_qh, start_m, seq_q, stride_qm, tl.arange(0, BLOCK_M),
-                   offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
+    q = _load_tile(
+        Q + b * stride_qb + h * stride_qh, start_m, seq_q, stride_qm, tl.arange(0, BLOCK_M), offs_d, head_dim
+    )  # (BLOCK_M, BLOCK_D)
     k_head = K + b * stride_kb + h_kv * stride_kh
     v_head = V + b * stride_vb + h_kv * stride_vh
     kpm_row = Kpm + b * stride_mb
@@ -233,8 +243,17 @@ def _attn_fwd_kernel(
     if DROPOUT:
         acc = acc * tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
     lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
-    _store_tile(Out + b * stride_ob + h * stride_oh, start_m, seq_q, stride_om, tl.arange(0, BLOCK_M), offs_d,
-                head_dim, acc / l_safe[:, None], IEEE)
+    _store_tile(
+        Out + b * stride_ob + h * stride_oh,
+        start_m,
+        seq_q,
+        stride_om,
+        tl.arange(0, BLOCK_M),
+        offs_d,
+        head_dim,
+        acc / l_safe[:, None],
+        IEEE,
+    )
     tl.store(Lse + bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
 
 
@@ -245,8 +264,12 @@ def _attn_bwd_preprocess_kernel(
     DO,  # (B, Hq, Nq, D) upstream gradient of Out, last dim contiguous
     Dlse,  # (B, Hq, Nq) float32 upstream gradient of lse, contiguous (dummy without HAS_DLSE)
     Delta,  # (B, Hq, Nq) float32 output, contiguous
-    stride_ob, stride_oh, stride_om,  # strides of Out
-    stride_dob, stride_doh, stride_dom,  # strides of DO
+    stride_ob,
+    stride_oh,
+    stride_om,  # strides of Out
+    stride_dob,
+    stride_doh,
+    stride_dom,  # strides of DO
     heads_q,  # Hq
     seq_q,  # Nq
     head_dim,  # D
@@ -287,13 +310,26 @@ def _attn_bwd_dkdv_kernel(
     DV,  # (B, Hkv, Nk, D) output, last dim contiguous
     DQacc,  # (B, Hq, Nq, D) float32 contiguous, zero-filled: dQ accumulated atomically (DQ_ATOMIC only)
     Kpm,  # (B, Nk) uint8 key_padding_mask (dummy without HAS_KPM)
-    stride_qb, stride_qh, stride_qm,  # strides of Q
-    stride_kb, stride_kh, stride_kn,  # strides of K
-    stride_vb, stride_vh, stride_vn,  # strides of V
-    stride_dob, stride_doh, stride_dom,  # strides of DO
-    stride_dkb, stride_dkh, stride_dkn,  # strides of DK
-    stride_dvb, stride_dvh, stride_dvn,  # strides of DV
-    stride_mb, stride_mn,  # strides of Kpm
+    stride_qb,
+    stride_qh,
+    stride_qm,  # strides of Q
+    stride_kb,
+    stride_kh,
+    stride_kn,  # strides of K
+    stride_vb,
+    stride_vh,
+    stride_vn,  # strides of V
+    stride_dob,
+    stride_doh,
+    stride_dom,  # strides of DO
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,  # strides of DK
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,  # strides of DV
+    stride_mb,
+    stride_mn,  # strides of Kpm
     heads_q,  # Hq
     heads_kv,  # Hkv
     group,  # Hq // Hkv
@@ -323,10 +359,12 @@ def _attn_bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
 
-    k = _load_tile(K + b * stride_kb + h_kv * stride_kh, start_n, seq_k, stride_kn, tl.arange(0, BLOCK_N),
-                   offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-    v = _load_tile(V + b * stride_vb + h_kv * stride_vh, start_n, seq_k, stride_vn, tl.arange(0, BLOCK_N),
-                   offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
+    k = _load_tile(
+        K + b * stride_kb + h_kv * stride_kh, start_n, seq_k, stride_kn, tl.arange(0, BLOCK_N), offs_d, head_dim
+    )  # (BLOCK_N, BLOCK_D)
+    v = _load_tile(
+        V + b * stride_vb + h_kv * stride_vh, start_n, seq_k, stride_vn, tl.arange(0, BLOCK_N), offs_d, head_dim
+    )  # (BLOCK_N, BLOCK_D)
     kpm_row = Kpm + b * stride_mb
 
     qk_scale = scale * LOG2E
@@ -350,8 +388,7 @@ def _attn_bwd_dkdv_kernel(
             delta = tl.load(Delta + bh * seq_q + rows, mask=rows < seq_q, other=0.0)
 
             s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # (BLOCK_N, BLOCK_M): Sᵀ in base 2
-            visible = _visible(rows[None, :], offs_n[:, None], seq_q, seq_k, kpm_row, stride_mn, CAUSAL,
-                               HAS_KPM)
+            visible = _visible(rows[None, :], offs_n[:, None], seq_q, seq_k, kpm_row, stride_mn, CAUSAL, HAS_KPM)
             p_t = tl.exp2(tl.where(visible, s_t - lse[None, :], float("-inf")))  # Pᵀ
             dp_t = _dot(v, tl.trans(do), IEEE)  # (dO Vᵀ)ᵀ
             if DROPOUT:
@@ -386,12 +423,23 @@ def _attn_bwd_dq_kernel(
     Delta,  # (B, Hq, Nq) float32 rowsum(dO * O) - dlse, contiguous
     DQ,  # (B, Hq, Nq, D) output, last dim contiguous
     Kpm,  # (B, Nk) uint8 key_padding_mask (dummy without HAS_KPM)
-    stride_qb, stride_qh, stride_qm,  # strides of Q
-    stride_kb, stride_kh, stride_kn,  # strides of K
-    stride_vb, stride_vh, stride_vn,  # strides of V
-    stride_dob, stride_doh, stride_dom,  # strides of DO
-    stride_dqb, stride_dqh, stride_dqm,  # strides of DQ
-    stride_mb, stride_mn,  # strides of Kpm
+    stride_qb,
+    stride_qh,
+    stride_qm,  # strides of Q
+    stride_kb,
+    stride_kh,
+    stride_kn,  # strides of K
+    stride_vb,
+    stride_vh,
+    stride_vn,  # strides of V
+    stride_dob,
+    stride_doh,
+    stride_dom,  # strides of DO
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,  # strides of DQ
+    stride_mb,
+    stride_mn,  # strides of Kpm
     heads_q,  # Hq
     group,  # Hq // Hkv
     seq_q,  # Nq
@@ -559,16 +607,18 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> 
         raise TypeError(f"q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
     batch, heads_q, _, head_dim = q.shape
     if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"k, v must be (B, Hkv, Nk, D) matching q {tuple(q.shape)}, got {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"k, v must be (B, Hkv, Nk, D) matching q {tuple(q.shape)}, got {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     heads_kv = k.shape[1]
     if (heads_q % heads_kv if heads_kv else heads_q) != 0:
         raise ValueError(f"Hq ({heads_q}) must be a multiple of Hkv ({heads_kv})")
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
     if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, k.shape[2]):
-        raise ValueError(f"key_padding_mask must be (B, Nk) = {(batch, k.shape[2])}, "
-                         f"got {tuple(key_padding_mask.shape)}")
+        raise ValueError(
+            f"key_padding_mask must be (B, Nk) = {(batch, k.shape[2])}, got {tuple(key_padding_mask.shape)}"
+        )
 
 
 def attention_fwd(
@@ -603,18 +653,44 @@ def attention_fwd(
     cfg = _config("fwd", q.device, head_dim, q.dtype)
     num_m_blocks = triton.cdiv(seq_q, cfg.block_m)
     _attn_fwd_kernel[(num_m_blocks * batch * heads_q,)](
-        q, k, v, out, lse, kpm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        stride_mb, stride_mn,
-        heads_q, heads_q // heads_kv, seq_q, seq_k, head_dim, num_m_blocks,
-        float(scale), float(dropout_p), int(seed),
-        CAUSAL=bool(causal), HAS_KPM=key_padding_mask is not None, DROPOUT=dropout_p > 0.0,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        kpm,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        stride_mb,
+        stride_mn,
+        heads_q,
+        heads_q // heads_kv,
+        seq_q,
+        seq_k,
+        head_dim,
+        num_m_blocks,
+        float(scale),
+        float(dropout_p),
+        int(seed),
+        CAUSAL=bool(causal),
+        HAS_KPM=key_padding_mask is not None,
+        DROPOUT=dropout_p > 0.0,
         IEEE=_ieee(q),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=_block_d(head_dim),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out, lse
 
@@ -654,37 +730,84 @@ def attention_bwd(
     kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
     block_d = _block_d(head_dim)
     ieee = _ieee(q)
-    common = dict(CAUSAL=bool(causal), HAS_KPM=key_padding_mask is not None, DROPOUT=dropout_p > 0.0,
-                  IEEE=ieee, BLOCK_D=block_d)
+    common = dict(
+        CAUSAL=bool(causal), HAS_KPM=key_padding_mask is not None, DROPOUT=dropout_p > 0.0, IEEE=ieee, BLOCK_D=block_d
+    )
 
     delta = torch.empty((batch, heads_q, seq_q), dtype=torch.float32, device=q.device)  # (B, Hq, Nq)
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
     pre_blocks = triton.cdiv(seq_q, PREPROCESS_ROWS)
     _attn_bwd_preprocess_kernel[(pre_blocks * batch * heads_q,)](
-        out, do, dlse if dlse is not None else delta, delta,
-        out.stride(0), out.stride(1), out.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        heads_q, seq_q, head_dim, pre_blocks,
-        HAS_DLSE=dlse is not None, BLOCK_M=PREPROCESS_ROWS, BLOCK_D=block_d,
+        out,
+        do,
+        dlse if dlse is not None else delta,
+        delta,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        do.stride(0),
+        do.stride(1),
+        do.stride(2),
+        heads_q,
+        seq_q,
+        head_dim,
+        pre_blocks,
+        HAS_DLSE=dlse is not None,
+        BLOCK_M=PREPROCESS_ROWS,
+        BLOCK_D=block_d,
     )
 
     dq_acc = None if deterministic else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     cfg = _config("dkdv", q.device, head_dim, q.dtype)
     num_n_blocks = triton.cdiv(seq_k, cfg.block_n)
     _attn_bwd_dkdv_kernel[(num_n_blocks * batch * heads_kv,)](
-        q, k, v, do, lse, delta, dk, dv, dq_acc if dq_acc is not None else delta, kpm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2),
-        stride_mb, stride_mn,
-        heads_q, heads_kv, heads_q // heads_kv, seq_q, seq_k, head_dim, num_n_blocks,
-        float(scale), float(dropout_p), int(seed),
-        DQ_ATOMIC=not deterministic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        dq_acc if dq_acc is not None else delta,
+        kpm,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        do.stride(0),
+        do.stride(1),
+        do.stride(2),
+        dk.stride(0),
+        dk.stride(1),
+        dk.stride(2),
+        dv.stride(0),
+        dv.stride(1),
+        dv.stride(2),
+        stride_mb,
+        stride_mn,
+        heads_q,
+        heads_kv,
+        heads_q // heads_kv,
+        seq_q,
+        seq_k,
+        head_dim,
+        num_n_blocks,
+        float(scale),
+        float(dropout_p),
+        int(seed),
+        DQ_ATOMIC=not deterministic,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        **common,
     )
     if dq_acc is not None:
         return dq_acc.to(q.dtype), dk, dv
@@ -693,17 +816,45 @@ def attention_bwd(
     cfg = _config("dq", q.device, head_dim, q.dtype)
     num_m_blocks = triton.cdiv(seq_q, cfg.block_m)
     _attn_bwd_dq_kernel[(num_m_blocks * batch * heads_q,)](
-        q, k, v, do, lse, delta, dq, kpm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        stride_mb, stride_mn,
-        heads_q, heads_q // heads_kv, seq_q, seq_k, head_dim, num_m_blocks,
-        float(scale), float(dropout_p), int(seed),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dq,
+        kpm,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        do.stride(0),
+        do.stride(1),
+        do.stride(2),
+        dq.stride(0),
+        dq.stride(1),
+        dq.stride(2),
+        stride_mb,
+        stride_mn,
+        heads_q,
+        heads_q // heads_kv,
+        seq_q,
+        seq_k,
+        head_dim,
+        num_m_blocks,
+        float(scale),
+        float(dropout_p),
+        int(seed),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        **common,
     )
     return dq, dk, dv
 
@@ -721,7 +872,14 @@ def dropout_keep_mask(
     block_m, block_n = (64, 64) if torch.device(device).type == "cuda" else _INTERPRETER_CONFIG[:2]
     num_m_blocks, num_n_blocks = triton.cdiv(nq, block_m), triton.cdiv(nk, block_n)
     _dropout_mask_kernel[(num_m_blocks * num_n_blocks * batch * heads,)](
-        mask, nq, nk, num_m_blocks, num_n_blocks, float(dropout_p), int(seed),
-        BLOCK_M=block_m, BLOCK_N=block_n,
+        mask,
+        nq,
+        nk,
+        num_m_blocks,
+        num_n_blocks,
+        float(dropout_p),
+        int(seed),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
     )
     return mask.view(torch.bool)

@@ -263,7 +263,9 @@ def _norm_bwd_kernel(
         row_ok = rows < row_end
         mask = row_ok[:, None] & col_ok[None, :]
         s = _load_sum(
-            X + rows[:, None] * stride_x + cols[None, :], R + rows[:, None] * stride_r + cols[None, :], mask,
+            X + rows[:, None] * stride_x + cols[None, :],
+            R + rows[:, None] * stride_r + cols[None, :],
+            mask,
             HAS_RESIDUAL,
         )
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -543,15 +545,15 @@ def norm_fwd(
         r_rows.stride(0),
     )
     flags = dict(
-        IS_RMS=rms, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
+        IS_RMS=rms,
+        HAS_RESIDUAL=residual is not None,
+        HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None,
     )
     cfg = _config("fwd", m, n, x.device)
     with _device_guard(x.device):
         if cfg.looped:
-            _norm_fwd_looped_kernel[(m,)](
-                *args, n, eps, **flags, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps
-            )
+            _norm_fwd_looped_kernel[(m,)](*args, n, eps, **flags, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps)
         else:
             _norm_fwd_kernel[(triton.cdiv(m, cfg.block_m),)](
                 *args, m, n, eps, **flags, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps
@@ -637,8 +639,12 @@ def norm_bwd(
         rows_per_program,
     )
     flags = dict(
-        IS_RMS=rms, HAS_DS=ds is not None, HAS_RESIDUAL=residual is not None, STORE_DR=store_dr,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        IS_RMS=rms,
+        HAS_DS=ds is not None,
+        HAS_RESIDUAL=residual is not None,
+        STORE_DR=store_dr,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
     )
     with _device_guard(x.device):
         kernel = _norm_bwd_looped_kernel if cfg.looped else _norm_bwd_kernel

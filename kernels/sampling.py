@@ -295,9 +295,7 @@ def _sample_kernel(
         in_bounds = row_ok[:, None] & (cols < vocab)[None, :]
         z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
         key = _ordered_key(z)
-        candidate = tl.where(
-            has_posinf[:, None], z == float("inf"), (key >= threshold[:, None]) & (z > -float("inf"))
-        )
+        candidate = tl.where(has_posinf[:, None], z == float("inf"), (key >= threshold[:, None]) & (z > -float("inf")))
         candidate = candidate & in_bounds & drawn[:, None]
         kept = candidate & False
         if tl.max(candidate.to(tl.int32)) > 0:
@@ -388,7 +386,14 @@ def sample(
 ) -> tuple[Tensor, Tensor]:
     """Draws one token per row; returns (tokens int64 (B,), logprobs float32 (B,), or (0,) when not asked)."""
     tokens, logprobs, _ = _launch(
-        logits, temperature, top_k, top_p, min_p, seeds, draw=True, return_logprobs=return_logprobs,
+        logits,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seeds,
+        draw=True,
+        return_logprobs=return_logprobs,
         write_mask=False,
     )
     return tokens, logprobs

@@ -178,8 +178,9 @@ def check_attention(
             continue  # checked below: the exact gradient is identically zero
         assert_close_to_reference(name, got, ref, pla, factor=factor)
     if dropout_p == 0.0 and visible.sum(-1).max() <= 1:
-        assert_zero_gradients_within_rounding(dq, dk, q, k, v, dout, visible,
-                                              head_dim**-0.5 if scale is None else scale)
+        assert_zero_gradients_within_rounding(
+            dq, dk, q, k, v, dout, visible, head_dim**-0.5 if scale is None else scale
+        )
 
     blind_rows = ~visible.any(dim=-1).expand(batch, heads_q, nq)  # (B, Hq, Nq)
     unseen_keys = ~visible.any(dim=-2).expand(batch, heads_kv, nk)  # (B, Hkv, Nk)
@@ -194,11 +195,12 @@ def check_attention(
 # runs on the CPU; Nq < Nk and Nq > Nk, causal and not, each dtype, GQA and MQA, both dQ paths
 # (deterministic: dQ in its own kernel; otherwise atomics in the dK/dV pass).
 def _shape(batch, heads_q, heads_kv, nq, nk, head_dim, dtype, causal, deterministic, *, slow=False):
-    name = (f"B{batch}-H{heads_q}/{heads_kv}-Nq{nq}-Nk{nk}-D{head_dim}-{str(dtype).removeprefix('torch.')}"
-            f"{'-causal' if causal else ''}{'-det' if deterministic else ''}")
+    name = (
+        f"B{batch}-H{heads_q}/{heads_kv}-Nq{nq}-Nk{nk}-D{head_dim}-{str(dtype).removeprefix('torch.')}"
+        f"{'-causal' if causal else ''}{'-det' if deterministic else ''}"
+    )
     marks = [pytest.mark.slow] if slow else []
-    return pytest.param(batch, heads_q, heads_kv, nq, nk, head_dim, dtype, causal, deterministic, id=name,
-                        marks=marks)
+    return pytest.param(batch, heads_q, heads_kv, nq, nk, head_dim, dtype, causal, deterministic, id=name, marks=marks)
 
 
 SHAPES = [
@@ -221,11 +223,20 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("batch, heads_q, heads_kv, nq, nk, head_dim, dtype, causal, deterministic", SHAPES)
-def test_awkward_shapes(
-    backend, device, batch, heads_q, heads_kv, nq, nk, head_dim, dtype, causal, deterministic
-):
-    check_attention(backend, device, batch=batch, heads_q=heads_q, heads_kv=heads_kv, nq=nq, nk=nk,
-                    head_dim=head_dim, dtype=dtype, causal=causal, deterministic=deterministic)
+def test_awkward_shapes(backend, device, batch, heads_q, heads_kv, nq, nk, head_dim, dtype, causal, deterministic):
+    check_attention(
+        backend,
+        device,
+        batch=batch,
+        heads_q=heads_q,
+        heads_kv=heads_kv,
+        nq=nq,
+        nk=nk,
+        head_dim=head_dim,
+        dtype=dtype,
+        causal=causal,
+        deterministic=deterministic,
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +249,17 @@ def test_awkward_shapes(
     ids=["fp32-causal-padded", "bf16-causal-dropout-det", "fp16-padded-det-lse"],
 )
 def test_many_small_tiles(
-    backend, device, monkeypatch, dropout_seeds, nq, nk, dtype, causal, padded, dropout_p, deterministic,
+    backend,
+    device,
+    monkeypatch,
+    dropout_seeds,
+    nq,
+    nk,
+    dtype,
+    causal,
+    padded,
+    dropout_p,
+    deterministic,
     lse_loss,
 ):
     """16x16 tiles under the interpreter (the GPU uses its own table): many key blocks per row (online
@@ -247,9 +268,23 @@ def test_many_small_tiles(
     if device == "cpu":
         monkeypatch.setattr(kernels, "_INTERPRETER_CONFIG", kernels._Config(16, 16, 1, 1))
     mask = padding_mask(2, nk, device) if padded else None
-    check_attention(backend, device, batch=2, heads_q=4, heads_kv=2, nq=nq, nk=nk, head_dim=24, dtype=dtype,
-                    causal=causal, key_padding_mask=mask, dropout_p=dropout_p, dropout_seeds=dropout_seeds,
-                    deterministic=deterministic, lse_loss=lse_loss)
+    check_attention(
+        backend,
+        device,
+        batch=2,
+        heads_q=4,
+        heads_kv=2,
+        nq=nq,
+        nk=nk,
+        head_dim=24,
+        dtype=dtype,
+        causal=causal,
+        key_padding_mask=mask,
+        dropout_p=dropout_p,
+        dropout_seeds=dropout_seeds,
+        deterministic=deterministic,
+        lse_loss=lse_loss,
+    )
 
 
 # ------------------------------------------------------------------------------------------ masks
@@ -257,8 +292,20 @@ def test_many_small_tiles(
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_key_padding_mask_with_an_entirely_padded_batch_row(backend, device, causal, dtype):
     mask = padding_mask(3, 97, device)
-    check_attention(backend, device, batch=3, heads_q=4, heads_kv=2, nq=70, nk=97, head_dim=40, dtype=dtype,
-                    causal=causal, key_padding_mask=mask, deterministic=dtype == torch.float32)
+    check_attention(
+        backend,
+        device,
+        batch=3,
+        heads_q=4,
+        heads_kv=2,
+        nq=70,
+        nk=97,
+        head_dim=40,
+        dtype=dtype,
+        causal=causal,
+        key_padding_mask=mask,
+        deterministic=dtype == torch.float32,
+    )
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "det"])
@@ -268,8 +315,17 @@ def test_causal_with_more_queries_than_keys_masks_whole_rows(backend, device, de
     mask = padding_mask(2, 33, device, empty_row=False)
     mask[1, :20] = False
     out, lse, dq, dk, dv = check_attention(
-        backend, device, batch=2, heads_q=2, heads_kv=1, nq=100, nk=33, head_dim=16, causal=True,
-        key_padding_mask=mask, deterministic=deterministic,
+        backend,
+        device,
+        batch=2,
+        heads_q=2,
+        heads_kv=1,
+        nq=100,
+        nk=33,
+        head_dim=16,
+        causal=True,
+        key_padding_mask=mask,
+        deterministic=deterministic,
     )
     assert (out[:, :, : 100 - 33] == 0).all() and (dq[:, :, : 100 - 33] == 0).all()
     assert (lse[:, :, : 100 - 33] == -math.inf).all()
@@ -290,8 +346,7 @@ def test_non_finite_lse_gradient_on_rows_that_see_no_key_stays_there(backend, de
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     dout = torch.randn(q.shape, dtype=dtype, device=device)
     dlse = torch.randn(2, 2, 40, device=device)
-    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True, backend=backend,
-                                  deterministic=deterministic)
+    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True, backend=backend, deterministic=deterministic)
     assert (lse[:, :, :10] == -math.inf).all()
     finite = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse), retain_graph=True)
     dlse[:, 0, :10], dlse[:, 1, :10] = math.nan, math.inf
@@ -313,8 +368,9 @@ def test_every_key_padded(backend, device):
 # ------------------------------------------------------------------------------ scale, lse, layout
 @pytest.mark.parametrize("scale", [0.3, 2.0, -0.5])
 def test_scale(backend, device, scale):
-    check_attention(backend, device, heads_q=2, heads_kv=1, nq=40, nk=70, head_dim=24, dtype=torch.float16,
-                    causal=True, scale=scale)
+    check_attention(
+        backend, device, heads_q=2, heads_kv=1, nq=40, nk=70, head_dim=24, dtype=torch.float16, causal=True, scale=scale
+    )
 
 
 @pytest.mark.parametrize(
@@ -324,8 +380,20 @@ def test_scale(backend, device, scale):
 )
 def test_gradient_through_lse(backend, device, dtype, causal, deterministic):
     """The loss uses lse (return_lse=True) as well as the output: dq, dk see d lse / d S = P."""
-    check_attention(backend, device, batch=2, heads_q=4, heads_kv=2, nq=50, nk=90, head_dim=32, dtype=dtype,
-                    causal=causal, deterministic=deterministic, lse_loss=True)
+    check_attention(
+        backend,
+        device,
+        batch=2,
+        heads_q=4,
+        heads_kv=2,
+        nq=50,
+        nk=90,
+        head_dim=32,
+        dtype=dtype,
+        causal=causal,
+        deterministic=deterministic,
+        lse_loss=True,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -333,8 +401,20 @@ def test_non_contiguous_inputs(backend, device, dtype):
     """(B, N, H, D) tensors seen through .transpose(1, 2), a strided padding mask and a strided dO."""
     mask = padding_mask(2, 2 * 61, device, empty_row=False)[:, ::2]
     assert not mask.is_contiguous()
-    check_attention(backend, device, batch=2, heads_q=4, heads_kv=2, nq=45, nk=61, head_dim=48, dtype=dtype,
-                    causal=True, key_padding_mask=mask, layout="bnhd")
+    check_attention(
+        backend,
+        device,
+        batch=2,
+        heads_q=4,
+        heads_kv=2,
+        nq=45,
+        nk=61,
+        head_dim=48,
+        dtype=dtype,
+        causal=True,
+        key_padding_mask=mask,
+        layout="bnhd",
+    )
 
 
 def test_return_lse_false_returns_only_the_output(backend, device):
@@ -363,18 +443,44 @@ def test_dropout_matches_the_reference_with_the_kernels_mask(
     if backend != "triton":
         pytest.skip(f"{backend}: its dropout mask is not exposed")
     mask = padding_mask(2, 100, device) if padded else None
-    check_attention(backend, device, batch=2, heads_q=4, heads_kv=2, nq=70, nk=100, head_dim=32, dtype=dtype,
-                    causal=causal, key_padding_mask=mask, dropout_p=0.3, dropout_seeds=dropout_seeds,
-                    deterministic=deterministic)
+    check_attention(
+        backend,
+        device,
+        batch=2,
+        heads_q=4,
+        heads_kv=2,
+        nq=70,
+        nk=100,
+        head_dim=32,
+        dtype=dtype,
+        causal=causal,
+        key_padding_mask=mask,
+        dropout_p=0.3,
+        dropout_seeds=dropout_seeds,
+        deterministic=deterministic,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "det"])
 def test_large_padded_causal_gqa_with_dropout(backend, device, dropout_seeds, deterministic):
     mask = padding_mask(2, 2048, device)
-    check_attention(backend, device, batch=2, heads_q=8, heads_kv=2, nq=1025, nk=2048, head_dim=128,
-                    dtype=torch.bfloat16, causal=True, key_padding_mask=mask, dropout_p=0.1,
-                    dropout_seeds=dropout_seeds, deterministic=deterministic)
+    check_attention(
+        backend,
+        device,
+        batch=2,
+        heads_q=8,
+        heads_kv=2,
+        nq=1025,
+        nk=2048,
+        head_dim=128,
+        dtype=torch.bfloat16,
+        causal=True,
+        key_padding_mask=mask,
+        dropout_p=0.1,
+        dropout_seeds=dropout_seeds,
+        deterministic=deterministic,
+    )
 
 
 def test_dropout_keeps_the_expected_fraction(device):
@@ -421,8 +527,20 @@ def test_deterministic_gradients_are_bitwise_equal(backend, device, dropout_p):
     runs = []
     for _ in range(2):
         torch.manual_seed(1)  # the same dropout seed
-        runs.append(run_fused(backend, q, k, v, dout, None, causal=True, key_padding_mask=mask,
-                              dropout_p=dropout_p, deterministic=True))
+        runs.append(
+            run_fused(
+                backend,
+                q,
+                k,
+                v,
+                dout,
+                None,
+                causal=True,
+                key_padding_mask=mask,
+                dropout_p=dropout_p,
+                deterministic=True,
+            )
+        )
     for name, first, second in zip(("out", "lse", "dq", "dk", "dv"), *runs, strict=True):
         assert torch.equal(first, second), f"{name} differs between two deterministic runs"
 
@@ -433,8 +551,9 @@ def test_large_logits_stay_finite(backend, device):
     fp16, as in FlashAttention's tests: with such peaked rows dS = P ∘ (dP - delta) cancels, and in
     fp32 the recomputed delta (from O, not from P·dP) is the dominant error, a known property of the
     FlashAttention-2 backward that the plain fp32 math does not share."""
-    out, lse, dq, dk, dv = check_attention(backend, device, heads_q=2, heads_kv=2, nq=30, nk=80, head_dim=16,
-                                           dtype=torch.float16, scale=100.0, causal=True)
+    out, lse, dq, dk, dv = check_attention(
+        backend, device, heads_q=2, heads_kv=2, nq=30, nk=80, head_dim=16, dtype=torch.float16, scale=100.0, causal=True
+    )
     for tensor in (out, lse, dq, dk, dv):
         assert torch.isfinite(tensor).all()
 

@@ -153,7 +153,7 @@ def test_torch_and_naive_backends_follow_the_contract(backend):
 def test_empty_inputs(backend, sizes):
     q, k, v = qkv(**sizes)
     q.requires_grad_()
-    out, = (fastattn.attention(q, k, v, causal=True, backend=backend),)
+    (out,) = (fastattn.attention(q, k, v, causal=True, backend=backend),)
     assert out.shape == q.shape and torch.all(out == 0)
     out.sum().backward()
     assert q.grad.shape == q.shape
@@ -181,8 +181,21 @@ def test_opcheck_forward_and_backward(device, layout):
     torch.library.opcheck(torch.ops.fastattn.attention_fwd_triton.default, args)
     out, lse = torch.ops.fastattn.attention_fwd_triton(*args)
     dout = torch.randn_like(out)
-    bwd_args = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None, mask, True, 0.25,
-                0.0, 0, False)
+    bwd_args = (
+        dout,
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        out.detach(),
+        lse.detach(),
+        None,
+        mask,
+        True,
+        0.25,
+        0.0,
+        0,
+        False,
+    )
     torch.library.opcheck(torch.ops.fastattn.attention_bwd_triton.default, bwd_args)
 
 
@@ -203,9 +216,11 @@ def test_opcheck_with_an_expanded_upstream_gradient(device):
 def _route_counter(monkeypatch):
     calls = []
     for name, implementation in list(attention_ops._IMPLEMENTATIONS.items()):
+
         def counting(*args, _name=name, _impl=implementation):
             calls.append(_name)
             return _impl(*args)
+
         monkeypatch.setitem(attention_ops._IMPLEMENTATIONS, name, counting)
     return calls
 
@@ -224,7 +239,7 @@ def test_sdpa_takes_the_fused_path_and_gives_torchs_result(device, monkeypatch, 
     options = dict(SDPA_CASES[case])
     q, k, v = qkv(heads_kv=4, nq=7, nk=7, head_dim=16, device=device)
     if options.pop("mask", None):
-        options["attn_mask"] = (torch.rand(2, 1, 1, 7, device=device) > 0.3)
+        options["attn_mask"] = torch.rand(2, 1, 1, 7, device=device) > 0.3
     calls = _route_counter(monkeypatch)
     with fastattn.use_backend("triton"):
         out = fastattn.scaled_dot_product_attention(q, k, v, **options)

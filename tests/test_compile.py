@@ -119,9 +119,7 @@ def registered_ops() -> list[str]:
     for module in pkgutil.iter_modules(fastattn.ops.__path__):
         importlib.import_module(f"fastattn.ops.{module.name}")
     namespace = torch.ops.fastattn
-    return sorted(
-        name for name in dir(namespace) if isinstance(getattr(namespace, name), torch._ops.OpOverloadPacket)
-    )
+    return sorted(name for name in dir(namespace) if isinstance(getattr(namespace, name), torch._ops.OpOverloadPacket))
 
 
 def _leaf(*shape, device, dtype=torch.float32, grad=True):
@@ -130,23 +128,44 @@ def _leaf(*shape, device, dtype=torch.float32, grad=True):
 
 def _attention_fwd_samples(device):
     """args: q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic."""
+
     def bnhd(batch, seq, heads, dim):  # (B, N, H, D) storage seen as (B, H, N, D), as models hand it over
         return _leaf(batch, seq, heads, dim, device=device, grad=False).transpose(1, 2).requires_grad_()
 
     padding = torch.rand(2, 11, device=device) > 0.3
     return {
         "GQA, Nq < Nk, causal, key padding": (
-            _leaf(2, 4, 9, 16, device=device), _leaf(2, 2, 11, 16, device=device),
+            _leaf(2, 4, 9, 16, device=device),
             _leaf(2, 2, 11, 16, device=device),
-            padding, True, 0.25, 0.0, 0, False,
+            _leaf(2, 2, 11, 16, device=device),
+            padding,
+            True,
+            0.25,
+            0.0,
+            0,
+            False,
         ),
         "(B, N, H, D) layout, dropout": (
-            bnhd(2, 9, 4, 16), bnhd(2, 11, 2, 16), bnhd(2, 11, 2, 16), None, False, 0.3, 0.2, 1234, False,
+            bnhd(2, 9, 4, 16),
+            bnhd(2, 11, 2, 16),
+            bnhd(2, 11, 2, 16),
+            None,
+            False,
+            0.3,
+            0.2,
+            1234,
+            False,
         ),
         "Nq > Nk, causal, deterministic": (
-            _leaf(1, 2, 13, 8, device=device), _leaf(1, 2, 5, 8, device=device),
+            _leaf(1, 2, 13, 8, device=device),
             _leaf(1, 2, 5, 8, device=device),
-            None, True, 0.35, 0.0, 0, True,
+            _leaf(1, 2, 5, 8, device=device),
+            None,
+            True,
+            0.35,
+            0.0,
+            0,
+            True,
         ),
     }
 
@@ -175,13 +194,23 @@ def _norm_fwd_samples(device):
     half = torch.randn(5, 24, device=device, dtype=torch.float16)
     return {
         "layer norm, residual, bias": (
-            _leaf(3, 5, 40, device=device), _leaf(3, 5, 40, device=device), _leaf(40, device=device),
-            _leaf(40, device=device), 1e-5, False, False,
+            _leaf(3, 5, 40, device=device),
+            _leaf(3, 5, 40, device=device),
+            _leaf(40, device=device),
+            _leaf(40, device=device),
+            1e-5,
+            False,
+            False,
         ),
         "rms norm, strided rows": (strided_rows, None, _leaf(40, device=device), None, 1e-6, True, False),
         "float16, residual in float32, float32 weight": (
-            half.requires_grad_(), torch.randn_like(half).requires_grad_(), _leaf(24, device=device), None,
-            1e-6, True, True,
+            half.requires_grad_(),
+            torch.randn_like(half).requires_grad_(),
+            _leaf(24, device=device),
+            None,
+            1e-6,
+            True,
+            True,
         ),
         "no weight": (_leaf(4, 7, device=device), None, None, None, 1e-5, False, False),
     }
@@ -192,9 +221,7 @@ def _norm_bwd_samples(device):
     samples = {}
     for label, (x, residual, weight, bias, eps, rms, residual_in_fp32) in _norm_fwd_samples(device).items():
         x, residual, weight, bias = (t if t is None else t.detach() for t in (x, residual, weight, bias))
-        y, s, mean, rstd = torch.ops.fastattn.norm_fwd_triton(
-            x, residual, weight, bias, eps, rms, residual_in_fp32
-        )
+        y, s, mean, rstd = torch.ops.fastattn.norm_fwd_triton(x, residual, weight, bias, eps, rms, residual_in_fp32)
         dy = torch.ones((), device=device, dtype=y.dtype).expand(y.shape)
         ds = torch.randn_like(s) if residual is not None else None
         samples[label] = (dy, ds, x, residual, weight, bias, mean, rstd, rms)
@@ -203,19 +230,28 @@ def _norm_bwd_samples(device):
 
 def _sample_samples(device):
     """args: logits, temperature, top_k, top_p, min_p, seeds (one per row), return_logprobs."""
+
     def rows(*values, dtype):
         return torch.tensor(values, device=device, dtype=dtype)
 
     return {
         "mixed filters, greedy row, log-probs": (
-            torch.randn(3, 50, device=device), rows(1.0, 0.0, 0.7, dtype=torch.float32),
-            rows(50, 5, 10, dtype=torch.int64), rows(1.0, 0.9, 0.5, dtype=torch.float64),
-            rows(0.0, 0.1, 0.05, dtype=torch.float64), rows(1, 2, 3, dtype=torch.int64), True,
+            torch.randn(3, 50, device=device),
+            rows(1.0, 0.0, 0.7, dtype=torch.float32),
+            rows(50, 5, 10, dtype=torch.int64),
+            rows(1.0, 0.9, 0.5, dtype=torch.float64),
+            rows(0.0, 0.1, 0.05, dtype=torch.float64),
+            rows(1, 2, 3, dtype=torch.int64),
+            True,
         ),
         "strided rows": (
-            torch.randn(3, 64, device=device)[:, :40], rows(1.0, 1.0, 1.0, dtype=torch.float32),
-            rows(40, 40, 40, dtype=torch.int64), rows(1.0, 1.0, 1.0, dtype=torch.float64),
-            rows(0.0, 0.0, 0.0, dtype=torch.float64), rows(7, 7, 7, dtype=torch.int64), False,
+            torch.randn(3, 64, device=device)[:, :40],
+            rows(1.0, 1.0, 1.0, dtype=torch.float32),
+            rows(40, 40, 40, dtype=torch.int64),
+            rows(1.0, 1.0, 1.0, dtype=torch.float64),
+            rows(0.0, 0.0, 0.0, dtype=torch.float64),
+            rows(7, 7, 7, dtype=torch.int64),
+            False,
         ),
     }
 

@@ -75,15 +75,23 @@ def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
         (build / name).parent.mkdir(parents=True, exist_ok=True)
         (build / name).write_text(rewrite_launches((csrc / name).read_text()))
     # The rewritten launch files (-I build) shadow csrc's; the stubs stand in for the CUDA headers.
-    flags = ["-O2", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", f"-I{EMULATOR / 'stub'}", f"-I{EMULATOR}",
-             f"-I{build}", f"-I{csrc}"]
+    flags = [
+        "-O2",
+        "-std=c++20",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        f"-I{EMULATOR / 'stub'}",
+        f"-I{EMULATOR}",
+        f"-I{build}",
+        f"-I{csrc}",
+    ]
     compilers = {
-        name: subprocess.Popen(["g++", *flags, str(EMULATOR / f"{name}.cpp"), "-o", str(build / name)],
-                               stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            ["g++", *flags, str(EMULATOR / f"{name}.cpp"), "-o", str(build / name)], stderr=subprocess.PIPE, text=True
+        )
         for name in DRIVERS
     }  # in parallel: a few seconds each
-    errors = [f"{name}:\n{compiler.communicate()[1]}" for name, compiler in compilers.items()
-              if compiler.wait() != 0]
+    errors = [f"{name}:\n{compiler.communicate()[1]}" for name, compiler in compilers.items() if compiler.wait() != 0]
     if errors:
         pytest.fail("the emulated CUDA drivers do not compile:\n" + "\n".join(errors), pytrace=False)
     return {name: build / name for name in DRIVERS}
@@ -154,9 +162,21 @@ def emulated_norm(driver: Path, problem: Problem, inputs: dict, layout: Layout):
         return ABSENT if t is None else DTYPE_CODES[t.dtype]
 
     header = struct.pack(
-        "<13qd", int(problem.op == "rms_norm"), rows, cols,
-        code(x), layout.x_offset, x_stride, code(residual), layout.residual_offset, residual_stride,
-        code(weight), code(bias), DTYPE_CODES[s_dtype], SM_COUNT, problem.eps,
+        "<13qd",
+        int(problem.op == "rms_norm"),
+        rows,
+        cols,
+        code(x),
+        layout.x_offset,
+        x_stride,
+        code(residual),
+        layout.residual_offset,
+        residual_stride,
+        code(weight),
+        code(bias),
+        DTYPE_CODES[s_dtype],
+        SM_COUNT,
+        problem.eps,
     )  # NormCase of norm_driver.cpp
     buffers = [strided_storage(x, layout.x_offset, x_stride)]
     if residual is not None:
@@ -179,8 +199,16 @@ def emulated_norm(driver: Path, problem: Problem, inputs: dict, layout: Layout):
 
 
 def norm_problem(op, rows, cols, dtype, *, weight=None, bias=None, residual=None, residual_in_fp32=False):
-    return Problem(op, (rows, cols), dtype=dtype, weight_dtype=weight, bias_dtype=bias, residual_dtype=residual,
-                   residual_in_fp32=residual_in_fp32, eps=1e-5 if op == "layer_norm" else 1e-6)
+    return Problem(
+        op,
+        (rows, cols),
+        dtype=dtype,
+        weight_dtype=weight,
+        bias_dtype=bias,
+        residual_dtype=residual,
+        residual_in_fp32=residual_in_fp32,
+        eps=1e-5 if op == "layer_norm" else 1e-6,
+    )
 
 
 f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
@@ -193,20 +221,45 @@ NORM_CASES = [
     ("warp-plain", norm_problem("layer_norm", 9, 100, f32), Layout(), False, None),
     ("warp-1024", norm_problem("layer_norm", 9, 1024, f16, weight=f16, bias=f16, residual=f16), Layout(), True, 1),
     ("warp-1-col", norm_problem("rms_norm", 5, 1, f32, weight=f32), Layout(), False, 1),
-    ("warp-mixed", norm_problem("layer_norm", 6, 64, bf16, weight=f32, bias=f32, residual=f32,
-                                residual_in_fp32=True), Layout(), True, 1),
-    ("block-1025", norm_problem("rms_norm", 3, 1025, bf16, weight=bf16, residual=f32, residual_in_fp32=True),
-     Layout(), False, 1),
+    (
+        "warp-mixed",
+        norm_problem("layer_norm", 6, 64, bf16, weight=f32, bias=f32, residual=f32, residual_in_fp32=True),
+        Layout(),
+        True,
+        1,
+    ),
+    (
+        "block-1025",
+        norm_problem("rms_norm", 3, 1025, bf16, weight=bf16, residual=f32, residual_in_fp32=True),
+        Layout(),
+        False,
+        1,
+    ),
     ("block-16384", norm_problem("layer_norm", 2, 16384, bf16, weight=f32, bias=bf16), Layout(), True, 1),
     ("stream-16392", norm_problem("rms_norm", 2, 16392, f16, residual=f16), Layout(), True, None),
     ("stream-20001", norm_problem("layer_norm", 2, 20001, f32, weight=f32, residual=bf16), Layout(), False, 1),
     # strided rows that stay aligned, then rows that start off the 16-byte grid
-    ("strided", norm_problem("layer_norm", 5, 256, f16, weight=f16, bias=f16, residual=f16),
-     Layout(x_row_stride=264, residual_row_stride=512), True, 1),
-    ("misaligned", norm_problem("rms_norm", 5, 256, f16, weight=f16, residual=bf16),
-     Layout(x_offset=1, x_row_stride=259, residual_offset=3, residual_row_stride=300), False, 1),
-    ("misaligned-block", norm_problem("layer_norm", 3, 2048, f32, weight=f32, bias=f32, residual=f32),
-     Layout(x_offset=2, x_row_stride=2050, residual_offset=4), False, 1),
+    (
+        "strided",
+        norm_problem("layer_norm", 5, 256, f16, weight=f16, bias=f16, residual=f16),
+        Layout(x_row_stride=264, residual_row_stride=512),
+        True,
+        1,
+    ),
+    (
+        "misaligned",
+        norm_problem("rms_norm", 5, 256, f16, weight=f16, residual=bf16),
+        Layout(x_offset=1, x_row_stride=259, residual_offset=3, residual_row_stride=300),
+        False,
+        1,
+    ),
+    (
+        "misaligned-block",
+        norm_problem("layer_norm", 3, 2048, f32, weight=f32, bias=f32, residual=f32),
+        Layout(x_offset=2, x_row_stride=2050, residual_offset=4),
+        False,
+        1,
+    ),
     # dW/dB summed from several partials, of row counts that are no multiple of the 8 rows a block steps by
     ("partials-65", norm_problem("layer_norm", 65, 40, f32, weight=f32, bias=f32), Layout(), True, 2),
     ("partials-200", norm_problem("rms_norm", 200, 72, bf16, weight=bf16, residual=bf16), Layout(), True, 4),
@@ -214,8 +267,11 @@ NORM_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("problem", "layout", "vectorized", "partials"), [case[1:] for case in NORM_CASES],
-                         ids=[case[0] for case in NORM_CASES])
+@pytest.mark.parametrize(
+    ("problem", "layout", "vectorized", "partials"),
+    [case[1:] for case in NORM_CASES],
+    ids=[case[0] for case in NORM_CASES],
+)
 def test_norm(drivers, problem, layout, vectorized, partials):
     """y, s and every gradient against the float64 reference: the rule and floors of verify.norm.reports."""
     inputs = make_inputs(problem, "cpu", seed=0)
@@ -240,8 +296,10 @@ class SampleBatch:
         return f"{tuple(self.logits.shape)} {str(self.logits.dtype).removeprefix('torch.')}"
 
     def row(self, r: int) -> str:
-        return (f"row {r} (T={self.temperature[r].item():g}, k={self.top_k[r].item()}, p={self.top_p[r].item():g}, "
-                f"min_p={self.min_p[r].item():g})")
+        return (
+            f"row {r} (T={self.temperature[r].item():g}, k={self.top_k[r].item()}, p={self.top_p[r].item():g}, "
+            f"min_p={self.min_p[r].item():g})"
+        )
 
 
 LOGIT_KINDS = ("randn", "ties", "few-values", "half-neginf", "one-finite", "all-neginf", "nan", "posinf", "constant")
@@ -289,17 +347,21 @@ def sample_batch(vocab: int, dtype: torch.dtype, shift: int, device) -> SampleBa
     of a wider buffer."""
     generator = torch.Generator().manual_seed(vocab * 31 + shift)
     rows = len(ROW_PARAMETERS)
-    logits = torch.stack([make_logits(LOGIT_KINDS[(r + shift) % len(LOGIT_KINDS)], vocab, generator)
-                          for r in range(rows)])
+    logits = torch.stack(
+        [make_logits(LOGIT_KINDS[(r + shift) % len(LOGIT_KINDS)], vocab, generator) for r in range(rows)]
+    )
     wide = torch.zeros(rows, vocab + 5, dtype=dtype, device=device)
     wide[:, :vocab] = logits.to(dtype)
     temperature, top_k, top_p, min_p = zip(*ROW_PARAMETERS, strict=True)
     top_k = [max(1, round(k * vocab)) if isinstance(k, float) else k for k in top_k]
     seeds = torch.randint(-(2**63), 2**63 - 1, (rows,), dtype=torch.int64, generator=generator)
     return SampleBatch(
-        wide[:, :vocab], torch.tensor(temperature, dtype=torch.float32, device=device),
-        torch.tensor(top_k, device=device), torch.tensor(top_p, dtype=torch.float64, device=device),
-        torch.tensor(min_p, dtype=torch.float64, device=device), seeds.to(device),
+        wide[:, :vocab],
+        torch.tensor(temperature, dtype=torch.float32, device=device),
+        torch.tensor(top_k, device=device),
+        torch.tensor(top_p, dtype=torch.float64, device=device),
+        torch.tensor(min_p, dtype=torch.float64, device=device),
+        seeds.to(device),
     )
 
 
@@ -310,8 +372,13 @@ def emulated_sample(driver: Path, batch: SampleBatch, *, draw: bool):
     stride = logits.stride(0)
     storage = torch.as_strided(logits, ((rows - 1) * stride + vocab,), (1,))
     header = struct.pack("<5q", rows, vocab, stride, DTYPE_CODES[logits.dtype], int(draw))  # SampleCase
-    parameters = [batch.temperature.float(), batch.top_k.clamp(1, vocab).int(), batch.top_p.double(),
-                  batch.min_p.double(), batch.seeds]  # as sampling.cpp converts them
+    parameters = [
+        batch.temperature.float(),
+        batch.top_k.clamp(1, vocab).int(),
+        batch.top_p.double(),
+        batch.min_p.double(),
+        batch.seeds,
+    ]  # as sampling.cpp converts them
     out = Unpacker(run_driver(driver, header + b"".join(raw(t) for t in [storage, *parameters])))
     tokens, logprobs = (out.take(torch.int64, rows), out.take(torch.float32, rows)) if draw else (None, None)
     return tokens, logprobs, out.take(torch.int8, rows, vocab)
@@ -319,8 +386,11 @@ def emulated_sample(driver: Path, batch: SampleBatch, *, draw: bool):
 
 def assert_masks_equal(name: str, got: Tensor, want: Tensor, batch: SampleBatch):
     differing = [r for r in range(got.shape[0]) if not torch.equal(got[r], want[r])]
-    details = [f"{batch.row(r)}: kept {int(got[r].sum())} tokens vs {int(want[r].sum())}, differing at "
-               f"{(got[r] != want[r]).nonzero().flatten()[:8].tolist()}" for r in differing]
+    details = [
+        f"{batch.row(r)}: kept {int(got[r].sum())} tokens vs {int(want[r].sum())}, differing at "
+        f"{(got[r] != want[r]).nonzero().flatten()[:8].tolist()}"
+        for r in differing
+    ]
     assert not differing, f"{batch}: kept set differs from {name} in rows " + "; ".join(details)
 
 
@@ -332,8 +402,9 @@ def test_sampling_kept_set(drivers, device, vocab):
         batch = sample_batch(vocab, dtype, shift, device)
         _, _, mask = emulated_sample(drivers["sample_driver"], batch, draw=False)
         params = (batch.temperature, batch.top_k, batch.top_p, batch.min_p)
-        assert_masks_equal("the Triton kernel's", mask.bool(), triton_sampling.filter_mask(batch.logits, *params).cpu(),
-                           batch)
+        assert_masks_equal(
+            "the Triton kernel's", mask.bool(), triton_sampling.filter_mask(batch.logits, *params).cpu(), batch
+        )
         want = reference.filter_logits(batch.logits, *params) > -math.inf
         assert_masks_equal("reference.filter_logits", mask.bool(), want.cpu(), batch)
 
@@ -373,18 +444,37 @@ def _philox_words(seed_ptr, counter_ptr, words_ptr, N: tl.constexpr):
 
 def test_philox_matches_triton(drivers, device):
     """csrc/common/philox.cuh gives tl.randint4x's words bit for bit (the Gumbel noise of both samplers)."""
-    seeds = [0, 1, 42, 2**31, 2**32 - 1, 2**32, 2**40 + 12345, 2**63 - 1, -1, -(2**32) - 1, -(2**63),
-             -987654321098765432]
+    seeds = [
+        0,
+        1,
+        42,
+        2**31,
+        2**32 - 1,
+        2**32,
+        2**40 + 12345,
+        2**63 - 1,
+        -1,
+        -(2**32) - 1,
+        -(2**63),
+        -987654321098765432,
+    ]
     counters = [0, 1, 31, 128255, 2**31 - 1, 2**32 - 1, 2**32, 2**32 + 3, 2**40 + 5, 2**62]
     pairs = [(seed, counter) for seed in seeds for counter in counters]
     size = triton.next_power_of_2(len(pairs))
     pairs += [(0, 0)] * (size - len(pairs))
     words = torch.zeros(4 * size, dtype=torch.int32, device=device)
-    _philox_words[(1,)](torch.tensor([s for s, _ in pairs], device=device),
-                        torch.tensor([c for _, c in pairs], device=device), words, N=size)
+    _philox_words[(1,)](
+        torch.tensor([s for s, _ in pairs], device=device),
+        torch.tensor([c for _, c in pairs], device=device),
+        words,
+        N=size,
+    )
     triton_words = [[w & 0xFFFFFFFF for w in words[4 * n : 4 * n + 4].tolist()] for n in range(size)]
     host = run_driver(drivers["philox_driver"], "".join(f"{s} {c}\n" for s, c in pairs).encode()).decode()
     host_words = [[int(w, 16) for w in line.split()] for line in host.splitlines()]
-    differing = [(pair, [hex(w) for w in h], [hex(w) for w in t])
-                 for pair, h, t in zip(pairs, host_words, triton_words, strict=True) if h != t]
+    differing = [
+        (pair, [hex(w) for w in h], [hex(w) for w in t])
+        for pair, h, t in zip(pairs, host_words, triton_words, strict=True)
+        if h != t
+    ]
     assert not differing, f"(seed, counter), csrc words, Triton words: {differing[:5]}"

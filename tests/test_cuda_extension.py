@@ -23,7 +23,12 @@ from fastattn import backends, reference
 
 CUDA_OPS = ("attention_fwd_cuda", "attention_bwd_cuda", "norm_fwd_cuda", "norm_bwd_cuda", "sample_cuda")
 EXTENSION_FUNCTIONS = (
-    "attention_fwd", "attention_bwd", "norm_fwd", "norm_bwd", "sample", "attention_shared_memory",
+    "attention_fwd",
+    "attention_bwd",
+    "norm_fwd",
+    "norm_bwd",
+    "sample",
+    "attention_shared_memory",
     "kernel_image_error",
 )
 
@@ -139,9 +144,7 @@ def test_shared_memory_reasons_name_the_need_and_the_limit(C, monkeypatch):
 
 def test_old_gpus_are_refused_with_the_capability(C, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (7, 5))
-    assert backends._find_cuda_device_reasons(3) == (
-        "needs a GPU of compute capability 8.0 or newer, cuda:3 is 7.5",
-    )
+    assert backends._find_cuda_device_reasons(3) == ("needs a GPU of compute capability 8.0 or newer, cuda:3 is 7.5",)
 
 
 def test_kernel_image_error_is_a_message_not_a_crash(C):
@@ -155,8 +158,16 @@ def test_kernel_image_error_is_a_message_not_a_crash(C):
 
 # ------------------------------------------------------------------------------- C++ argument checks
 def _attention_args(**changes):
-    args = dict(q=torch.randn(2, 4, 5, 8), k=torch.randn(2, 2, 6, 8), v=torch.randn(2, 2, 6, 8),
-                key_padding_mask=None, causal=False, scale=0.35, dropout_p=0.0, seed=0)
+    args = dict(
+        q=torch.randn(2, 4, 5, 8),
+        k=torch.randn(2, 2, 6, 8),
+        v=torch.randn(2, 2, 6, 8),
+        key_padding_mask=None,
+        causal=False,
+        scale=0.35,
+        dropout_p=0.0,
+        seed=0,
+    )
     args.update(changes)
     return args
 
@@ -164,31 +175,61 @@ def _attention_args(**changes):
 def _attention_bwd_args(**changes):
     args = _attention_args()
     args.pop("key_padding_mask")
-    args = dict(dout=torch.randn(2, 4, 5, 8), out=torch.randn(2, 4, 5, 8), lse=torch.randn(2, 4, 5),
-                dlse=None, key_padding_mask=None, **args)
+    args = dict(
+        dout=torch.randn(2, 4, 5, 8),
+        out=torch.randn(2, 4, 5, 8),
+        lse=torch.randn(2, 4, 5),
+        dlse=None,
+        key_padding_mask=None,
+        **args,
+    )
     args.update(changes)
     return args
 
 
 def _norm_args(**changes):
-    args = dict(x=torch.randn(6, 16), residual=None, weight=torch.ones(16), bias=torch.zeros(16), eps=1e-5,
-                rms=False, residual_in_fp32=False)
+    args = dict(
+        x=torch.randn(6, 16),
+        residual=None,
+        weight=torch.ones(16),
+        bias=torch.zeros(16),
+        eps=1e-5,
+        rms=False,
+        residual_in_fp32=False,
+    )
     args.update(changes)
     return args
 
 
 def _norm_bwd_args(**changes):
-    args = dict(dy=torch.randn(6, 16), x=torch.randn(6, 16), residual=None, weight=torch.ones(16),
-                bias_dtype=torch.float32, mean=torch.zeros(6), rstd=torch.ones(6), dresidual_out=None,
-                rms=False, store_dresidual=False)
+    args = dict(
+        dy=torch.randn(6, 16),
+        x=torch.randn(6, 16),
+        residual=None,
+        weight=torch.ones(16),
+        bias_dtype=torch.float32,
+        mean=torch.zeros(6),
+        rstd=torch.ones(6),
+        dresidual_out=None,
+        rms=False,
+        store_dresidual=False,
+    )
     args.update(changes)
     return args
 
 
 def _sample_args(**changes):
-    args = dict(logits=torch.randn(3, 10), temperature=torch.ones(3), top_k=torch.full((3,), 10),
-                top_p=torch.ones(3, dtype=torch.float64), min_p=torch.zeros(3, dtype=torch.float64),
-                seeds=torch.arange(3), draw=True, return_logprobs=False, write_mask=False)
+    args = dict(
+        logits=torch.randn(3, 10),
+        temperature=torch.ones(3),
+        top_k=torch.full((3,), 10),
+        top_p=torch.ones(3, dtype=torch.float64),
+        min_p=torch.zeros(3, dtype=torch.float64),
+        seeds=torch.arange(3),
+        draw=True,
+        return_logprobs=False,
+        write_mask=False,
+    )
     args.update(changes)
     return args
 
@@ -210,48 +251,75 @@ def test_cpu_tensors_are_refused(C, function, make_args, message):
 
 BAD_ARGUMENTS = [
     # dtypes
-    ("attention_fwd", _attention_args(q=torch.randint(0, 3, (2, 4, 5, 8))),
-     "q must be float16, bfloat16 or float32, got Long"),
-    ("attention_fwd", _attention_args(k=torch.randn(2, 2, 6, 8).half()),
-     "k must have q's dtype Float, got Half"),
-    ("attention_fwd", _attention_args(key_padding_mask=torch.ones(2, 6)),
-     "key_padding_mask must be Bool, got Float"),
-    ("attention_bwd", _attention_bwd_args(lse=torch.randn(2, 4, 5).double()),
-     "lse must be Float, got Double"),
-    ("norm_fwd", _norm_args(x=torch.randn(6, 16).double()),
-     "x must be float16, bfloat16 or float32, got Double"),
-    ("norm_fwd", _norm_args(weight=torch.ones(16, dtype=torch.int32)),
-     "weight must be float16, bfloat16 or float32, got Int"),
+    (
+        "attention_fwd",
+        _attention_args(q=torch.randint(0, 3, (2, 4, 5, 8))),
+        "q must be float16, bfloat16 or float32, got Long",
+    ),
+    ("attention_fwd", _attention_args(k=torch.randn(2, 2, 6, 8).half()), "k must have q's dtype Float, got Half"),
+    ("attention_fwd", _attention_args(key_padding_mask=torch.ones(2, 6)), "key_padding_mask must be Bool, got Float"),
+    ("attention_bwd", _attention_bwd_args(lse=torch.randn(2, 4, 5).double()), "lse must be Float, got Double"),
+    ("norm_fwd", _norm_args(x=torch.randn(6, 16).double()), "x must be float16, bfloat16 or float32, got Double"),
+    (
+        "norm_fwd",
+        _norm_args(weight=torch.ones(16, dtype=torch.int32)),
+        "weight must be float16, bfloat16 or float32, got Int",
+    ),
     ("norm_bwd", _norm_bwd_args(rstd=torch.ones(6).half()), "rstd must be Float, got Half"),
-    ("sample", _sample_args(logits=torch.randn(3, 10).double()),
-     "logits must be float16, bfloat16 or float32, got Double"),
+    (
+        "sample",
+        _sample_args(logits=torch.randn(3, 10).double()),
+        "logits must be float16, bfloat16 or float32, got Double",
+    ),
     ("sample", _sample_args(seeds=torch.arange(3, dtype=torch.int32)), "seeds must be int64, got Int"),
     ("sample", _sample_args(top_k=torch.ones(3)), "top_k must be an integer tensor, got Float"),
     # shapes
-    ("attention_fwd", _attention_args(q=torch.randn(4, 5, 8)),
-     r"q must be 4-D \(batch, heads, seq, head_dim\), got shape \[4, 5, 8\]"),
-    ("attention_fwd", _attention_args(q=torch.randn(2, 3, 5, 8)),
-     r"the query heads \(3\) must be a multiple of the key/value heads \(2\)"),
+    (
+        "attention_fwd",
+        _attention_args(q=torch.randn(4, 5, 8)),
+        r"q must be 4-D \(batch, heads, seq, head_dim\), got shape \[4, 5, 8\]",
+    ),
+    (
+        "attention_fwd",
+        _attention_args(q=torch.randn(2, 3, 5, 8)),
+        r"the query heads \(3\) must be a multiple of the key/value heads \(2\)",
+    ),
     ("attention_fwd", _attention_args(v=torch.randn(2, 2, 7, 8)), "k and v must have one shape"),
-    ("attention_fwd", _attention_args(q=torch.randn(2, 4, 5, 300), k=torch.randn(2, 2, 6, 300),
-                                      v=torch.randn(2, 2, 6, 300)), "head_dim must be in 1..256, got 300"),
-    ("attention_fwd", _attention_args(key_padding_mask=torch.ones(2, 5, dtype=torch.bool)),
-     r"key_padding_mask must have shape \[2, 6\], got \[2, 5\]"),
-    ("attention_fwd", _attention_args(q=torch.randn(2, 4, 8, 5).transpose(-1, -2)),
-     "q must be contiguous in its last dimension"),
+    (
+        "attention_fwd",
+        _attention_args(q=torch.randn(2, 4, 5, 300), k=torch.randn(2, 2, 6, 300), v=torch.randn(2, 2, 6, 300)),
+        "head_dim must be in 1..256, got 300",
+    ),
+    (
+        "attention_fwd",
+        _attention_args(key_padding_mask=torch.ones(2, 5, dtype=torch.bool)),
+        r"key_padding_mask must have shape \[2, 6\], got \[2, 5\]",
+    ),
+    (
+        "attention_fwd",
+        _attention_args(q=torch.randn(2, 4, 8, 5).transpose(-1, -2)),
+        "q must be contiguous in its last dimension",
+    ),
     ("attention_fwd", _attention_args(dropout_p=1.0), r"dropout_p must be in \[0, 1\), got 1"),
-    ("attention_fwd", _attention_args(k=torch.randn(1, 1, 1, 8).expand(2, 2, 2**30 + 1, 8),
-                                      v=torch.randn(1, 1, 1, 8).expand(2, 2, 2**30 + 1, 8)),
-     "sequence lengths must be at most 2\\^30, got 5 and 1073741825"),
-    ("attention_fwd", _attention_args(q=torch.randn(1, 1, 1, 8).expand(2**20, 2**10, 40, 8),
-                                      k=torch.randn(1, 1, 1, 8).expand(2**20, 2**10, 40, 8),
-                                      v=torch.randn(1, 1, 1, 8).expand(2**20, 2**10, 40, 8)),
-     r"batch \* heads \* ceil\(seq / 16\) must be < 2\^31 \(the kernels' grid\), got 3221225472"),
-    ("attention_bwd", _attention_bwd_args(dout=torch.randn(2, 4, 6, 8)),
-     r"dout must have shape \[2, 4, 5, 8\]"),
+    (
+        "attention_fwd",
+        _attention_args(
+            k=torch.randn(1, 1, 1, 8).expand(2, 2, 2**30 + 1, 8), v=torch.randn(1, 1, 1, 8).expand(2, 2, 2**30 + 1, 8)
+        ),
+        "sequence lengths must be at most 2\\^30, got 5 and 1073741825",
+    ),
+    (
+        "attention_fwd",
+        _attention_args(
+            q=torch.randn(1, 1, 1, 8).expand(2**20, 2**10, 40, 8),
+            k=torch.randn(1, 1, 1, 8).expand(2**20, 2**10, 40, 8),
+            v=torch.randn(1, 1, 1, 8).expand(2**20, 2**10, 40, 8),
+        ),
+        r"batch \* heads \* ceil\(seq / 16\) must be < 2\^31 \(the kernels' grid\), got 3221225472",
+    ),
+    ("attention_bwd", _attention_bwd_args(dout=torch.randn(2, 4, 6, 8)), r"dout must have shape \[2, 4, 5, 8\]"),
     ("norm_fwd", _norm_args(x=torch.randn(6)), r"x must be 2-D \(rows, normalized size\), got shape \[6\]"),
-    ("norm_fwd", _norm_args(residual=torch.randn(6, 15)),
-     r"residual must have shape \[6, 16\], got \[6, 15\]"),
+    ("norm_fwd", _norm_args(residual=torch.randn(6, 15)), r"residual must have shape \[6, 16\], got \[6, 15\]"),
     ("norm_fwd", _norm_args(weight=torch.ones(15)), r"weight must have shape \[16\], got \[15\]"),
     ("norm_fwd", _norm_args(rms=True), "rms_norm takes no bias"),
     ("norm_bwd", _norm_bwd_args(mean=None), "layer_norm's backward needs the forward's mean"),
@@ -260,8 +328,9 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("function, args, message", BAD_ARGUMENTS, ids=[f"{c[0]}-{i}" for i, c in
-                                                                        enumerate(BAD_ARGUMENTS)])
+@pytest.mark.parametrize(
+    "function, args, message", BAD_ARGUMENTS, ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD_ARGUMENTS)]
+)
 def test_bad_arguments_get_readable_errors(C, function, args, message):
     """Dtypes and shapes are checked before the device, so these errors show on any machine."""
     with pytest.raises(RuntimeError, match=message):
@@ -303,8 +372,12 @@ def test_same_seed_same_tokens_on_triton_and_cuda(gpu, dtype, vocab):
         dict(temperature=0.8, top_k=max(1, vocab // 10)),
         dict(temperature=temperature, top_p=0.9),
         dict(temperature=1.3, min_p=0.05),
-        dict(temperature=temperature, top_k=torch.randint(1, vocab + 1, (batch,), generator=gen).to(gpu),
-             top_p=torch.rand(batch, generator=gen, dtype=torch.float64).clamp_min(1e-3).to(gpu), min_p=0.02),
+        dict(
+            temperature=temperature,
+            top_k=torch.randint(1, vocab + 1, (batch,), generator=gen).to(gpu),
+            top_p=torch.rand(batch, generator=gen, dtype=torch.float64).clamp_min(1e-3).to(gpu),
+            min_p=0.02,
+        ),
     ]
     for filters in settings:
         options = dict(seed=seeds, return_logprobs=True, **filters)
@@ -346,8 +419,9 @@ def test_cuda_dropout_draws_the_triton_stream(gpu, dtype):
     seed, p = 1234, 0.3
     keep = triton_attention.dropout_keep_mask(2, 4, 70, 70, p, seed, gpu)
     out, lse = torch.ops.fastattn.attention_fwd_cuda(q, k, v, None, True, 40**-0.5, p, seed, True)
-    ref_out, ref_lse = reference.attention(q.double(), k.double(), v.double(), causal=True, dropout_p=p,
-                                           dropout_keep=keep, return_lse=True)
+    ref_out, ref_lse = reference.attention(
+        q.double(), k.double(), v.double(), causal=True, dropout_p=p, dropout_keep=keep, return_lse=True
+    )
     tol = 2e-2 if dtype == torch.float16 else 1e-5
     torch.testing.assert_close(out.double(), ref_out, rtol=tol, atol=tol)
     torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-4, atol=1e-4)

@@ -23,23 +23,40 @@ VOCAB, BATCH, SEQ = 101, 2, 9
 
 def gpt2_config():
     return transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
 
 
 def bert_config():
     return transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
 def llama_config():
     """GQA (4 query heads, 2 key/value heads) and LlamaRMSNorm."""
     return transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
 
 
@@ -65,9 +82,11 @@ def kernel_calls(monkeypatch):
     """The backends fastattn.attention ran, one entry per call."""
     calls = []
     for backend, implementation in list(attention_ops._IMPLEMENTATIONS.items()):
+
         def counting(*args, _backend=backend, _implementation=implementation):
             calls.append(_backend)
             return _implementation(*args)
+
         monkeypatch.setitem(attention_ops._IMPLEMENTATIONS, backend, counting)
     return calls
 
@@ -90,9 +109,7 @@ def test_logits_match_eager(name, padding, kernel_calls):
     then reaches every position of the sequence; fastattn is checked on left padding in generate."""
     eager, ours = eager_and_fastattn(name)
     norm_class = fastattn.nn.RMSNorm if name == "llama" else fastattn.nn.LayerNorm
-    assert ours.fastattn_replaced and all(
-        isinstance(ours.get_submodule(n), norm_class) for n in ours.fastattn_replaced
-    )
+    assert ours.fastattn_replaced and all(isinstance(ours.get_submodule(n), norm_class) for n in ours.fastattn_replaced)
     ids = torch.randint(0, VOCAB, (BATCH, SEQ))
     mask = padding_mask(padding)
     with torch.no_grad():
@@ -101,8 +118,7 @@ def test_logits_match_eager(name, padding, kernel_calls):
         out = ours(ids, attention_mask=mask).logits
     assert len(kernel_calls) == 2, "each of the 2 layers should run fastattn.attention once"
     tokens = mask.bool()  # logits at padded positions are meaningless
-    assert_close_to_reference(f"{name} logits", out[tokens], ref[tokens], plain[tokens],
-                              factor=FORWARD_FACTOR)
+    assert_close_to_reference(f"{name} logits", out[tokens], ref[tokens], plain[tokens], factor=FORWARD_FACTOR)
 
 
 def test_llama_training_gradients_match_eager():
@@ -113,11 +129,16 @@ def test_llama_training_gradients_match_eager():
     for label, model in (("ref", copy.deepcopy(eager).double()), ("plain", eager), ("ours", ours)):
         model.train()(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
         grads[label] = {n: p.grad for n, p in model.named_parameters()}
-    for n in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-              "model.layers.1.self_attn.v_proj.weight", "model.layers.0.input_layernorm.weight",
-              "model.norm.weight"):
-        assert_close_to_reference(f"d {n}", grads["ours"][n], grads["ref"][n], grads["plain"][n],
-                                  factor=GRADIENT_FACTOR)
+    for n in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.norm.weight",
+    ):
+        assert_close_to_reference(
+            f"d {n}", grads["ours"][n], grads["ref"][n], grads["plain"][n], factor=GRADIENT_FACTOR
+        )
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])

@@ -36,9 +36,7 @@ BACKENDS = [name for name in ("naive", "torch", "triton") if name in fastattn.av
 
 # ------------------------------------------------------------------------------------- tiny models
 def tiny_gpt(backend: str) -> GPT:
-    return GPT(
-        GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32), backend=backend
-    )
+    return GPT(GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32), backend=backend)
 
 
 def tiny_transformer(backend: str, norm_first: bool = False) -> Transformer:
@@ -169,12 +167,8 @@ def test_loss_and_gradients_match_across_backends(name, backend):
             )
         return
     out, grads = outputs_and_gradients(make, state, inputs, backend, torch.float32)
-    assert_close_to_reference(
-        f"{name} outputs and loss ({backend})", out, ref_out, plain_out, factor=FORWARD_FACTOR
-    )
-    assert_close_to_reference(
-        f"{name} gradients ({backend})", grads, ref_grads, plain_grads, factor=GRADIENT_FACTOR
-    )
+    assert_close_to_reference(f"{name} outputs and loss ({backend})", out, ref_out, plain_out, factor=FORWARD_FACTOR)
+    assert_close_to_reference(f"{name} gradients ({backend})", grads, ref_grads, plain_grads, factor=GRADIENT_FACTOR)
 
 
 # --------------------------------------------------------------------------------- KV-cache decoding
@@ -224,9 +218,7 @@ def test_transformer_kv_cache_gives_the_logits_of_full_recomputation(backend):
         memory, memory_mask = model.encode(source)
         out = cached_logits(model, target, 1, memory=memory, memory_mask=memory_mask)
         ref, plain = full(torch.float64), full(torch.float32)
-    assert_close_to_reference(
-        f"transformer cached logits ({backend})", out, ref, plain, factor=FORWARD_FACTOR
-    )
+    assert_close_to_reference(f"transformer cached logits ({backend})", out, ref, plain, factor=FORWARD_FACTOR)
 
 
 def test_transformer_decoding_projects_the_encoder_output_once_per_layer():
@@ -254,14 +246,10 @@ def test_gpt_generate_greedy_is_argmax_of_recomputation_and_seeded_sampling_repe
         logits = model(out[:, :-1])[0]  # (B, 12, V)
     assert torch.equal(logits[:, 2:].argmax(dim=-1), out[:, 3:])
     sampled = model.generate(prompt, 10, temperature=1.0, top_k=5, top_p=0.9, min_p=0.01, seed=7)
-    assert torch.equal(
-        sampled, model.generate(prompt, 10, temperature=1.0, top_k=5, top_p=0.9, min_p=0.01, seed=7)
-    )
+    assert torch.equal(sampled, model.generate(prompt, 10, temperature=1.0, top_k=5, top_p=0.9, min_p=0.01, seed=7))
     naive = tiny_gpt("naive")
     naive.load_state_dict(model.state_dict())
-    assert torch.equal(
-        sampled, naive.generate(prompt, 10, temperature=1.0, top_k=5, top_p=0.9, min_p=0.01, seed=7)
-    )
+    assert torch.equal(sampled, naive.generate(prompt, 10, temperature=1.0, top_k=5, top_p=0.9, min_p=0.01, seed=7))
 
 
 def test_gpt_generate_slides_its_context_past_block_size():
@@ -359,9 +347,7 @@ def test_vae_kl_and_reparameterization():
     expected_kl = torch.distributions.kl_divergence(posterior, prior).sum(dim=1).mean()
     assert torch.allclose(out.kl, expected_kl, rtol=1e-5)
     z = out.mu + torch.exp(0.5 * out.logvar) * noise
-    expected_bce = (
-        torch.nn.functional.binary_cross_entropy_with_logits(model.decode(z), images, reduction="sum") / 5
-    )
+    expected_bce = torch.nn.functional.binary_cross_entropy_with_logits(model.decode(z), images, reduction="sum") / 5
     assert torch.allclose(out.reconstruction, expected_bce, rtol=1e-5)
     assert torch.allclose(out.loss, out.reconstruction + 0.5 * out.kl)
     assert model.sample(6, generator=torch.Generator().manual_seed(0)).shape == (6, 1, 8, 8)
@@ -443,23 +429,17 @@ def test_number_translation_data():
         assert data.decode_target(row) == number_to_words(n)
     assert source[0, : len(str(numbers[0]))].tolist() == [data.source_index[c] for c in str(numbers[0])]
     assert source.shape == (2000, 6) and target.shape == (2000, data.max_target_len)
-    assert (target[:, 0] == NumberTranslation.BOS).all() and (
-        (target == NumberTranslation.EOS).sum(1) == 1
-    ).all()
+    assert (target[:, 0] == NumberTranslation.BOS).all() and ((target == NumberTranslation.EOS).sum(1) == 1).all()
 
 
 def test_shipped_data():
     text = tiny_shakespeare()
     assert len(text) == 1115394 and text.startswith("First Citizen:")
     tokenizer = CharTokenizer(text, specials=["[PAD]"])
-    assert (
-        tokenizer.vocab_size == 66 and tokenizer.decode(tokenizer.encode("To be, or not")) == "To be, or not"
-    )
+    assert tokenizer.vocab_size == 66 and tokenizer.decode(tokenizer.encode("To be, or not")) == "To be, or not"
     images, labels = load_digits()
     assert images.shape == (1797, 8, 8) and images.dtype == torch.uint8 and int(images.max()) == 16
-    assert labels.shape == (1797,) and torch.equal(
-        torch.bincount(labels) > 170, torch.ones(10, dtype=torch.bool)
-    )
+    assert labels.shape == (1797,) and torch.equal(torch.bincount(labels) > 170, torch.ones(10, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -25,9 +25,16 @@ def torch_mha(**options) -> nn.MultiheadAttention:
 
 def ours_from(module: nn.MultiheadAttention, **options) -> MultiheadAttention:
     ours = MultiheadAttention(
-        module.embed_dim, module.num_heads, dropout=module.dropout, bias=module.in_proj_bias is not None,
-        add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
-        vdim=module.vdim, batch_first=module.batch_first, **options,
+        module.embed_dim,
+        module.num_heads,
+        dropout=module.dropout,
+        bias=module.in_proj_bias is not None,
+        add_bias_kv=module.bias_k is not None,
+        add_zero_attn=module.add_zero_attn,
+        kdim=module.kdim,
+        vdim=module.vdim,
+        batch_first=module.batch_first,
+        **options,
     )
     ours.load_state_dict(module.state_dict())
     return ours.train(module.training)
@@ -133,8 +140,7 @@ FUSED_CASES = {
     "unbatched key padding": dict(batch_first=False, batched=False, key_padding="bool"),
     "fully masked batch element": dict(batch_first=True, key_padding="full"),
     "causal hint, bool mask": dict(batch_first=True, self_attention=True, causal=torch.bool),
-    "causal hint, float masks": dict(batch_first=False, self_attention=True, causal=torch.float32,
-                                     key_padding="float"),
+    "causal hint, float masks": dict(batch_first=False, self_attention=True, causal=torch.float32, key_padding="float"),
     "kdim/vdim (separate weights)": dict(batch_first=True, kdim=24, vdim=40, key_padding="bool"),
     "no bias": dict(batch_first=True, bias=False, self_attention=True),
 }
@@ -149,8 +155,13 @@ def test_fused_calls_match_torch(case, fused_calls):
     self_attention = options.pop("self_attention", False)
     kdim, vdim = options.get("kdim", EMBED), options.get("vdim", EMBED)
     module = torch_mha(**options)
-    tensors = inputs(batch_first=module.batch_first, batched=batched, kdim=kdim, vdim=vdim,
-                     self_attention=self_attention or causal is not None)
+    tensors = inputs(
+        batch_first=module.batch_first,
+        batched=batched,
+        kdim=kdim,
+        vdim=vdim,
+        self_attention=self_attention or causal is not None,
+    )
     kwargs = dict(need_weights=False)
     if key_padding is not None:
         source = TARGET if causal is not None else SOURCE
@@ -170,8 +181,12 @@ def test_gradients_match_torch(fused_calls):
 
 def test_causal_gradients_match_torch(fused_calls):
     module = torch_mha(batch_first=False).train()
-    call = Call(inputs(batch_first=False, self_attention=True), attn_mask=causal_mask(TARGET), is_causal=True,
-                need_weights=False)
+    call = Call(
+        inputs(batch_first=False, self_attention=True),
+        attn_mask=causal_mask(TARGET),
+        is_causal=True,
+        need_weights=False,
+    )
     compare(module, call, expect_fused=True, fused_calls=fused_calls, grads=True)
 
 
@@ -234,8 +249,11 @@ def test_explicit_backend_is_used(fused_calls):
 
 
 # ------------------------------------------------------------------------------- state dicts
-@pytest.mark.parametrize("options", [dict(), dict(kdim=24, vdim=40), dict(add_bias_kv=True, bias=False)],
-                         ids=["packed", "separate", "bias_kv"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(kdim=24, vdim=40), dict(add_bias_kv=True, bias=False)],
+    ids=["packed", "separate", "bias_kv"],
+)
 def test_state_dicts_load_both_ways(options):
     module = torch_mha(**options)
     ours = MultiheadAttention(EMBED, HEADS, **options)

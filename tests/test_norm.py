@@ -44,10 +44,15 @@ def full_problem(op, shape, dtype, *, param_dtype=None, residual_dtype=None, res
     """Weight, bias (LayerNorm) and residual all present."""
     param_dtype = param_dtype or dtype
     return Problem(
-        op, shape, dtype=dtype, weight_dtype=param_dtype,
+        op,
+        shape,
+        dtype=dtype,
+        weight_dtype=param_dtype,
         bias_dtype=param_dtype if op == "layer_norm" else None,
-        residual_dtype=residual_dtype or dtype, residual_in_fp32=residual_in_fp32,
-        eps=1e-5 if op == "layer_norm" else 1e-6, **kw,
+        residual_dtype=residual_dtype or dtype,
+        residual_in_fp32=residual_in_fp32,
+        eps=1e-5 if op == "layer_norm" else 1e-6,
+        **kw,
     )
 
 
@@ -95,15 +100,20 @@ def _grid_id(hidden, dtype, param_fp32, residual_in_fp32):
     return f"{hidden}-{name}-w_{'fp32' if param_fp32 else name}-s_{'fp32' if residual_in_fp32 else name}"
 
 
-@pytest.mark.parametrize("hidden, dtype, param_fp32, residual_in_fp32", DTYPE_GRID,
-                         ids=[_grid_id(*params) for params in DTYPE_GRID])
+@pytest.mark.parametrize(
+    "hidden, dtype, param_fp32, residual_in_fp32", DTYPE_GRID, ids=[_grid_id(*params) for params in DTYPE_GRID]
+)
 @pytest.mark.parametrize("op", OPS)
 def test_dtype_combinations(backend, device, op, hidden, dtype, param_fp32, residual_in_fp32):
     """x in fp16/bf16/fp32 x weight (and bias) in x's dtype or fp32 x s in x's dtype or fp32 (the
     residual then fp32 too, as a float32 residual stream is)."""
     problem = full_problem(
-        op, (rows_for(hidden), hidden), dtype, param_dtype=torch.float32 if param_fp32 else dtype,
-        residual_dtype=torch.float32 if residual_in_fp32 else dtype, residual_in_fp32=residual_in_fp32,
+        op,
+        (rows_for(hidden), hidden),
+        dtype,
+        param_dtype=torch.float32 if param_fp32 else dtype,
+        residual_dtype=torch.float32 if residual_in_fp32 else dtype,
+        residual_in_fp32=residual_in_fp32,
     )
     check(problem, backend, device)
 
@@ -121,8 +131,12 @@ OPTIONAL_INPUTS = [
 def test_optional_inputs(backend, device, op, weight, bias, residual):
     dtype = torch.float16
     problem = Problem(
-        op, (rows_for(100), 3, 100), dtype=dtype, weight_dtype=dtype if weight else None,
-        bias_dtype=dtype if bias else None, residual_dtype=dtype if residual else None,
+        op,
+        (rows_for(100), 3, 100),
+        dtype=dtype,
+        weight_dtype=dtype if weight else None,
+        bias_dtype=dtype if bias else None,
+        residual_dtype=dtype if residual else None,
     )
     check(problem, backend, device)
 
@@ -265,7 +279,8 @@ TORCH_AGREEMENT = [
 @pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize(
-    "normalized_shape, eps, dtype", TORCH_AGREEMENT,
+    "normalized_shape, eps, dtype",
+    TORCH_AGREEMENT,
     ids=[f"{list(shape)}-eps{eps}-{str(dtype).removeprefix('torch.')}" for shape, eps, dtype in TORCH_AGREEMENT],
 )
 @pytest.mark.parametrize("op", OPS)
@@ -285,8 +300,7 @@ def test_matches_torch(backend, device, op, normalized_shape, eps, dtype):
 
     if op == "layer_norm":
         inputs = (x, w, b)
-        ours = grads(lambda x, w, b: fastattn.layer_norm(x, normalized_shape, w, b, eps, backend=backend),
-                     *inputs)
+        ours = grads(lambda x, w, b: fastattn.layer_norm(x, normalized_shape, w, b, eps, backend=backend), *inputs)
         torchs = lambda x, w, b: F.layer_norm(x, normalized_shape, w, b, eps)
     else:
         inputs = (x, w)
@@ -344,19 +358,14 @@ BAD_INPUTS = [
     ("empty shape", lambda f: f(_x(), ()), ValueError, "at least one dimension"),
     ("bad shape type", lambda f: f(_x(), 8.0), TypeError, "normalized_shape must be"),
     ("weight shape", lambda f: f(_x(), 8, torch.randn(7)), ValueError, r"weight must have shape \[8\]"),
-    ("weight dtype", lambda f: f(_x(), 8, torch.ones(8, dtype=torch.int32)),
-     TypeError, "weight must be a float"),
-    ("weight device", lambda f: f(_x(), 8, torch.ones(8, device=META)),
-     ValueError, "weight must be on x's device"),
-    ("residual shape", lambda f: f(_x(), 8, residual=_x(3, 8)),
-     ValueError, r"residual must have shape \[2, 8\]"),
-    ("residual device", lambda f: f(_x(), 8, residual=_x(device=META)),
-     ValueError, "residual must be on x's"),
+    ("weight dtype", lambda f: f(_x(), 8, torch.ones(8, dtype=torch.int32)), TypeError, "weight must be a float"),
+    ("weight device", lambda f: f(_x(), 8, torch.ones(8, device=META)), ValueError, "weight must be on x's device"),
+    ("residual shape", lambda f: f(_x(), 8, residual=_x(3, 8)), ValueError, r"residual must have shape \[2, 8\]"),
+    ("residual device", lambda f: f(_x(), 8, residual=_x(device=META)), ValueError, "residual must be on x's"),
     ("residual dtype", lambda f: f(_x(), 8, residual=_x().bool()), TypeError, "residual must be a floating"),
     ("eps nan", lambda f: f(_x(), 8, None, eps=float("nan")), ValueError, "eps must be a finite number"),
     ("eps string", lambda f: f(_x(), 8, None, eps="1e-5"), TypeError, "eps must be a number"),
-    ("fp32 flag", lambda f: f(_x(), 8, residual=_x(), residual_in_fp32=1),
-     TypeError, "residual_in_fp32 must be"),
+    ("fp32 flag", lambda f: f(_x(), 8, residual=_x(), residual_in_fp32=1), TypeError, "residual_in_fp32 must be"),
     ("unknown backend", lambda f: f(_x(), 8, backend="fast"), ValueError, "backend must be one of"),
     ("cuda backend", lambda f: f(_x(), 8, backend="cuda"), NotImplementedError, "cuda"),
 ]

@@ -22,9 +22,11 @@ def kernel_calls(monkeypatch):
     """The backends fastattn.attention ran, one entry per call."""
     calls = []
     for name, implementation in list(attention_ops._IMPLEMENTATIONS.items()):
+
         def counting(*args, _name=name, _implementation=implementation):
             calls.append(_name)
             return _implementation(*args)
+
         monkeypatch.setitem(attention_ops._IMPLEMENTATIONS, name, counting)
     return calls
 
@@ -122,14 +124,16 @@ def encoder():
 
 
 def decoder():
-    layer = nn.TransformerDecoderLayer(D_MODEL, N_HEAD, dim_feedforward=32, dropout=0.0, batch_first=True,
-                                       norm_first=True)
+    layer = nn.TransformerDecoderLayer(
+        D_MODEL, N_HEAD, dim_feedforward=32, dropout=0.0, batch_first=True, norm_first=True
+    )
     return nn.TransformerDecoder(layer, num_layers=2)
 
 
 def transformer():
-    return nn.Transformer(D_MODEL, N_HEAD, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32,
-                          dropout=0.0, batch_first=True)
+    return nn.Transformer(
+        D_MODEL, N_HEAD, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32, dropout=0.0, batch_first=True
+    )
 
 
 def run_encoder(model, src):
@@ -146,8 +150,9 @@ def run_decoder(model, src):
 
 
 def run_transformer(model, src):
-    return model(src, src.flip(1), tgt_mask=causal(), src_key_padding_mask=padding_mask(),
-                 memory_key_padding_mask=padding_mask())
+    return model(
+        src, src.flip(1), tgt_mask=causal(), src_key_padding_mask=padding_mask(), memory_key_padding_mask=padding_mask()
+    )
 
 
 MODELS = {
@@ -186,9 +191,7 @@ def test_transformer_models_match_torch(case, mode, kernel_calls):
     assert len(kernel_calls) > before, "fastattn's attention was never called"
     assert_close_to_reference("output", out, ref, plain, factor=FORWARD_FACTOR)
     for name in ref_grads:
-        assert_close_to_reference(
-            f"d{name}", grads[name], ref_grads[name], plain_grads[name], factor=GRADIENT_FACTOR
-        )
+        assert_close_to_reference(f"d{name}", grads[name], ref_grads[name], plain_grads[name], factor=GRADIENT_FACTOR)
 
 
 @pytest.mark.parametrize("case", list(MODELS))
@@ -234,8 +237,7 @@ def test_sdpa_routes_calls_to_fastattn_within_the_block_only(mask, kernel_calls)
     }[mask]
     torch_sdpa = F.scaled_dot_product_attention
     with torch.no_grad():
-        as64 = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
-                for k, v in kwargs.items()}
+        as64 = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
         ref = model.double()(x.double(), **as64)
         plain = model.float()(x, **kwargs)
         assert kernel_calls == []

@@ -24,9 +24,7 @@ def test_attention_matches_torch_sdpa(nq, nk, causal):
     if causal:  # bottom-right aligned: torch's lower-right causal bias
         visible = torch.ones(nq, nk, dtype=torch.bool).tril(diagonal=nk - nq)
     attn_mask = visible[None, None] & mask[:, None, None, :]
-    expected = F.scaled_dot_product_attention(
-        q, _gqa_expand(k, 2), _gqa_expand(v, 2), attn_mask=attn_mask, scale=0.3
-    )
+    expected = F.scaled_dot_product_attention(q, _gqa_expand(k, 2), _gqa_expand(v, 2), attn_mask=attn_mask, scale=0.3)
     torch.testing.assert_close(ours, expected)
     scores = 0.3 * q @ _gqa_expand(k, 2).transpose(-1, -2)
     expected_lse = scores.masked_fill(~attn_mask, float("-inf")).logsumexp(-1)

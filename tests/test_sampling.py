@@ -57,15 +57,18 @@ def check_kept_set(backend, logits, filters: Filters):
 # ------------------------------------------------------------------------------- the reference
 def test_philox_known_answers():
     """Random123's known-answer vectors for philox4x32-10."""
+
     def words(*values):
         return tuple(torch.tensor([[v]], dtype=torch.int64) for v in values)
 
     cases = [
         (words(0, 0, 0, 0), words(0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-        (words(*[0xFFFFFFFF] * 4), words(0xFFFFFFFF, 0xFFFFFFFF),
-         (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-        (words(0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), words(0xA4093822, 0x299F31D0),
-         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+        (words(*[0xFFFFFFFF] * 4), words(0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            words(0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            words(0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
     ]
     for counter, key, expected in cases:
         assert tuple(int(w) for w in reference.philox4x32(counter, key)) == expected
@@ -250,10 +253,11 @@ def test_kept_set_gpu_sizes(backend, device, vocab):
 # The rows keep every expected count above 5 (the chi-square approximation's rule of thumb).
 DISTRIBUTION_CASES = {
     "plain V=16": (lambda g: torch.randn(16, generator=g), Filters()),
-    "T=0.7 top_k=6 with ties": (lambda g: torch.tensor([2.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.0, -1.0, 3.0]),
-                                Filters(0.7, 6)),
-    "top_p=0.8 min_p=0.02 V=32": (lambda g: torch.randn(32, generator=g) * 1.5,
-                                  Filters(1.0, None, 0.8, 0.02)),
+    "T=0.7 top_k=6 with ties": (
+        lambda g: torch.tensor([2.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.0, -1.0, 3.0]),
+        Filters(0.7, 6),
+    ),
+    "top_p=0.8 min_p=0.02 V=32": (lambda g: torch.randn(32, generator=g) * 1.5, Filters(1.0, None, 0.8, 0.02)),
     "+inf entries": (lambda g: torch.tensor([0.0, INF, 5.0, INF, -INF, INF, 1.0]), Filters(top_k=2)),
 }
 
@@ -278,6 +282,7 @@ def test_chi_square_detects_a_biased_sampler():
     biased[top] *= 1.05
     biased[second] -= biased[top] - probs[top]
     draws = 10**5
+
     def counts(distribution, seed):
         drawn = torch.multinomial(distribution, draws, replacement=True, generator=generator(seed))
         return torch.bincount(drawn, minlength=16)
@@ -292,11 +297,17 @@ def test_filtered_tokens_are_never_drawn(backend, device):
     logits = torch.randn(batch, vocab, generator=gen) * 3
     logits[::2] = tied_logits(batch // 2, vocab, gen)
     filters = random_filters(batch, vocab, gen)
-    mask = kept(logits, temperature=filters.temperature, top_k=filters.top_k, top_p=filters.top_p,
-                min_p=filters.min_p)
+    mask = kept(logits, temperature=filters.temperature, top_k=filters.top_k, top_p=filters.top_p, min_p=filters.min_p)
     f = filters.on(device)
-    tokens = fastattn.sample(logits.to(device), temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
-                             min_p=f.min_p, seed=torch.arange(batch, device=device), backend=backend).cpu()
+    tokens = fastattn.sample(
+        logits.to(device),
+        temperature=f.temperature,
+        top_k=f.top_k,
+        top_p=f.top_p,
+        min_p=f.min_p,
+        seed=torch.arange(batch, device=device),
+        backend=backend,
+    ).cpu()
     assert (tokens >= 0).all()
     assert mask.gather(1, tokens[:, None]).all(), "a filtered token was drawn"
 
@@ -311,12 +322,25 @@ def test_same_tokens_as_the_reference(backend, device):
     filters = random_filters(batch, vocab, gen)
     seeds = torch.randint(-(2**62), 2**62, (batch,), generator=gen)
     want, want_lp = reference.sample(
-        logits, temperature=filters.temperature, top_k=filters.top_k, top_p=filters.top_p,
-        min_p=filters.min_p, seed=seeds, return_logprobs=True,
+        logits,
+        temperature=filters.temperature,
+        top_k=filters.top_k,
+        top_p=filters.top_p,
+        min_p=filters.min_p,
+        seed=seeds,
+        return_logprobs=True,
     )
     f = filters.on(device)
-    got, got_lp = fastattn.sample(logits.to(device), temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
-                                  min_p=f.min_p, seed=seeds.to(device), return_logprobs=True, backend=backend)
+    got, got_lp = fastattn.sample(
+        logits.to(device),
+        temperature=f.temperature,
+        top_k=f.top_k,
+        top_p=f.top_p,
+        min_p=f.min_p,
+        seed=seeds.to(device),
+        return_logprobs=True,
+        backend=backend,
+    )
     assert torch.equal(got.cpu(), want), f"{int((got.cpu() != want).sum())} of {batch} tokens differ"
     torch.testing.assert_close(got_lp.cpu(), want_lp, rtol=1e-5, atol=2e-5)
 
@@ -338,8 +362,10 @@ def test_same_seed_same_tokens_across_batches_and_positions(backend, device):
     big_seeds = torch.cat([torch.arange(40, device=device), seeds])
     assert torch.equal(fastattn.sample(big, seed=big_seeds, **options)[40:], tokens)
     # an int seed is every row's seed
-    assert torch.equal(fastattn.sample(logits, seed=5, **options),
-                       fastattn.sample(logits, seed=torch.full((9,), 5, device=device), **options))
+    assert torch.equal(
+        fastattn.sample(logits, seed=5, **options),
+        fastattn.sample(logits, seed=torch.full((9,), 5, device=device), **options),
+    )
 
 
 def test_generator_and_default_seeds(backend, device):
@@ -358,17 +384,20 @@ def test_generator_and_default_seeds(backend, device):
 # ------------------------------------------------------------------ special rows, log-probs, dtypes
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # 3e38 / 1e-3, on purpose
 def test_special_rows(backend, device):
-    logits = torch.tensor([
-        [0.0, 2.0, 2.0, 1.0],  # greedy: the first maximum
-        [0.0, math.nan, 1.0, 2.0],  # NaN
-        [-INF, -INF, -INF, -INF],  # nothing finite
-        [1.0, INF, 3.0, INF],  # +inf entries win, uniformly
-        [-INF, 0.5, -INF, -INF],  # one finite logit
-        [3.0e38, -3.0e38, 1.0, 0.0],  # huge magnitudes
-    ]).to(device)
+    logits = torch.tensor(
+        [
+            [0.0, 2.0, 2.0, 1.0],  # greedy: the first maximum
+            [0.0, math.nan, 1.0, 2.0],  # NaN
+            [-INF, -INF, -INF, -INF],  # nothing finite
+            [1.0, INF, 3.0, INF],  # +inf entries win, uniformly
+            [-INF, 0.5, -INF, -INF],  # one finite logit
+            [3.0e38, -3.0e38, 1.0, 0.0],  # huge magnitudes
+        ]
+    ).to(device)
     temperature = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 1e-3], device=device)
-    tokens, logprobs = fastattn.sample(logits, temperature=temperature, seed=torch.arange(6, device=device),
-                                       return_logprobs=True, backend=backend)
+    tokens, logprobs = fastattn.sample(
+        logits, temperature=temperature, seed=torch.arange(6, device=device), return_logprobs=True, backend=backend
+    )
     tokens, logprobs = tokens.tolist(), logprobs.cpu()
     assert tokens[0] == 1 and logprobs[0] == 0.0
     assert tokens[1] == -1 and tokens[2] == -1 and logprobs[1:3].isnan().all()
@@ -387,8 +416,13 @@ def test_greedy_rows_mixed_with_sampled_rows(backend, device):
     logits[::4, 30] = logits[::4, 7]  # a tie: the lower index wins
     temperature = torch.ones(32)
     temperature[::4] = 0.0
-    tokens = fastattn.sample(logits.to(device), temperature=temperature.to(device), top_k=10,
-                             seed=torch.arange(32, device=device), backend=backend).cpu()
+    tokens = fastattn.sample(
+        logits.to(device),
+        temperature=temperature.to(device),
+        top_k=10,
+        seed=torch.arange(32, device=device),
+        backend=backend,
+    ).cpu()
     assert (tokens[::4] == 7).all()
     want = reference.sample(logits, temperature=temperature, top_k=10, seed=torch.arange(32))
     assert torch.equal(tokens, want)
@@ -397,8 +431,16 @@ def test_greedy_rows_mixed_with_sampled_rows(backend, device):
 def test_logprobs_match_the_filtered_distribution(backend, device):
     gen = generator(10)
     logits = torch.randn(50, 80, generator=gen) * 2
-    tokens, logprobs = fastattn.sample(logits.to(device), temperature=0.8, top_k=30, top_p=0.9, min_p=0.01,
-                                       seed=3, return_logprobs=True, backend=backend)
+    tokens, logprobs = fastattn.sample(
+        logits.to(device),
+        temperature=0.8,
+        top_k=30,
+        top_p=0.9,
+        min_p=0.01,
+        seed=3,
+        return_logprobs=True,
+        backend=backend,
+    )
     assert tokens.dtype == torch.int64 and logprobs.dtype == torch.float32
     filtered = reference.filter_logits(logits, 0.8, 30, 0.9, 0.01)
     exact = torch.log_softmax(filtered.double(), dim=-1).gather(1, tokens.cpu()[:, None]).squeeze(1)
@@ -499,8 +541,9 @@ def test_backend_choice():
         fastattn.sample(logits, backend="triton")
     tokens = fastattn.sample(logits, seed=torch.arange(2))  # auto falls back to torch for float64
     assert torch.equal(tokens, reference.sample(logits, seed=torch.arange(2)))
-    assert torch.equal(fastattn.sample(logits, seed=1, backend="torch"),
-                       fastattn.sample(logits, seed=1, backend="naive"))
+    assert torch.equal(
+        fastattn.sample(logits, seed=1, backend="torch"), fastattn.sample(logits, seed=1, backend="naive")
+    )
 
 
 def test_empty_batch(backend, device):

@@ -55,9 +55,7 @@ def naive_probabilities(q, k, *, causal, key_padding_mask, scale) -> torch.Tenso
     )  # (B, Hq, Nq, Nk)
 
 
-def projections_of(
-    model: torch.nn.Module, tokens: torch.Tensor
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def projections_of(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """q and k of every self-attention, recomputed from its input and its own projection weights."""
     found = {}
 
@@ -147,9 +145,7 @@ def graph_page(tmp_path_factory):
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("attention_graph")
     task = GPTTask(torch.device("cpu"))
-    model = sharpen(
-        GPT(GPTConfig(vocab_size=task.tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=32))
-    )
+    model = sharpen(GPT(GPTConfig(vocab_size=task.tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=32)))
     checkpoint = directory / "gpt.pt"
     save_checkpoint(
         checkpoint, types.SimpleNamespace(name="gpt"), model, torch.optim.SGD(model.parameters(), lr=0.1), 0
@@ -211,9 +207,7 @@ def test_page_in_headless_chromium(graph_page):
 
             def highlighted() -> set[int]:
                 return set(
-                    page.eval_on_selector_all(
-                        ".token.attended", "nodes => nodes.map(n => Number(n.dataset.index))"
-                    )
+                    page.eval_on_selector_all(".token.attended", "nodes => nodes.map(n => Number(n.dataset.index))")
                 )
 
             def link_widths() -> dict[int, float]:
@@ -237,16 +231,11 @@ def test_page_in_headless_chromium(graph_page):
             assert highlighted() == exceeding(head, threshold)
             widths = link_widths()
             for key, width in widths.items():
-                assert width == pytest.approx(
-                    max(1, float(head[key]) * 16), abs=0.006
-                )  # MIN_WIDTH, MAX_WIDTH
+                assert width == pytest.approx(max(1, float(head[key]) * 16), abs=0.006)  # MIN_WIDTH, MAX_WIDTH
 
             page.select_option("#layer-picker", "1")
             assert highlighted() == exceeding(weights[1][2, query], threshold)
-            assert (
-                exceeding(weights[1][2, query], threshold) != exceeding(head, threshold)
-                or link_widths() != widths
-            )
+            assert exceeding(weights[1][2, query], threshold) != exceeding(head, threshold) or link_widths() != widths
 
             page.mouse.move(0, 0)
             assert highlighted() == set()

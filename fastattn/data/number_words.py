@@ -91,9 +91,7 @@ class NumberTranslation:
         groups = -(-self.max_source_len // 3)  # groups of three digits; each says at most 4 words + its scale
         self.max_target_len = 5 * groups - 1 + 2  # + [BOS] and [EOS]
         generator = torch.Generator().manual_seed(seed)
-        self.test_numbers = self._draw(
-            num_test, generator, exclude=set(), min_digits=self.MIN_TEST_DIGITS, unique=True
-        )
+        self.test_numbers = self._draw(num_test, generator, exclude=set(), min_digits=self.MIN_TEST_DIGITS, unique=True)
         self._test_set = set(self.test_numbers)
 
     def _draw(
@@ -122,10 +120,7 @@ class NumberTranslation:
 
     def encode_target(self, numbers: list[int]) -> Tensor:
         """int64 ``(B, max_target_len)``: [BOS] words [EOS], right-padded with [PAD]."""
-        rows = [
-            [self.BOS] + [self.target_index[w] for w in number_to_words(n).split()] + [self.EOS]
-            for n in numbers
-        ]
+        rows = [[self.BOS] + [self.target_index[w] for w in number_to_words(n).split()] + [self.EOS] for n in numbers]
         return self._pad(rows, self.max_target_len)
 
     def decode_target(self, ids) -> str:

@@ -80,9 +80,7 @@ def attention_forward(
     """
     for name, feature in _UNSUPPORTED.items():
         if kwargs.get(name) is not None:
-            raise ValueError(
-                f"attn_implementation={IMPLEMENTATION!r} does not support {feature} ({name}); use 'eager'"
-            )
+            raise ValueError(f"attn_implementation={IMPLEMENTATION!r} does not support {feature} ({name}); use 'eager'")
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and attention_mask is None and q_len > 1
@@ -99,12 +97,22 @@ def attention_forward(
     if structure is not None:
         causal, keys_taking_part = structure
         out = attention(
-            query, key, value, causal=causal, key_padding_mask=keys_taking_part, scale=scaling,
+            query,
+            key,
+            value,
+            causal=causal,
+            key_padding_mask=keys_taking_part,
+            scale=scaling,
             dropout_p=dropout,
         )
     else:
         out = scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=dropout,
+            scale=scaling,
             enable_gqa=query.shape[1] != key.shape[1],
         )
     return out.transpose(1, 2).contiguous(), None  # (B, Nq, Hq, D)

@@ -60,9 +60,7 @@ def mask_tokens(
     draws = torch.rand(tokens.shape + (2,), generator=generator).to(tokens.device)  # (B, N, 2)
     chosen = (draws[..., 0] < mask_prob) & maskable  # (B, N)
     labels = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE_INDEX))
-    random_tokens = torch.randint(first_regular_id, vocab_size, tokens.shape, generator=generator).to(
-        tokens.device
-    )
+    random_tokens = torch.randint(first_regular_id, vocab_size, tokens.shape, generator=generator).to(tokens.device)
     inputs = torch.where(chosen & (draws[..., 1] < 0.8), torch.full_like(tokens, mask_id), tokens)
     inputs = torch.where(chosen & (draws[..., 1] >= 0.8) & (draws[..., 1] < 0.9), random_tokens, inputs)
     return inputs, labels

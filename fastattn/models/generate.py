@@ -25,9 +25,7 @@ class KVCache(nn.Module):
     Buffers ``keys`` and ``values``: ``(B, Hkv, max_seq_len, D)``, not part of the ``state_dict``.
     """
 
-    def __init__(
-        self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype=None, device=None
-    ):
+    def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype=None, device=None):
         super().__init__()
         shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)

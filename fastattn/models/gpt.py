@@ -63,9 +63,7 @@ class GPT(nn.Module):
         self.kv_caches: nn.ModuleList | None = None
         self.apply(init_weights)
         for name, parameter in self.named_parameters():
-            if name.endswith("out.weight") or name.endswith(
-                "down.weight"
-            ):  # GPT-2: scaled residual projections
+            if name.endswith("out.weight") or name.endswith("down.weight"):  # GPT-2: scaled residual projections
                 torch.nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @property

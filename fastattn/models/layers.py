@@ -84,7 +84,6 @@ class MultiHeadAttention(nn.Module):
         )  # (B, H, Nq, D)
         return self.out(y.transpose(1, 2).reshape(batch, nq, channels))
 
-
     def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """The keys and values of ``source`` ``(B, N, C)``: two ``(B, Hkv, N, D)`` tensors."""
         batch, n, _ = source.shape
@@ -99,9 +98,7 @@ class FeedForward(nn.Module):
 
     ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
-    def __init__(
-        self, d_model: int, d_ff: int, *, activation: str = "relu", bias: bool = True, dropout: float = 0.0
-    ):
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "relu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}, got {activation!r}")
@@ -148,8 +145,7 @@ class Block(nn.Module):
         self.cross_attention = MultiHeadAttention(d_model, n_heads, **attention) if cross_attention else None
         self.feed_forward = FeedForward(d_model, d_ff, activation=activation, bias=bias, dropout=dropout)
         self.norms = nn.ModuleList(
-            LayerNorm(d_model, eps=norm_eps, bias=bias, backend=backend)
-            for _ in range(3 if cross_attention else 2)
+            LayerNorm(d_model, eps=norm_eps, bias=bias, backend=backend) for _ in range(3 if cross_attention else 2)
         )
         self.norm_first = norm_first
         self.dropout = nn.Dropout(dropout)

@@ -223,9 +223,7 @@ class BERTTask(Task):
         correct = baseline = total = 0
         loss_sum = 0.0
         for _ in range(self.EVAL_BATCHES if full else self.EVAL_BATCHES // 5):
-            inputs, labels = self._masked(
-                self._sequences(self.val_data, self.batch_size, generator), generator
-            )
+            inputs, labels = self._masked(self._sequences(self.val_data, self.batch_size, generator), generator)
             logits, loss = model(inputs, labels)
             chosen = labels != IGNORE_INDEX
             predicted = logits.argmax(dim=-1)
@@ -524,9 +522,7 @@ def run(args: argparse.Namespace) -> int:
 
     model.eval()
     metrics = task.evaluate(model, full=True)
-    print(
-        f"held-out after {total_steps} steps ({train_seconds:.0f} s of training): {format_metrics(metrics)}"
-    )
+    print(f"held-out after {total_steps} steps ({train_seconds:.0f} s of training): {format_metrics(metrics)}")
     out_dir = Path(args.out or os.path.join("runs", f"train-{task.name}"))
     with torch.no_grad():
         shown = task.show(model, out_dir, args.seed)
@@ -561,9 +557,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ", ".join(f"{n} {t.recipe.steps}" for n, t in TASKS.items())
         + "); with --load, steps beyond the checkpoint's; 0 only evaluates and shows",
     )
-    parser.add_argument(
-        "--batch-size", type=int, metavar="B", help="sequences (images) per step (default: the task's)"
-    )
+    parser.add_argument("--batch-size", type=int, metavar="B", help="sequences (images) per step (default: the task's)")
     parser.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: the task's)")
     parser.add_argument(
         "--backend",
@@ -574,9 +568,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "starts (Triton's interpreter; slow)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the initialization, the batches and the samples"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialization, the batches and the samples")
     parser.add_argument(
         "--save", metavar="PATH", help="write a checkpoint (config, weights, optimizer, step) at the end"
     )

@@ -75,8 +75,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         layer = dict(norm_first=config.norm_first, activation="relu", dropout=config.dropout, backend=backend)
         self.encoder = nn.ModuleList(
-            Block(config.d_model, config.n_heads, config.d_ff, **layer)
-            for _ in range(config.n_encoder_layers)
+            Block(config.d_model, config.n_heads, config.d_ff, **layer) for _ in range(config.n_encoder_layers)
         )
         self.decoder = nn.ModuleList(
             Block(config.d_model, config.n_heads, config.d_ff, cross_attention=True, **layer)
@@ -158,9 +157,7 @@ class Transformer(nn.Module):
             self._memory_cache = [block.cross_attention.keys_values(memory) for block in self.decoder]
         return self._memory_cache
 
-    def forward(
-        self, source: Tensor, target: Tensor, labels: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, source: Tensor, target: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing. source ``(B, S)``; target ``(B, T)``: the decoder's input
         (``<bos> y1 .. y_{T-1}``); labels ``(B, T)``: what it should predict (``y1 .. y_T``), ``pad_id``
         where there is nothing. Returns the logits ``(B, T, V)`` and the label-smoothed cross-entropy
@@ -184,9 +181,7 @@ class Transformer(nn.Module):
             self.decoder, batch_size, max_seq_len, dtype=weight.dtype, device=weight.device
         )
 
-    def forward_with_cache(
-        self, target: Tensor, start_pos: int, *, memory: Tensor, memory_mask: Tensor
-    ) -> Tensor:
+    def forward_with_cache(self, target: Tensor, start_pos: int, *, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """The decoder on ``target`` ``(B, T)`` at positions ``start_pos ..`` against its KV caches;
         logits ``(B, T, V)``."""
         if self.kv_caches is None:

@@ -61,9 +61,7 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig, *, backend: str = "auto") -> None:
         super().__init__()
         if config.image_size % config.patch_size != 0:
-            raise ValueError(
-                f"image_size {config.image_size} must be a multiple of patch_size {config.patch_size}"
-            )
+            raise ValueError(f"image_size {config.image_size} must be a multiple of patch_size {config.patch_size}")
         self.config, self.backend = config, backend
         self.grid = config.image_size // config.patch_size
         num_patches, patch_dim = self.grid**2, config.channels * config.patch_size**2
@@ -147,9 +145,7 @@ class VAE(nn.Module):
         """Images decoded from ``z ~ N(0, I)`` (the prior): pixel means in [0, 1],
         ``(num_samples, C, H, W)``."""
         weight = self.from_latent.weight
-        z = torch.randn(num_samples, self.config.latent_dim, generator=generator).to(
-            weight.device, weight.dtype
-        )
+        z = torch.randn(num_samples, self.config.latent_dim, generator=generator).to(weight.device, weight.dtype)
         return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()

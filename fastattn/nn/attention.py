@@ -68,8 +68,16 @@ class MultiheadAttention(nn.MultiheadAttention):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            embed_dim, num_heads, dropout=dropout, bias=bias, add_bias_kv=add_bias_kv,
-            add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim, batch_first=batch_first, device=device,
+            embed_dim,
+            num_heads,
+            dropout=dropout,
+            bias=bias,
+            add_bias_kv=add_bias_kv,
+            add_zero_attn=add_zero_attn,
+            kdim=kdim,
+            vdim=vdim,
+            batch_first=batch_first,
+            device=device,
             dtype=dtype,
         )
         if backend not in ("auto",) + BACKENDS:
@@ -104,8 +112,14 @@ class MultiheadAttention(nn.MultiheadAttention):
         if plan is not None:
             return self._fused_forward(query, key, value, *plan), None
         return super().forward(
-            query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
         )
 
     # ------------------------------------------------------------------- which calls are fused
@@ -188,8 +202,13 @@ class MultiheadAttention(nn.MultiheadAttention):
         k = k.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (N, H, S, D)
         v = v.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (N, H, S, D)
         out = attention(
-            q, k, v, causal=causal, key_padding_mask=keys_taking_part,
-            dropout_p=self.dropout if self.training else 0.0, backend=self.backend,
+            q,
+            k,
+            v,
+            causal=causal,
+            key_padding_mask=keys_taking_part,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend,
         )  # (N, H, L, D)
         if batched and not self.batch_first:
             out = out.permute(2, 0, 1, 3).reshape(target_len, batch, self.embed_dim)  # (L, N, E)

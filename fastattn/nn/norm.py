@@ -44,8 +44,14 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
         return layer_norm(
-            x, self.normalized_shape, self.weight, self.bias, self.eps,
-            residual=residual, residual_in_fp32=residual_in_fp32, backend=self.backend,
+            x,
+            self.normalized_shape,
+            self.weight,
+            self.bias,
+            self.eps,
+            residual=residual,
+            residual_in_fp32=residual_in_fp32,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -73,8 +79,13 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
         return rms_norm(
-            x, self.normalized_shape, self.weight, self.eps,
-            residual=residual, residual_in_fp32=residual_in_fp32, backend=self.backend,
+            x,
+            self.normalized_shape,
+            self.weight,
+            self.eps,
+            residual=residual,
+            residual_in_fp32=residual_in_fp32,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -31,9 +31,7 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p, scale) -> None:
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
         if tensor.dim() != 4:
-            raise ValueError(
-                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(tensor.shape)}")
         if not tensor.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -162,8 +160,7 @@ def _attention_fwd_fake(q, k, v, key_padding_mask, causal, scale, dropout_p, see
     return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
 
 
-def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed,
-                        deterministic):
+def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -241,8 +238,9 @@ def _attention_bwd_cuda(
 
     dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
-    dq, dk, dv = _C.attention_bwd(dout, q, k, v, out, lse.contiguous(), dlse, key_padding_mask, causal, scale,
-                                  dropout_p, seed)
+    dq, dk, dv = _C.attention_bwd(
+        dout, q, k, v, out, lse.contiguous(), dlse, key_padding_mask, causal, scale, dropout_p, seed
+    )
     return dq, dk, dv
 
 
@@ -398,7 +396,13 @@ def scaled_dot_product_attention(
 
     def torch_sdpa():
         return _torch_sdpa(
-            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
             enable_gqa=enable_gqa,
         )
 
@@ -434,6 +438,12 @@ def scaled_dot_product_attention(
     if default in ("torch", "naive") or not fused or (default != "auto" and default not in fused):
         return torch_sdpa()
     return attention(
-        query, key, value, causal=is_causal, scale=scale, key_padding_mask=key_padding_mask,
-        dropout_p=dropout_p, backend=default if default != "auto" else fused[0],
+        query,
+        key,
+        value,
+        causal=is_causal,
+        scale=scale,
+        key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p,
+        backend=default if default != "auto" else fused[0],
     )

@@ -334,9 +334,7 @@ _IMPLEMENTATIONS = {
 
 def _norm(op, x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms):
     shape = _check_inputs(op, x, normalized_shape, weight, bias, residual, eps, residual_in_fp32)
-    name = backends.select(
-        op, backend, lambda candidate: _backend_reasons(candidate, x, shape, weight, bias, residual)
-    )
+    name = backends.select(op, backend, lambda candidate: _backend_reasons(candidate, x, shape, weight, bias, residual))
     return _IMPLEMENTATIONS[name](x, shape, weight, bias, eps, residual, residual_in_fp32, rms)
 
 
@@ -381,9 +379,7 @@ def layer_norm(
         differentiable in x, residual, weight and bias; the fused backends reduce dW/dB
         deterministically (bitwise identical run to run).
     """
-    return _norm(
-        "layer_norm", x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms=False
-    )
+    return _norm("layer_norm", x, normalized_shape, weight, bias, eps, residual, residual_in_fp32, backend, rms=False)
 
 
 def rms_norm(
@@ -425,6 +421,4 @@ def rms_norm(
     """
     if eps is None and isinstance(x, Tensor) and x.is_floating_point():
         eps = torch.finfo(x.dtype).eps
-    return _norm(
-        "rms_norm", x, normalized_shape, weight, None, eps, residual, residual_in_fp32, backend, rms=True
-    )
+    return _norm("rms_norm", x, normalized_shape, weight, None, eps, residual, residual_in_fp32, backend, rms=True)

@@ -33,8 +33,12 @@ def _is_number(value) -> bool:
 
 # name -> (what a valid value is, its test on a Python number, its test on a tensor, the "off" value)
 _RULES = {
-    "temperature": ("a finite number >= 0 (0 = greedy)", lambda v: math.isfinite(v) and v >= 0,
-                    lambda t: torch.isfinite(t) & (t >= 0), 1.0),
+    "temperature": (
+        "a finite number >= 0 (0 = greedy)",
+        lambda v: math.isfinite(v) and v >= 0,
+        lambda t: torch.isfinite(t) & (t >= 0),
+        1.0,
+    ),
     "top_k": ("an integer >= 1", lambda v: v >= 1, lambda t: t >= 1, None),
     "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1, lambda t: (t > 0) & (t <= 1), 1.0),
     "min_p": ("a number in [0, 1]", lambda v: 0 <= v <= 1, lambda t: (t >= 0) & (t <= 1), 0.0),
@@ -203,7 +207,12 @@ _sample_cuda.register_fake(_sample_fake)
 # ------------------------------------------------------------------------- the backends, as calls
 def _sample_reference(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
     drawn = reference.sample(
-        logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seeds,
+        logits,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        seed=seeds,
         return_logprobs=return_logprobs,
     )
     return drawn if return_logprobs else (drawn, None)

@@ -41,12 +41,26 @@ def run_case(case: Case, backend: str, device: torch.device) -> Row | None:
     except NotImplementedError:
         return None
     except Exception as error:  # a crash is a failed check, shown in the table, never hidden
-        return Row(case.op, backend, _dtype_name(case.dtype), case.name, False, float("nan"), float("nan"),
-                   f"{type(error).__name__}: {error}")
+        return Row(
+            case.op,
+            backend,
+            _dtype_name(case.dtype),
+            case.name,
+            False,
+            float("nan"),
+            float("nan"),
+            f"{type(error).__name__}: {error}",
+        )
 
 
-def run(device: torch.device, *, full: bool, ops: Iterable[str] = OPS, backend_names: Iterable[str] | None = None,
-        progress: bool = True) -> list[Row]:
+def run(
+    device: torch.device,
+    *,
+    full: bool,
+    ops: Iterable[str] = OPS,
+    backend_names: Iterable[str] | None = None,
+    progress: bool = True,
+) -> list[Row]:
     names = list(backend_names) if backend_names is not None else backends.available_backends()
     cases = all_cases(device, full, ops)
     jobs = [(case, name) for case in cases for name in names]
@@ -94,8 +108,10 @@ def format_table(rows: list[Row]) -> str:
     out.append("")
     out.append(f"{len(rows) - len(failed) - len(over)} passed, {len(failed)} failed")
     for r in over:
-        out.append(f"over the bound in PyTorch's own kernel (not counted) {r.op} [{r.backend}, {r.dtype}, {r.case}]: "
-                   f"{r.detail}")
+        out.append(
+            f"over the bound in PyTorch's own kernel (not counted) {r.op} [{r.backend}, {r.dtype}, {r.case}]: "
+            f"{r.detail}"
+        )
     for r in failed:
         out.append(f"FAIL {r.op} [{r.backend}, {r.dtype}, {r.case}]: {r.detail}")
     return "\n".join(out)
@@ -115,7 +131,11 @@ def environment() -> dict:
 
 
 def write_json(path: str, rows: list[Row], *, device: torch.device, full: bool) -> None:
-    report = {"environment": environment(), "device": str(device), "full": full,
-              "rows": [row.as_dict() for row in rows]}
+    report = {
+        "environment": environment(),
+        "device": str(device),
+        "full": full,
+        "rows": [row.as_dict() for row in rows],
+    }
     with open(path, "w", encoding="utf-8") as file:
         json.dump(report, file, indent=1)

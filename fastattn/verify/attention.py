@@ -28,8 +28,10 @@ class Shape:
 
     def __str__(self) -> str:
         features = [name for name, on in (("causal", self.causal), ("padding", self.padding)) if on]
-        return (f"B={self.batch} Hq={self.heads_q} Hkv={self.heads_kv} Nq={self.nq} Nk={self.nk} "
-                f"D={self.head_dim}" + "".join(" " + f for f in features))
+        return (
+            f"B={self.batch} Hq={self.heads_q} Hkv={self.heads_kv} Nq={self.nq} Nk={self.nk} "
+            f"D={self.head_dim}" + "".join(" " + f for f in features)
+        )
 
 
 def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -99,8 +101,4 @@ FULL_SHAPES = QUICK_SHAPES + (
 def cases(device: torch.device, full: bool) -> list[Case]:
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
     shapes = FULL_SHAPES if full else QUICK_SHAPES
-    return [
-        Case(OP, dtype, str(shape), functools.partial(check, shape, dtype))
-        for shape in shapes
-        for dtype in dtypes
-    ]
+    return [Case(OP, dtype, str(shape), functools.partial(check, shape, dtype)) for shape in shapes for dtype in dtypes]

@@ -31,8 +31,14 @@ class Row:
 
     def as_dict(self) -> dict:
         return {
-            "op": self.op, "backend": self.backend, "dtype": self.dtype, "case": self.case, "ok": self.ok,
-            "max_error": self.max_error, "bound": self.bound, "detail": self.detail,
+            "op": self.op,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "case": self.case,
+            "ok": self.ok,
+            "max_error": self.max_error,
+            "bound": self.bound,
+            "detail": self.detail,
         }
 
 

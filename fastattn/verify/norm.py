@@ -199,8 +199,14 @@ def full_problem(op: str, shape: tuple[int, ...], dtype: torch.dtype, *, mixed: 
     ``mixed`` float32 parameters and residual and a float32 s."""
     other = torch.float32 if mixed else dtype
     return Problem(
-        op, shape, dtype=dtype, weight_dtype=other, bias_dtype=other if op == "layer_norm" else None,
-        residual_dtype=other, residual_in_fp32=mixed, eps=1e-5 if op == "layer_norm" else 1e-6,
+        op,
+        shape,
+        dtype=dtype,
+        weight_dtype=other,
+        bias_dtype=other if op == "layer_norm" else None,
+        residual_dtype=other,
+        residual_in_fp32=mixed,
+        eps=1e-5 if op == "layer_norm" else 1e-6,
     )
 
 
@@ -224,8 +230,20 @@ def _grid(op: str, full: bool) -> list[Problem]:
 
 # (rows, hidden): every path of the kernels (row path, looped path, and the sizes where the forward
 # keeps the row in registers but the backward loops) and the awkward sizes.
-FULL_SIZES = ((64, 1), (64, 3), (512, 100), (256, 1023), (256, 1024), (128, 4097), (128, 8192), (64, 12288),
-              (64, 16384), (32, 65536), (16, 70000), (16, 131072))
+FULL_SIZES = (
+    (64, 1),
+    (64, 3),
+    (512, 100),
+    (256, 1023),
+    (256, 1024),
+    (128, 4097),
+    (128, 8192),
+    (64, 12288),
+    (64, 16384),
+    (32, 65536),
+    (16, 70000),
+    (16, 131072),
+)
 
 
 def cases(device: torch.device, full: bool) -> list[Case]:

@@ -135,8 +135,11 @@ def critical_value(dof: int, p_value: float = P_VALUE_THRESHOLD) -> float:
     low, high = 0.0, 10.0 * dof + 200.0
     for _ in range(200):
         middle = (low + high) / 2
-        q = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                          torch.tensor(middle / 2, dtype=torch.float64)))
+        q = float(
+            torch.special.gammaincc(
+                torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(middle / 2, dtype=torch.float64)
+            )
+        )
         low, high = (middle, high) if q > p_value else (low, middle)
     return high
 
@@ -186,8 +189,17 @@ def draw_test(backend: str, row: Tensor, filters: Filters, draws: int, first_see
         count = min(rows_per_call, first_seed + draws - start)
         seeds = torch.arange(start, start + count, dtype=torch.int64, device=row.device)
         batch = row.reshape(1, vocab).expand(count, vocab)  # a row stride of 0: no copies
-        tokens.append(sample(batch, temperature=filters.temperature, top_k=filters.top_k, top_p=filters.top_p,
-                             min_p=filters.min_p, seed=seeds, backend=backend).cpu())
+        tokens.append(
+            sample(
+                batch,
+                temperature=filters.temperature,
+                top_k=filters.top_k,
+                top_p=filters.top_p,
+                min_p=filters.min_p,
+                seed=seeds,
+                backend=backend,
+            ).cpu()
+        )
     tokens = torch.cat(tokens)
     probs = exact_probabilities(row, filters).cpu()
     counts = torch.bincount(tokens[tokens >= 0], minlength=vocab).to(torch.float64)
@@ -203,8 +215,9 @@ def _mask_case(name: str, dtype: torch.dtype, make) -> Case:
         logits, filters = make()
         logits = logits.to(device=device, dtype=dtype)
         mismatches, detail = kept_set_mismatches(backend, logits, filters.on(device))
-        return Row("sample", backend, str(dtype).removeprefix("torch."), name, mismatches == 0,
-                   float(mismatches), 0.0, detail)
+        return Row(
+            "sample", backend, str(dtype).removeprefix("torch."), name, mismatches == 0, float(mismatches), 0.0, detail
+        )
 
     return Case("sample", dtype, name, run)
 
@@ -212,8 +225,16 @@ def _mask_case(name: str, dtype: torch.dtype, make) -> Case:
 def _draw_case(name: str, dtype: torch.dtype, make_row, filters: Filters, draws: int) -> Case:
     def run(backend: str, device: torch.device) -> Row:
         result = draw_test(backend, make_row().to(device=device, dtype=dtype), filters.on(device), draws)
-        return Row("sample", backend, str(dtype).removeprefix("torch."), name, result.ok, result.statistic,
-                   result.critical, str(result))
+        return Row(
+            "sample",
+            backend,
+            str(dtype).removeprefix("torch."),
+            name,
+            result.ok,
+            result.statistic,
+            result.critical,
+            str(result),
+        )
 
     return Case("sample", dtype, name, run)
 
@@ -260,12 +281,12 @@ def cases(device: torch.device, full: bool) -> list[Case]:
             for index, (kind, label) in enumerate(MASK_KINDS.items()):
                 rows = 8 if kind.startswith("edges") else batch
                 name = f"kept set B={rows} V={vocab} {label}"
-                make = (lambda k=kind, v=vocab, i=index: _mask_inputs(k, batch, v, i))
+                make = lambda k=kind, v=vocab, i=index: _mask_inputs(k, batch, v, i)
                 result.append(_mask_case(name, dtype, make))
     draws, draw_vocab = (10**6, 4096) if full else (20000, 24)
     for filters in (Filters(), Filters(0.7, 12), Filters(1.0, None, 0.8, 0.05)):
         if full and filters.top_k is None:
             filters = dataclasses.replace(filters, top_k=64)
-        make_row = (lambda v=draw_vocab: torch.randn(v, generator=torch.Generator().manual_seed(v)) * 2)
+        make_row = lambda v=draw_vocab: torch.randn(v, generator=torch.Generator().manual_seed(v)) * 2
         result.append(_draw_case(f"draws V={draw_vocab} {filters}", torch.float32, make_row, filters, draws))
     return result

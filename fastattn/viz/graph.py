@@ -27,9 +27,7 @@ def token_label(token: str) -> str:
     return "".join(VISIBLE_WHITESPACE.get(char, char) for char in token)
 
 
-def load_char_model(
-    checkpoint_path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, object, str]:
+def load_char_model(checkpoint_path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, str]:
     """The model of a ``python -m fastattn train {gpt,bert} --save`` checkpoint (in eval mode), its
     character tokenizer and the task name."""
     from fastattn.models import train
@@ -100,9 +98,7 @@ def write_attention_graph(
     layers = attention_weights(model, tokens)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        render_html(graph_data(labels, layers, threshold), title or "attention graph"), encoding="utf-8"
-    )
+    path.write_text(render_html(graph_data(labels, layers, threshold), title or "attention graph"), encoding="utf-8")
     return path
 
 

@@ -44,11 +44,7 @@ class AttentionCall:
         (all of them when None), zero for keys the query cannot see; only those rows are computed."""
         batch, heads, nq, _ = self.q.shape
         nk = self.k.shape[2]
-        rows = (
-            torch.arange(nq, device=self.q.device)
-            if rows is None
-            else torch.as_tensor(rows, device=self.q.device)
-        )
+        rows = torch.arange(nq, device=self.q.device) if rows is None else torch.as_tensor(rows, device=self.q.device)
         q = self.q[:, :, rows].float()  # (B, Hq, R, D)
         k = self.k.float().repeat_interleave(heads // self.k.shape[1], dim=1)  # (B, Hq, Nk, D)
         lse = self.lse[:, :, rows]  # (B, Hq, R)
@@ -82,9 +78,7 @@ def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
 
     def attention_recording_lse(q, k, v, *, causal=False, scale=None, key_padding_mask=None, **options):
         if not running or options.get("return_lse", False):
-            return fused_attention(
-                q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, **options
-            )
+            return fused_attention(q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, **options)
         arguments = dict(causal=causal, scale=scale, key_padding_mask=key_padding_mask, return_lse=True)
         try:
             out, lse = fused_attention(q, k, v, **arguments, **options)
@@ -109,9 +103,7 @@ def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, MultiHeadAttention):
-            handles.append(
-                module.register_forward_pre_hook(lambda _module, _args, name=name: running.append(name))
-            )
+            handles.append(module.register_forward_pre_hook(lambda _module, _args, name=name: running.append(name)))
             handles.append(module.register_forward_hook(leave))
     fastattn.attention = attention_recording_lse
     try:
@@ -133,9 +125,7 @@ class LayerAttention:
 
 
 @torch.no_grad()
-def attention_weights(
-    model: nn.Module, tokens: Tensor, rows: Sequence[int] | None = None
-) -> list[LayerAttention]:
+def attention_weights(model: nn.Module, tokens: Tensor, rows: Sequence[int] | None = None) -> list[LayerAttention]:
     """Runs ``model(tokens[None])`` once (in eval mode, no gradients) and returns, per attention layer in
     call order, the attention probabilities of every head for the query positions ``rows`` (all when
     None), recovered exactly from the fused pass (see the module's docstring): the full ``(N, N)``
