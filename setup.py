@@ -1,7 +1,10 @@
 """Installs fastattn, and builds its CUDA extension ``fastattn._C`` when it can.
 
-The Triton kernels live in the top-level folder ``kernels/`` and are installed as the subpackage
-``fastattn.kernels`` (never as a top-level ``kernels`` module: that name is taken on PyPI).
+The Triton kernels live in the top-level folder ``kernels/`` and the benchmarks in ``bench/``; they are
+installed as the subpackages ``fastattn.kernels`` and ``fastattn.bench`` (``fastattn/kernels`` and
+``fastattn/bench`` are links to them), never as top-level modules: neither folder has an ``__init__.py``,
+so that from a checkout's root they never hide installed packages of those names (Hugging Face's
+``kernels``, which transformers imports). The wheel holds ``fastattn`` and nothing else.
 
 Install with ``pip install --no-build-isolation -e .``: build isolation would download a second torch.
 
@@ -180,6 +183,7 @@ def _cuda_extension():
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+# kernels/ and bench/ have no __init__.py (see above), so find_packages does not see them: named here.
 packages = find_packages(include=["fastattn", "fastattn.*"]) + ["fastattn.kernels", "fastattn.bench"]
 ext_modules, cmdclass = _cuda_extension()
 
@@ -192,7 +196,6 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_data={"fastattn.data": ["*.txt", "*.npz", "README.md"]},  # the shipped data sets
-    package_dir={"fastattn.kernels": "kernels", "fastattn.bench": "bench"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.5", "triton>=3.0", "numpy", "tqdm", "matplotlib"],

@@ -5,8 +5,8 @@ On a GPU the --quick grid of ``bench.attention``; on a CPU the tiny shapes at N=
 
 import pytest
 
-from . import attention
-from .harness import benchmark_case, choose_providers, default_device, default_dtype
+from fastattn.bench import attention
+from fastattn.bench.harness import benchmark_case, choose_providers, default_device, default_dtype
 
 DEVICE = default_device()
 CASES = [

@@ -5,8 +5,8 @@ Skipped, with the import error, while ``fastattn.models`` is not available.
 
 import pytest
 
-from . import models
-from .harness import benchmark_case, choose_providers, default_device
+from fastattn.bench import models
+from fastattn.bench.harness import benchmark_case, choose_providers, default_device
 
 DEVICE = default_device()
 try:

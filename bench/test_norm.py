@@ -5,8 +5,8 @@ On a GPU the --quick grid of ``bench.norm``; on a CPU the tiny shapes at N=512.
 
 import pytest
 
-from . import norm
-from .harness import benchmark_case, choose_providers, default_device, default_dtype
+from fastattn.bench import norm
+from fastattn.bench.harness import benchmark_case, choose_providers, default_device, default_dtype
 
 DEVICE = default_device()
 CASES = [

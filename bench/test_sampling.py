@@ -5,8 +5,8 @@ On a GPU the --quick grid of ``bench.sampling``; on a CPU one row of a 32,000-to
 
 import pytest
 
-from . import sampling
-from .harness import benchmark_case, choose_providers, default_device, default_dtype
+from fastattn.bench import sampling
+from fastattn.bench.harness import benchmark_case, choose_providers, default_device, default_dtype
 
 DEVICE = default_device()
 CASES = [
