@@ -6,6 +6,10 @@
 VENV   := .venv
 PYTHON ?= $(VENV)/bin/python
 TORCH  ?= torch==2.14.1
+# Every test dependency at the exact version that passes; `make test CONSTRAINTS= VENV=.venv-newest` tries
+# the newest releases instead, in a virtualenv of their own.
+CONSTRAINTS ?= constraints.txt
+PIN    := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 # Tests run the Triton kernels on the CPU through Triton's interpreter when there is no GPU.
 PYTEST_ARGS ?=
 
@@ -15,7 +19,7 @@ else
 SETUP := system-install
 endif
 
-.PHONY: demo test env verify setup system-install clean gpu-check
+.PHONY: demo test lint env verify setup system-install clean gpu-check
 
 demo: $(SETUP)
 	$(PYTHON) -m fastattn env
@@ -26,6 +30,11 @@ demo: $(SETUP)
 test: $(SETUP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
+# ruff, configured in pyproject.toml: the checks, and the formatting left as `ruff format` writes it.
+lint: $(SETUP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
 env: $(SETUP)
 	$(PYTHON) -m fastattn env
 
@@ -34,11 +43,11 @@ verify: $(SETUP)
 
 setup: $(SETUP)
 
-$(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt
+$(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt $(CONSTRAINTS)
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install "$(TORCH)" -r requirements-dev.txt
-	$(VENV)/bin/pip install --no-build-isolation -e .
+	$(VENV)/bin/pip install --upgrade pip setuptools $(PIN)
+	$(VENV)/bin/pip install "$(TORCH)" -r requirements-dev.txt $(PIN)
+	$(VENV)/bin/pip install --no-build-isolation -e . $(PIN)
 	touch $@
 
 system-install:
