@@ -12,10 +12,10 @@ import math
 
 import pytest
 import torch
-from fastattn.kernels import attention as kernels
 
 import fastattn
 from fastattn import reference
+from fastattn.kernels import attention as kernels
 from fastattn.ops import attention as attention_ops
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 

@@ -25,10 +25,10 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from fastattn.kernels import sampling as triton_sampling
 from torch import Tensor
 
 from fastattn import reference
+from fastattn.kernels import sampling as triton_sampling
 from fastattn.verify.norm import Problem, compare, make_inputs
 
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"

@@ -395,7 +395,6 @@ def test_same_seed_same_tokens_on_triton_and_cuda(gpu, dtype, vocab):
 @pytest.mark.parametrize("vocab", [10, 1000, 32_000])
 def test_cuda_kept_set_equals_triton_and_reference(gpu, C, vocab):
     from fastattn.kernels import sampling as triton_sampling
-
     from fastattn.ops import sampling as ops
 
     gen = torch.Generator().manual_seed(1)
