@@ -52,8 +52,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-LOG2E: tl.constexpr = 1.4426950408889634  # 1/ln 2
-LN2: tl.constexpr = 0.6931471805599453  # ln 2
+from . import interpreter
+
+LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2
+LN2 = tl.constexpr(0.6931471805599453)  # ln 2
 MAX_HEAD_DIM = 256  # largest head dim the kernels serve (BLOCK_D = 256)
 MIN_BLOCK = 16  # tl.dot needs every block dimension >= 16
 PREPROCESS_ROWS = 64  # rows per program of the (memory-bound, one pass) delta preprocess
@@ -569,7 +571,7 @@ _INTERPRETER_CONFIG = _Config(128, 128, 1, 1)
 
 def _config(kernel: str, device: torch.device, head_dim: int, dtype: torch.dtype) -> _Config:
     """Tiles for ``kernel`` in {"fwd", "dkdv", "dq"} on ``device`` for this head dim and dtype."""
-    if device.type != "cuda":
+    if interpreter.interpreted(device):
         return _INTERPRETER_CONFIG
     fp32 = dtype == torch.float32
     up_to = next(d for d in (64, 128, 256) if head_dim <= d and (kernel, fp32, d) in _GPU_CONFIGS)
@@ -583,7 +585,7 @@ def _block_d(head_dim: int) -> int:
 def _ieee(t: Tensor) -> bool:
     """fp32 dots at ieee precision: for fp32 inputs, and for bf16 under the interpreter (its numpy dot
     cannot read bf16; fp32 products of bf16 values are exact, as on tensor cores)."""
-    return t.dtype == torch.float32 or (t.device.type != "cuda" and t.dtype == torch.bfloat16)
+    return t.dtype == torch.float32 or (interpreter.interpreted(t.device) and t.dtype == torch.bfloat16)
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
@@ -869,7 +871,7 @@ def dropout_keep_mask(
     mask = torch.empty((batch, heads, nq, nk), dtype=torch.uint8, device=device)  # (B, Hq, Nq, Nk)
     if mask.numel() == 0:
         return mask.view(torch.bool)
-    block_m, block_n = (64, 64) if torch.device(device).type == "cuda" else _INTERPRETER_CONFIG[:2]
+    block_m, block_n = _INTERPRETER_CONFIG[:2] if interpreter.interpreted(device) else (64, 64)
     num_m_blocks, num_n_blocks = triton.cdiv(nq, block_m), triton.cdiv(nk, block_n)
     _dropout_mask_kernel[(num_m_blocks * num_n_blocks * batch * heads,)](
         mask,

@@ -48,6 +48,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import interpreter
+
 # Tile sizes. The register numbers are ptxas -v for sm_90a (fp16 x with an fp32 residual and weight
 # unless said otherwise); the choices are still to be confirmed with the benchmark on an H100.
 # Row path: at most 8 row elements per thread (16 at the forward's largest row), so a whole row sits in
@@ -434,7 +436,7 @@ def _warps(tile: int) -> int:
 
 def _config(direction: str, rows: int, n: int, device: torch.device) -> _Config:
     """Tile sizes for ``direction`` in {"fwd", "bwd"} (see the constants above for the numbers)."""
-    gpu = device.type == "cuda"
+    gpu = not interpreter.interpreted(device)
     block_n = max(MIN_BLOCK_N, triton.next_power_of_2(n))
     if direction == "bwd" and not gpu:  # spread the rows over the programs: several partial rows
         rows = triton.cdiv(rows, INTERPRETER_BWD_PROGRAMS)
@@ -477,7 +479,7 @@ def _kernel_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype a kernel writes an output of ``dtype`` in. Triton's interpreter (3.8) converts float32
     to bfloat16 by truncation, not round-to-nearest-even as the GPU does, so on the CPU bfloat16
     outputs are written in float32 and rounded by torch (:func:`_to`)."""
-    return torch.float32 if dtype == torch.bfloat16 and device.type != "cuda" else dtype
+    return torch.float32 if dtype == torch.bfloat16 and interpreter.interpreted(device) else dtype
 
 
 def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -565,10 +567,10 @@ def _sum_partials(partial: Tensor, dtype: torch.dtype) -> Tensor:
     """Column sums of the float32 (P, N) partial rows, added in a fixed order, in ``dtype``."""
     programs, n = partial.shape
     out = torch.empty(n, dtype=_kernel_dtype(dtype, partial.device), device=partial.device)
-    if partial.device.type == "cuda":
-        block_p, block_n = REDUCE_BLOCK_P, REDUCE_BLOCK_N
-    else:
+    if interpreter.interpreted(partial.device):
         block_p, block_n = triton.next_power_of_2(programs), min(triton.next_power_of_2(n), INTERPRETER_TILE)
+    else:
+        block_p, block_n = REDUCE_BLOCK_P, REDUCE_BLOCK_N
     _sum_partials_kernel[(triton.cdiv(n, block_n),)](
         partial, out, programs, n, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=_warps(block_p * block_n)
     )

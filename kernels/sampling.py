@@ -77,6 +77,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import interpreter
+
 PIVOTS = 16  # keys tested per search pass: the bracket shrinks ~17× a pass, 8 passes for any float32 key
 KEY_FLOOR = tl.constexpr(-(2**31))  # below every float32 key (key(-inf) = -2139095041): masked-off elements
 KEY_CEIL = tl.constexpr(2**31 - 1)  # above every bracket end (key(+inf) + 1 = 2139095041)
@@ -331,10 +333,11 @@ def _sample_kernel(
 # ----------------------------------------------------------------------------------------- launchers
 def _tiles(batch: int, vocab: int, device: torch.device) -> tuple[int, int, int]:
     """(ROWS, BLOCK_V, num_warps) for a (batch, vocab) problem."""
-    tile = INTERPRETER_TILE if device.type == "cpu" else GPU_TILE
+    interpreted = interpreter.interpreted(device)
+    tile = INTERPRETER_TILE if interpreted else GPU_TILE
     block_v = max(MIN_BLOCK_V, min(triton.next_power_of_2(vocab), tile))
     rows = max(1, min(tile // block_v, triton.next_power_of_2(max(batch, 1))))
-    return rows, block_v, (1 if device.type == "cpu" else GPU_NUM_WARPS)
+    return rows, block_v, (1 if interpreted else GPU_NUM_WARPS)
 
 
 def _launch(logits, temperature, top_k, top_p, min_p, seeds, *, draw, return_logprobs, write_mask):
