@@ -25,7 +25,7 @@ import fastattn
 from fastattn import reference
 
 from . import metrics
-from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module
+from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module, torch_compiled
 
 TITLE = "attention"
 HIDDEN = 2048
@@ -150,7 +150,7 @@ def _sdpa(label: str, backend) -> Provider:
 
 
 def _naive(compiled: bool) -> Provider:
-    function = torch.compile(reference.attention, dynamic=False) if compiled else reference.attention
+    function, unavailable = torch_compiled(reference.attention) if compiled else (reference.attention, None)
 
     def build(case, inputs):
         _check_scores_fit(case, inputs)
@@ -165,6 +165,7 @@ def _naive(compiled: bool) -> Provider:
         "pytorch",
         "torch.compile(fastattn.reference.attention)",
         build,
+        unavailable=unavailable,
         context=compile_context,
         cpu_opt_in=True,
     )

@@ -271,6 +271,15 @@ def peer_module(module: str, package: str) -> tuple[object | None, str | None]:
         return None, f"{package} cannot be imported: {type(error).__name__}: {error}"
 
 
+def torch_compiled(function: Callable) -> tuple[Callable | None, str | None]:
+    """``torch.compile(function, dynamic=False)``, or (None, why torch.compile cannot be used here): its
+    compiler imports Triton, so a broken Triton install breaks it too."""
+    try:
+        return torch.compile(function, dynamic=False), None
+    except Exception as error:
+        return None, f"torch.compile does not work here: {type(error).__name__}: {error}"
+
+
 def ours_unavailable(name: str, api: str) -> str | None:
     """Why our backend ``name`` cannot be timed here (None when it can), for the op ``fastattn.<api>``."""
     import fastattn

@@ -24,7 +24,7 @@ import fastattn
 from fastattn import reference
 
 from . import metrics
-from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module
+from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module, torch_compiled
 
 TITLE = "norm"
 OPS = ("layer_norm", "rms_norm")
@@ -149,8 +149,10 @@ def _torch() -> Provider:
 
 def _naive(compiled: bool) -> Provider:
     functions = {"layer_norm": reference.layer_norm, "rms_norm": reference.rms_norm}
+    unavailable = None
     if compiled:
-        functions = {op: torch.compile(function, dynamic=False) for op, function in functions.items()}
+        (layer_norm, unavailable), (rms_norm, _) = map(torch_compiled, functions.values())
+        functions = {"layer_norm": layer_norm, "rms_norm": rms_norm}
 
     def build(case, inputs):
         x, shape, weight, bias, residual = _arguments(case, inputs)
@@ -166,6 +168,7 @@ def _naive(compiled: bool) -> Provider:
         "pytorch",
         "torch.compile(fastattn.reference.layer_norm / rms_norm)",
         build,
+        unavailable=unavailable,
         context=compile_context,
         cpu_opt_in=True,
     )

@@ -26,7 +26,7 @@ import fastattn
 from fastattn import reference
 
 from . import metrics
-from .harness import Case, Provider, compile_context, ours_unavailable, peer_module
+from .harness import Case, Provider, compile_context, ours_unavailable, peer_module, torch_compiled
 
 TITLE = "sampling"
 VOCABULARIES = (32000, 128256)
@@ -96,7 +96,7 @@ def _ours(name: str) -> Provider:
 
 
 def _reference(compiled: bool) -> Provider:
-    function = torch.compile(reference.sample, dynamic=False) if compiled else reference.sample
+    function, unavailable = torch_compiled(reference.sample) if compiled else (reference.sample, None)
 
     def build(case, inputs):
         logits, settings = inputs["logits"], _settings(case)
@@ -109,6 +109,7 @@ def _reference(compiled: bool) -> Provider:
         "pytorch",
         "torch.compile(fastattn.reference.sample)",
         build,
+        unavailable=unavailable,
         context=compile_context,
         cpu_opt_in=True,
     )

@@ -22,6 +22,7 @@ def _use_interpreter_without_gpu() -> bool:
 
 
 def command_env(args: argparse.Namespace) -> int:
+    _use_interpreter_without_gpu()  # as verify, demo and bench do: the backends listed are theirs
     import torch
 
     from . import backends
@@ -32,13 +33,7 @@ def command_env(args: argparse.Namespace) -> int:
         ("torch", torch.__version__),
         ("CUDA (torch built with)", torch.version.cuda or "none (CPU build)"),
     ]
-    triton_error = backends._import_error("triton")
-    if triton_error is None:
-        import triton
-
-        lines.append(("triton", triton.__version__))
-    else:
-        lines.append(("triton", f"not importable: {triton_error}"))
+    lines.append(("triton", backends.triton_version() or "not installed"))
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         lines.append(("GPU", f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"))

@@ -13,14 +13,22 @@ reasons that backend cannot serve the call (an empty list: it can). ``"auto"`` t
 of :data:`AUTO_ORDER` that can; an explicit backend that cannot raises ``NotImplementedError`` listing
 every backend's reasons, so the error says both what went wrong and what would work.
 
-The default for ``backend="auto"`` can be changed for a block (:func:`use_backend`) or for the
-process (the environment variable ``FASTATTN_BACKEND``).
+The default for ``backend="auto"`` can be changed for a block (:func:`use_backend`, which holds for
+the thread or asyncio task that enters it) or for the process (the environment variable
+``FASTATTN_BACKEND``).
+
+Triton is offered only once it has shown it works here: the first time the triton backend is
+considered (outside of torch.compile's tracing), a tiny kernel (``fastattn.kernels.probe``) is compiled
+and run; a Triton that is missing, fails at import or cannot compile is reported with its error by
+``python -m fastattn env`` and every error message, and ``auto`` passes over it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
@@ -34,7 +42,9 @@ BACKENDS = ("cuda", "triton", "torch", "naive")
 AUTO_ORDER = ("triton", "cuda", "torch", "naive")
 _CHOICES = ("auto",) + BACKENDS
 
-_default_stack: list[str] = []
+# The innermost use_backend of the running thread or asyncio task (None: none is active). A context
+# variable, not a global: two threads choosing different backends at once each keep their own.
+_block_default: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastattn_backend", default=None)
 
 
 def triton_interpreting() -> bool:
@@ -66,6 +76,14 @@ _C = importlib.import_module("fastattn._C") if EXTENSION_ERROR is None else None
 TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 
+def triton_version() -> str | None:
+    """The installed Triton's version, read from its metadata (importing nothing), or None."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def platform_reasons(name: str) -> list[str]:
     """Why backend ``name`` cannot run on this machine at all (empty when it can)."""
     if name in ("torch", "naive"):
@@ -82,11 +100,15 @@ def _platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
     # torch.cuda.is_available() does not change within a process; uncached, this took 1-4 µs a call.
     key = (name, interpreting)
     if key not in _platform_reasons_found:
+        if torch.compiler.is_compiling():
+            # No import or kernel launch while torch.compile traces (either breaks the graph): the triton
+            # probe waits for the first call outside of tracing.
+            return _find_platform_reasons(name, interpreting, probe=False)
         _platform_reasons_found[key] = _find_platform_reasons(name, interpreting)
     return _platform_reasons_found[key]
 
 
-def _find_platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
+def _find_platform_reasons(name: str, interpreting: bool, probe: bool = True) -> tuple[str, ...]:
     if name == "cuda":
         if EXTENSION_ERROR is not None:
             return (f"extension not built: {EXTENSION_ERROR}",)
@@ -97,7 +119,25 @@ def _find_platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
             return ("triton is not installed",)
         if not torch.cuda.is_available() and not interpreting:
             return ("no CUDA GPU is available (set TRITON_INTERPRET=1 to run the kernels on the CPU)",)
+        error = _triton_probe_error() if probe else None
+        if error is not None:
+            return (f"triton does not work here: {error}",)
     return ()
+
+
+def _triton_probe_error() -> str | None:
+    """None when a tiny Triton kernel imports, compiles, runs and copies right here; else the error.
+
+    Runs on the GPU, or on the CPU through the interpreter when there is none."""
+    source = torch.arange(37, dtype=torch.float32, device="cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        probe = importlib.import_module("fastattn.kernels.probe")
+        copied = probe.copy(source)
+    except Exception as error:  # an import can fail with more than ImportError, a compile with anything
+        return f"{type(error).__name__}: {error}"
+    if not torch.equal(copied, source):
+        return "a test kernel copied a tensor wrongly"
+    return None
 
 
 def device_reasons(name: str, device: torch.device) -> list[str]:
@@ -167,23 +207,25 @@ def available_backends() -> list[str]:
 def default_backend() -> str:
     """What ``backend="auto"`` means right now: the innermost :func:`use_backend`, else
     ``FASTATTN_BACKEND``, else ``"auto"``."""
-    if _default_stack:
-        return _default_stack[-1]
+    block_default = _block_default.get()
+    if block_default is not None:
+        return block_default
     return _check_name(os.environ.get("FASTATTN_BACKEND", "auto"), "FASTATTN_BACKEND")
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Within the block, calls that pass ``backend="auto"`` use ``name``.
+    """Within the block, calls that pass ``backend="auto"`` use ``name``, in this thread (or asyncio
+    task) only: other threads keep their own choice.
 
     >>> with fastattn.use_backend("triton"):
     ...     out = fastattn.attention(q, k, v, causal=True)
     """
-    _default_stack.append(_check_name(name, "backend"))
+    token = _block_default.set(_check_name(name, "backend"))
     try:
         yield
     finally:
-        _default_stack.pop()
+        _block_default.reset(token)
 
 
 def select(op: str, backend: str, reasons: Callable[[str], list[str]]) -> str:

@@ -141,6 +141,12 @@ def sampling_problems():
         sampling.filter_mask(logits, temperature, top_k, top_p, min_p)
 
 
+def probe_problems():
+    from fastattn.kernels import probe
+
+    probe.copy(torch.arange(37, dtype=torch.float32))
+
+
 def defined_kernels() -> list[str]:
     """Every kernel the package launches: the @triton.jit functions named ``*_kernel`` (the others are
     device functions, compiled into the kernels that call them)."""
@@ -165,7 +171,7 @@ def main(arch: int) -> int:
     from fastattn.kernels import interpreter
 
     interpreter.interpreted = lambda device: False  # choose as for a GPU
-    for problems in (attention_problems, norm_problems, sampling_problems):
+    for problems in (attention_problems, norm_problems, sampling_problems, probe_problems):
         try:
             problems()
         except Exception:

@@ -119,12 +119,10 @@ def format_table(rows: list[Row]) -> str:
 
 def environment() -> dict:
     """Versions and device, for the JSON report."""
-    import triton
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": backends.triton_version(),
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
