@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from fastattn.usage import UsageError
+
 # Shares of --budget, in that order; a target's unused time passes on to the ones after it.
 BUDGET_WEIGHTS = {"attention": 45, "norm": 20, "sampling": 10, "models": 15, "overhead": 5, "memory": 5}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -56,6 +58,28 @@ def _deadlines(targets: list[str], budget: float | None):
         yield target, time.perf_counter() + left * weight
 
 
+def _check_provider_names(args, targets: list[str], op_modules: dict, device) -> None:
+    """--provider and --exclude name providers (or families) of the targets run, else a UsageError."""
+    from fastattn import backends
+
+    known = set()
+    for target in targets:
+        if target in op_modules:
+            known |= {
+                name for provider in op_modules[target].providers(device) for name in (provider.name, provider.family)
+            }
+        elif target == "models":
+            known |= {*backends.AUTO_ORDER, "ours", "pytorch"}
+    for flag, names in (("--provider", args.provider or ()), ("--exclude", args.exclude or ())):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            choices = ", ".join(sorted(known)) or "none: these targets have no providers"
+            raise UsageError(
+                f"argument {flag}: {', '.join(map(repr, unknown))} is no provider of {', '.join(targets)} "
+                f"(choose from {choices})"
+            )
+
+
 def run(args) -> int:
     """Runs ``args.targets`` (all when empty); returns 1 when an acceptance check fails or one of our
     kernels crashed, else 0."""
@@ -75,6 +99,8 @@ def run(args) -> int:
 
     targets = list(dict.fromkeys(args.targets)) or list(BENCH_TARGETS)
     device = default_device()
+    op_modules = {"attention": attention, "norm": norm, "sampling": sampling}
+    _check_provider_names(args, targets, op_modules, device)
     on_gpu = device.type == "cuda"
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
     progress = not args.no_progress
@@ -95,7 +121,6 @@ def run(args) -> int:
     if not on_gpu:
         markdown_parts.append(NO_GPU_MESSAGE.replace("\n", " ") + "\n")
     overhead_results, memory_results, failures = [], [], []
-    op_modules = {"attention": attention, "norm": norm, "sampling": sampling}
     for target, deadline in _deadlines(targets, args.budget):
         if target in op_modules:
             module = op_modules[target]

@@ -8,6 +8,15 @@ import platform
 import sys
 import time
 
+from .usage import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every bad value reported as one line (the flag and what is expected), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _use_interpreter_without_gpu() -> bool:
     """Without a GPU, run the Triton kernels on the CPU through Triton's interpreter.
@@ -56,8 +65,12 @@ def command_verify(args: argparse.Namespace) -> int:
     interpreted = _use_interpreter_without_gpu()
     import torch
 
-    from . import verify
+    from . import backends, verify
 
+    for name in args.backend or ():
+        reasons = backends.platform_reasons(name)
+        if reasons:
+            raise UsageError(f"argument --backend: {name} cannot run here: {'; '.join(reasons)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     full = args.full if args.full is not None else device.type == "cuda"
     if interpreted:
@@ -137,9 +150,12 @@ def command_attention_graph(args: argparse.Namespace) -> int:
 
     try:
         model, tokenizer, task_name = graph.load_char_model(args.model)
+    except (ValueError, OSError) as error:  # not a checkpoint (CheckpointError), or one of another model
+        raise UsageError(f"argument --model: {error}") from None
+    try:
         tokens, labels = graph.encode_text(task_name, tokenizer, model, args.text)
     except ValueError as error:
-        raise SystemExit(f"attention-graph: {error}") from None
+        raise UsageError(f"argument --text: {error}") from None
     title = f"{task_name} attention: {args.text!r}"
     path = graph.write_attention_graph(model, tokens, labels, args.out, threshold=args.threshold, title=title)
     print(f"wrote {path}: {len(labels)} tokens; open it in a browser")
@@ -147,7 +163,7 @@ def command_attention_graph(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastattn", description=__doc__)
+    parser = _Parser(prog="python -m fastattn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     env = commands.add_parser("env", help="versions, GPU, and which backends can run here (and why not)")
@@ -162,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         "through Triton's interpreter on small shapes.",
     )
     verify.add_argument("--json", metavar="PATH", help="also write the rows and the environment as JSON")
-    verify.add_argument("--op", action="append", help="only this op (repeatable): attention, norm, sampling")
-    verify.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    from .backends import BACKENDS
+    from .verify import OPS
+
+    verify.add_argument("--op", action="append", choices=OPS, help="only this op (repeatable)")
+    verify.add_argument("--backend", action="append", choices=BACKENDS, help="only this backend (repeatable)")
     grid = verify.add_mutually_exclusive_group()
     grid.add_argument(
         "--full", dest="full", action="store_true", default=None, help="the full shape grid (default on a GPU)"
@@ -309,7 +328,10 @@ examples:
     demo.set_defaults(run=command_demo)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UsageError as error:
+        commands.choices[args.command].error(str(error))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""The command line: env, and verify's table, JSON and exit status."""
+"""The command line: env, verify's table, JSON and exit status, and the one-line error of every bad value."""
 
 import json
 import math
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from fastattn import __main__ as cli
-from fastattn import verify
+from fastattn import backends, verify
 from fastattn.verify.common import Case, Row
 
 
@@ -62,3 +65,45 @@ def test_a_crash_counts_as_a_failure_on_every_backend(monkeypatch):
     rows = verify.run(torch.device("cpu"), full=False, backend_names=["torch"], progress=False)
     assert [(r.ok, math.isnan(r.max_error), r.detail) for r in rows] == [(False, True, "RuntimeError: boom")]
     assert verify.failures(rows) == rows
+
+
+# Every bad value on the command line: one line on stderr naming the flag, exit status 2, no traceback.
+BAD_ARGUMENTS = {
+    "train --batch-size 0": (["train", "gpt", "--batch-size", "0"], "--batch-size"),
+    "train --steps -5": (["train", "gpt", "--steps", "-5"], "--steps"),
+    "train --lr -1": (["train", "gpt", "--lr", "-1"], "--lr"),
+    "train --lr nan": (["train", "gpt", "--lr", "nan"], "--lr"),
+    "train --seed abc": (["train", "gpt", "--seed", "abc"], "--seed"),
+    "train --device nonsense": (["train", "gpt", "--device", "nonsense"], "--device"),
+    "train --checkpoint-every 0": (["train", "gpt", "--checkpoint-every", "0"], "--checkpoint-every"),
+    "train --resume missing": (["train", "gpt", "--resume", "no/such/checkpoint.pt"], "--resume"),
+    "train --load missing": (["train", "gpt", "--load", "no/such/checkpoint.pt"], "--load"),
+    "train model": (["train", "gpt5"], "model"),
+    "verify --op": (["verify", "--op", "nonexistent"], "--op"),
+    "verify --backend": (["verify", "--backend", "nonexistent"], "--backend"),
+    "bench --provider": (["bench", "norm", "--provider", "nonexistent"], "--provider"),
+    "bench --exclude": (["bench", "norm", "--exclude", "nonexistent"], "--exclude"),
+    "bench target": (["bench", "nonexistent"], "TARGET"),
+    "bench --budget": (["bench", "--budget", "soon"], "--budget"),
+    "attention-graph --model": (["attention-graph", "--model", "no/such.pt", "--text", "x"], "--model"),
+    "attention-graph --threshold": (
+        ["attention-graph", "--model", "m.pt", "--text", "x", "--threshold", "abc"],
+        "--threshold",
+    ),
+}
+if not torch.cuda.is_available():
+    BAD_ARGUMENTS["train --device cuda"] = (["train", "gpt", "--device", "cuda"], "--device")
+if backends.platform_reasons("cuda"):
+    BAD_ARGUMENTS["verify --backend cuda"] = (["verify", "--backend", "cuda"], "--backend")
+
+
+@pytest.mark.parametrize("name", list(BAD_ARGUMENTS))
+def test_a_bad_value_is_one_line_naming_the_flag_and_exit_status_2(name, tmp_path):
+    arguments, flag = BAD_ARGUMENTS[name]
+    result = subprocess.run(
+        [sys.executable, "-m", "fastattn", *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, f"exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"argument {flag}" in lines[0] and lines[0].startswith("python -m fastattn"), lines[0]
