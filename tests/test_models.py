@@ -493,7 +493,7 @@ def test_train_command_writes_artifacts_and_checkpoint_round_trips(tmp_path, cap
     assert "held-out" in out and "loaded" in out
 
 
-def test_train_command_rejects_a_checkpoint_of_another_model(tmp_path):
+def test_train_command_rejects_a_checkpoint_of_another_model(tmp_path, capsys):
     from fastattn.__main__ import main
 
     checkpoint = tmp_path / "vae.pt"
@@ -511,5 +511,7 @@ def test_train_command_rejects_a_checkpoint_of_another_model(tmp_path):
             str(tmp_path),
         ]
     )
-    with pytest.raises(SystemExit, match="vae checkpoint"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "seq2seq", "--load", str(checkpoint), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "holds a vae checkpoint, not seq2seq" in capsys.readouterr().err

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import abc
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import secrets
+import signal
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,7 @@ from torch import Tensor, nn
 from fastattn import backends
 from fastattn.data import CharTokenizer, NumberTranslation, load_digits, number_to_words, tiny_shakespeare
 from fastattn.data.digits import MAX_INTENSITY
+from fastattn.usage import UsageError
 
 from .bert import BERT, IGNORE_INDEX, BERTConfig, mask_tokens
 from .gpt import GPT, GPTConfig
@@ -422,24 +429,116 @@ TASKS: dict[str, type[Task]] = {task.name: task for task in (GPTTask, BERTTask, 
 
 
 # ---------------------------------------------------------------------------------- the training loop
-def save_checkpoint(path: str | os.PathLike, task: Task, model: nn.Module, optimizer, step: int) -> None:
-    """Writes the task name, the model's config, its weights, the optimizer's state and the step."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "task": task.name,
-            "config": dataclasses.asdict(model.config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-        },
-        path,
-    )
+CHECKPOINT_NAME = "checkpoint.pt"  # in --out: written every --checkpoint-every steps, at the end and on interruption
+# A save of these models (at most a few million parameters with their AdamW moments) takes well under a
+# second on a CPU; 200 steps are seconds (gpt, vae) to half a minute (bert, seq2seq) of CPU training.
+DEFAULT_CHECKPOINT_EVERY = 200
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of ``python -m fastattn train``."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike, task: Task, model: nn.Module, optimizer, step: int, resume: dict | None = None
+) -> None:
+    """Writes the task name, the model's config, its weights, the optimizer's state and the step, and
+    ``resume`` (what :func:`run` needs to continue the run exactly), atomically: the file is written
+    and flushed to disk under a temporary name in the same folder, then renamed over ``path``, so that
+    ``path`` always holds a whole checkpoint, the previous one until the new one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "task": task.name,
+        "config": dataclasses.asdict(model.config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+    }
+    if resume is not None:
+        state["resume"] = resume
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # never a checkpoint's name
+    try:
+        with open(temporary, "xb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
-    """The dictionary :func:`save_checkpoint` wrote, tensors on ``device``."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """The dictionary :func:`save_checkpoint` wrote, tensors on ``device``; :class:`CheckpointError`
+    when ``path`` is missing, truncated, corrupt or not such a checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as error:  # a truncated zip, garbage bytes, an empty file: each fails differently
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt? {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no details'}); use an earlier checkpoint or train afresh"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"task", "config", "model", "optimizer", "step"} <= checkpoint.keys():
+        raise CheckpointError(f"{path} is not a checkpoint of `python -m fastattn train`")
+    return checkpoint
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Temporary files of saves that were killed before their rename (kill -9): never a checkpoint."""
+    for stale in directory.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _check_writable(directory: Path) -> None:
+    """Raises UsageError naming --out when nothing can be written in ``directory`` (before any step)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UsageError(f"argument --out: cannot write to {directory}: {error.strerror or error}") from None
+
+
+class _Interruption:
+    """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop after the current step, so that the
+    checkpoint written then holds a whole step; a second signal stops at once, as usual."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._previous = {}
+
+    def _handle(self, number, frame) -> None:
+        self.signal = signal.Signals(number)
+        for other, handler in self._previous.items():  # a second Ctrl-C or SIGTERM is not deferred
+            signal.signal(other, handler)
+
+    def __enter__(self) -> _Interruption:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = {number: signal.signal(number, self._handle) for number in EXIT_STATUS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _rng_states(generator: torch.Generator, device: torch.device) -> dict:
+    states = {"batches": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _restore_rng_states(states: dict, generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(states["batches"].cpu())
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, peak_lr: float) -> torch.optim.AdamW:
@@ -454,44 +553,87 @@ def make_optimizer(model: nn.Module, recipe: Recipe, peak_lr: float) -> torch.op
     return torch.optim.AdamW(groups, lr=peak_lr, betas=recipe.betas)
 
 
+def _load_for(flag: str, path: str, task: Task, device: torch.device) -> dict:
+    """The checkpoint ``path`` given to ``flag`` (--load or --resume), or a UsageError saying what is wrong."""
+    try:
+        checkpoint = load_checkpoint(path, device)
+    except CheckpointError as error:
+        raise UsageError(f"argument {flag}: {error}") from None
+    if checkpoint["task"] != task.name:
+        raise UsageError(f"argument {flag}: {path} holds a {checkpoint['task']} checkpoint, not {task.name}")
+    if flag == "--resume" and "resume" not in checkpoint:
+        raise UsageError(
+            f"argument --resume: {path} does not hold the state of a run in progress; --load starts from its weights"
+        )
+    return checkpoint
+
+
 def run(args: argparse.Namespace) -> int:
-    """The ``train`` command (see :func:`add_arguments`)."""
+    """The ``train`` command (see :func:`add_arguments`). Returns the exit status: 0, or 130 / 143 when
+    SIGINT / SIGTERM stopped the run (after saving it)."""
     from tqdm import tqdm
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.backend != "auto" and backends.device_reasons(args.backend, device):
         reasons = "; ".join(backends.device_reasons(args.backend, device))
-        raise SystemExit(f"--backend {args.backend} cannot run on {device}: {reasons}")
-    torch.manual_seed(args.seed)
+        raise UsageError(f"argument --backend: {args.backend} cannot run on {device}: {reasons}")
     task = TASKS[args.model](device)
     recipe = task.recipe
-    checkpoint = load_checkpoint(args.load, device) if args.load else None
-    if checkpoint is not None and checkpoint["task"] != task.name:
-        raise SystemExit(f"{args.load} holds a {checkpoint['task']} checkpoint, not {task.name}")
+    out_dir = Path(args.out or os.path.join("runs", f"train-{task.name}"))
+    _check_writable(out_dir)
+    _remove_stale_temporaries(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+
+    checkpoint, settings = None, None
+    if args.resume:
+        given = {"--load": args.load, "--steps": args.steps, "--batch-size": args.batch_size, "--lr": args.lr}
+        for flag, value in {**given, "--seed": args.seed}.items():
+            if value is not None:
+                raise UsageError(f"argument {flag}: not with --resume, which continues the run with its own settings")
+        checkpoint = _load_for("--resume", args.resume, task, device)
+        settings = checkpoint["resume"]
+    elif args.load:
+        checkpoint = _load_for("--load", args.load, task, device)
+    seed = settings["seed"] if settings else args.seed or 0
+    torch.manual_seed(seed)
     task.config = task.config_class(**checkpoint["config"]) if checkpoint else task.default_config()
-    task.batch_size = args.batch_size or recipe.batch_size
+    task.batch_size = settings["batch_size"] if settings else args.batch_size or recipe.batch_size
     model = task.model_class(task.config, backend=args.backend).to(device)
-    peak_lr = args.lr or recipe.learning_rate
+    peak_lr = settings["peak_lr"] if settings else args.lr or recipe.learning_rate
     optimizer = make_optimizer(model, recipe, peak_lr)
-    start_step = 0
+    generator = torch.Generator().manual_seed(seed)
+    start_step, smoothed = 0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_step = checkpoint["step"]
-        print(f"loaded {args.load} (step {start_step})")
-    steps = recipe.steps if args.steps is None else args.steps
-    total_steps = start_step + steps
+        print(f"{'resumed' if settings else 'loaded'} {args.resume or args.load} (step {start_step})")
+    if settings:
+        total_steps, smoothed = settings["total_steps"], settings["smoothed_loss"]
+        _restore_rng_states(settings["rng"], generator, device)
+    else:
+        total_steps = start_step + (recipe.steps if args.steps is None else args.steps)
+    steps = total_steps - start_step
     parameters = sum(p.numel() for p in model.parameters())
     print(f"train {task.name}: {task.summary}")
     print(
         f"{parameters / 1e6:.2f}M parameters, {steps} steps of batch {task.batch_size}, peak lr {peak_lr:g}, "
-        f"backend {args.backend}, device {device}, seed {args.seed}"
+        f"backend {args.backend}, device {device}, seed {seed}"
     )
 
-    generator = torch.Generator().manual_seed(args.seed)
+    def save(path: Path, step: int) -> None:
+        resume = {
+            "total_steps": total_steps,
+            "batch_size": task.batch_size,
+            "peak_lr": peak_lr,
+            "seed": seed,
+            "smoothed_loss": smoothed,
+            "rng": _rng_states(generator, device),
+        }
+        save_checkpoint(path, task, model, optimizer, step, resume)
+
     model.train()
     started = time.perf_counter()
-    smoothed = None
     progress = tqdm(
         range(start_step, total_steps),
         desc=f"train {task.name}",
@@ -499,35 +641,48 @@ def run(args: argparse.Namespace) -> int:
         dynamic_ncols=True,
         disable=steps == 0,
     )
-    for step in progress:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total_steps, recipe, peak_lr)
-        loss = task.loss(model, task.batch(task.batch_size, generator), step, total_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        value = loss.item()
-        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
-        progress.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
-        if (step + 1) % recipe.eval_interval == 0 and step + 1 < total_steps:
-            model.eval()
-            progress.write(
-                f"step {step + 1}: train loss {smoothed:.4f}; held-out: "
-                f"{format_metrics(task.evaluate(model, full=False))}"
-            )
-            model.train()
-    progress.close()
+    done = start_step  # steps completed
+    with _Interruption() as interruption:
+        for step in progress:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, recipe, peak_lr)
+            loss = task.loss(model, task.batch(task.batch_size, generator), step, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            value = loss.item()
+            smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+            progress.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+            done = step + 1
+            if done % recipe.eval_interval == 0 and done < total_steps:
+                model.eval()
+                progress.write(
+                    f"step {done}: train loss {smoothed:.4f}; held-out: "
+                    f"{format_metrics(task.evaluate(model, full=False))}"
+                )
+                model.train()
+            if interruption.signal is not None:
+                break
+            if done % args.checkpoint_every == 0 and done < total_steps:
+                save(checkpoint_path, done)
+        progress.close()
+        if steps > 0:
+            save(checkpoint_path, done)
+    if interruption.signal is not None:
+        print(
+            f"{interruption.signal.name} after step {done} of {total_steps}: saved "
+            f"{checkpoint_path}; continue with --resume {checkpoint_path}"
+        )
+        return EXIT_STATUS[interruption.signal]
     train_seconds = time.perf_counter() - started
 
     model.eval()
     metrics = task.evaluate(model, full=True)
     print(f"held-out after {total_steps} steps ({train_seconds:.0f} s of training): {format_metrics(metrics)}")
-    out_dir = Path(args.out or os.path.join("runs", f"train-{task.name}"))
     with torch.no_grad():
-        shown = task.show(model, out_dir, args.seed)
+        shown = task.show(model, out_dir, seed)
     print(shown)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "samples.txt").write_text(shown + "\n", encoding="utf-8")
     record = {
         "task": task.name,
@@ -535,15 +690,60 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(train_seconds, 1),
         "backend": args.backend,
         "device": str(device),
-        "seed": args.seed,
+        "seed": seed,
         "config": dataclasses.asdict(task.config),
         "metrics": metrics,
     }
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if args.save:
-        save_checkpoint(args.save, task, model, optimizer, total_steps)
+        save(Path(args.save), total_steps)
         print(f"saved {args.save}")
     return 0
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> torch.device:
+    """cpu, or a CUDA device that exists here."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return device
+
+
+def _existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -551,14 +751,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", choices=list(TASKS), help="the model to train: " + ", ".join(TASKS))
     parser.add_argument(
         "--steps",
-        type=int,
+        type=_whole_number(0),
         metavar="N",
         help="training steps (defaults: "
         + ", ".join(f"{n} {t.recipe.steps}" for n, t in TASKS.items())
         + "); with --load, steps beyond the checkpoint's; 0 only evaluates and shows",
     )
-    parser.add_argument("--batch-size", type=int, metavar="B", help="sequences (images) per step (default: the task's)")
-    parser.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: the task's)")
+    parser.add_argument(
+        "--batch-size", type=_whole_number(1), metavar="B", help="sequences (images) per step (default: the task's)"
+    )
+    parser.add_argument("--lr", type=_positive_number, metavar="LR", help="peak learning rate (default: the task's)")
     parser.add_argument(
         "--backend",
         default="auto",
@@ -567,14 +769,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "that runs here; torch on a CPU). triton on a CPU needs TRITON_INTERPRET=1 set before Python "
         "starts (Triton's interpreter; slow)",
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialization, the batches and the samples")
-    parser.add_argument(
-        "--save", metavar="PATH", help="write a checkpoint (config, weights, optimizer, step) at the end"
-    )
-    parser.add_argument("--load", metavar="PATH", help="start from this checkpoint (of the same model)")
+    parser.add_argument("--device", type=_device, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--seed", type=int, help="seed of the initialization, the batches and the samples (default: 0)")
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help="where metrics.json, samples.txt and vae.png go (default: runs/train-MODEL)",
+        help=f"where {CHECKPOINT_NAME}, metrics.json, samples.txt and vae.png go (default: runs/train-MODEL); "
+        "checked for writing before the first step",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=_whole_number(1),
+        default=DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"write DIR/{CHECKPOINT_NAME} every N steps (default: {DEFAULT_CHECKPOINT_EVERY}: a save takes under "
+        "a second, 200 steps seconds to half a minute on a CPU), at the end, and when Ctrl-C or SIGTERM stops "
+        "the run (exit status 130 / 143). Each write goes to a temporary file first and replaces the "
+        "checkpoint only once complete, so a kill at any moment leaves the previous one whole",
+    )
+    parser.add_argument(
+        "--resume",
+        type=_existing_file,
+        metavar="PATH",
+        help=f"continue a stopped run exactly where it stopped (e.g. DIR/{CHECKPOINT_NAME}): model, optimizer, "
+        "learning-rate schedule, step, batch order and random state, with the run's own steps, batch size, "
+        "learning rate and seed; the result is bitwise that of the run never stopped",
+    )
+    parser.add_argument(
+        "--load",
+        type=_existing_file,
+        metavar="PATH",
+        help="start a new run from this checkpoint's weights and optimizer (of the same model), for --steps "
+        "more steps on a new schedule; --resume continues a run instead",
+    )
+    parser.add_argument(
+        "--save", metavar="PATH", help="also write the final checkpoint here (it can be --resume'd or --load'ed)"
     )
