@@ -107,3 +107,23 @@ def test_a_bad_value_is_one_line_naming_the_flag_and_exit_status_2(name, tmp_pat
     assert result.returncode == 2, f"exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"argument {flag}" in lines[0] and lines[0].startswith("python -m fastattn"), lines[0]
+
+
+def test_verify_progress_counts_the_rows_it_runs(monkeypatch):
+    """A backend that cannot serve a case gives no row and leaves the bar's total: at the end the bar
+    stands at its total, the number of rows."""
+    import tqdm
+
+    bars = []
+
+    class RecordingBar(tqdm.tqdm):
+        def close(self):
+            bars.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordingBar)
+    served = {"naive": _row("naive", True, 0.5)}  # torch cannot serve the case
+    monkeypatch.setattr(verify, "all_cases", lambda device, full, ops: _cases(served) + _cases(served))
+    rows = verify.run(torch.device("cpu"), full=False, backend_names=["torch", "naive"])
+    assert len(rows) == 2
+    assert bars and set(bars) == {(2, 2)}, bars
