@@ -148,15 +148,88 @@ def test_torch_and_naive_backends_follow_the_contract(backend):
     assert torch.all(q.grad[1] == 0)
 
 
-@pytest.mark.parametrize("backend", ["torch", "naive"])
-@pytest.mark.parametrize("sizes", [dict(batch=0), dict(nq=0), dict(nk=0)])
-def test_empty_inputs(backend, sizes):
-    q, k, v = qkv(**sizes)
+def _runnable(backend: str, device: str) -> str:
+    reasons = backends.device_reasons(backend, torch.device(device))
+    if reasons:
+        pytest.skip(f"{backend}: {'; '.join(reasons)}")
+    return backend
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch", "naive"])
+@pytest.mark.parametrize("sizes", [dict(batch=0), dict(nq=0), dict(nk=0), dict(heads_q=0)])
+def test_empty_inputs(backend, sizes, device):
+    backend = _runnable(backend, device)
+    q, k, v = qkv(**sizes, device=device)
     q.requires_grad_()
-    (out,) = (fastattn.attention(q, k, v, causal=True, backend=backend),)
+    out = fastattn.attention(q, k, v, causal=True, backend=backend)
     assert out.shape == q.shape and torch.all(out == 0)
     out.sum().backward()
     assert q.grad.shape == q.shape
+    if backend != "torch":
+        _, lse = fastattn.attention(q, k, v, causal=True, backend=backend, return_lse=True)
+        assert lse.shape == q.shape[:3] and torch.all(lse == float("-inf"))
+
+
+@pytest.mark.parametrize(
+    "sizes, message",
+    [(dict(head_dim=0), "head_dim must be at least 1"), (dict(heads_q=0, heads_kv=0), "at least one head")],
+)
+def test_no_head_dim_or_no_heads_is_a_value_error(sizes, message):
+    with pytest.raises(ValueError, match=message):
+        fastattn.attention(*qkv(**sizes))
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [dict(head_dim=0), dict(heads_q=0, heads_kv=0), dict(batch=0), dict(nq=0), dict(nk=0)],
+    ids=["D=0", "H=0", "B=0", "Nq=0", "Nk=0"],
+)
+def test_the_sdpa_drop_in_gives_torchs_result_on_empty_inputs(sizes):
+    q, k, v = qkv(**{"heads_q": 2, "heads_kv": 2, **sizes})
+    expected = F.scaled_dot_product_attention(q, k, v)
+    out = fastattn.scaled_dot_product_attention(q, k, v)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["auto", "naive"])
+def test_large_finite_logits_in_half_precision_give_no_nan_and_a_finite_lse(dtype, backend):
+    """|scale · q·k| ~ 1e4..1e5 overflows float16 arithmetic (65504): the lse path computes in float32."""
+    q, k, v = qkv(dtype=dtype)
+    q, k = q * 100, k * 100
+    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True, backend=backend)
+    exact, exact_lse = reference.attention(q.double(), k.double(), v.double(), causal=True, return_lse=True)
+    assert torch.isfinite(out).all() and torch.isfinite(lse[exact_lse > float("-inf")]).all(), (out, lse)
+    out_error = (out.double() - exact).abs().max().item()
+    assert out_error <= 2 * torch.finfo(dtype).eps * exact.abs().max().item(), f"out: max error {out_error:.3e}"
+    lse_error = ((lse.double() - exact_lse).abs() / exact_lse.abs().clamp_min(1))[exact_lse > float("-inf")]
+    assert lse_error.max().item() <= 1e-6, f"lse: max relative error {lse_error.max().item():.3e}"
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch", "naive"])
+def test_a_nan_query_row_is_nan_on_every_backend(backend, device):
+    backend = _runnable(backend, device)
+    q, k, v = qkv(device=device)
+    q[0, 1, 2, 3] = float("nan")
+    out = fastattn.attention(q, k, v, backend=backend)
+    clean = torch.ones_like(out, dtype=torch.bool)
+    clean[0, 1, 2] = False
+    assert torch.isnan(out[0, 1, 2]).all(), out[0, 1, 2]
+    expected = reference.attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(out[clean].double(), expected[clean], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch", "naive"])
+def test_a_nan_key_makes_the_rows_that_see_it_nan(backend, device):
+    backend = _runnable(backend, device)
+    q, k, v = qkv(nq=7, nk=7, device=device)
+    k[1, 0, 4, 0] = float("nan")  # key 4 of kv head 0: query heads 0 and 1 of batch 1, rows 4.. (causal)
+    out = fastattn.attention(q, k, v, causal=True, backend=backend)
+    nan_rows = torch.isnan(out).any(dim=-1)
+    expected = torch.zeros_like(nan_rows)
+    expected[1, :2, 4:] = True
+    assert torch.equal(nan_rows, expected), nan_rows
 
 
 # ------------------------------------------------------------------------------- the custom ops

@@ -44,8 +44,12 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p, scale) -> None:
         raise ValueError(f"q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"q and k must have the same head_dim, got {q.shape[3]} and {k.shape[3]}")
+    if q.shape[3] == 0:  # the default scale D ** -0.5 has no value; sequences and batches may be empty
+        raise ValueError(f"head_dim must be at least 1, got q of shape {tuple(q.shape)}")
     heads_q, heads_kv = q.shape[1], k.shape[1]
-    if heads_kv == 0 or heads_q % heads_kv != 0:
+    if heads_kv == 0:
+        raise ValueError(f"k and v must have at least one head, got shape {tuple(k.shape)}")
+    if heads_q % heads_kv != 0:
         raise ValueError(
             f"the query heads ({heads_q}) must be a multiple of the key/value heads ({heads_kv}) (GQA/MQA)"
         )
@@ -271,6 +275,11 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
+    # A NaN in a query row makes that row NaN on every backend, as the textbook math does; PyTorch's CPU
+    # kernel returns zeros for it instead. Adding 0 · Σ_d q (NaN there, 0 elsewhere) needs no sync, and
+    # in place (where autograd allows) no new output: allocating one cost up to 1 ms at (8, 8, 128, 64).
+    nan_rows = q.sum(dim=-1, keepdim=True).mul_(0).to(out.dtype)  # (B, Hq, Nq, 1)
+    out = out + nan_rows if out.requires_grad else out.add_(nan_rows)
     if mask is not None:
         # Our contract: rows that see no key give zeros, whatever SDPA's kernel makes of them.
         out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
@@ -278,9 +287,20 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
 
 
 def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
-    return reference.attention(
-        q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, dropout_p=dropout_p, return_lse=True
+    # The textbook math in float32 at least: in float16 the scores of large but finite logits overflow
+    # (|scale · q·k| > 65504 gives inf, then NaN) and the lse keeps 11 bits.
+    compute = torch.promote_types(q.dtype, torch.float32)
+    out, lse = reference.attention(
+        q.to(compute),
+        k.to(compute),
+        v.to(compute),
+        causal=causal,
+        scale=scale,
+        key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p,
+        return_lse=True,
     )
+    return out.to(q.dtype), lse
 
 
 _IMPLEMENTATIONS = {
@@ -353,7 +373,10 @@ def attention(
 
     Returns:
         ``out`` ``(B, Hq, Nq, D)`` in q's dtype, or ``(out, lse)``. A query that sees no key gets
-        zeros (``lse = -inf``), never NaN, and zero gradient.
+        zeros (``lse = -inf``), never NaN, and zero gradient; so ``Nk = 0`` gives zeros. Empty
+        batches, heads or queries (``B``, ``Hq`` or ``Nq`` = 0) give empty results; ``D = 0`` and
+        ``Hkv = 0`` raise ``ValueError``. A NaN in a query row makes that row NaN (a NaN key, every
+        row that sees it), on every backend, as the textbook math does.
     """
     _check_inputs(q, k, v, key_padding_mask, dropout_p, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -415,7 +438,7 @@ def scaled_dot_product_attention(
         return torch_sdpa()
     batch, heads_q, nq, head_dim = query.shape
     heads_kv, nk = key.shape[1], key.shape[2]
-    if key.shape[0] != batch or key.shape[3] != head_dim or head_dim > MAX_FUSED_HEAD_DIM:
+    if key.shape[0] != batch or key.shape[3] != head_dim or not 1 <= head_dim <= MAX_FUSED_HEAD_DIM or heads_kv == 0:
         return torch_sdpa()
     if heads_q != heads_kv and not (enable_gqa and heads_kv > 0 and heads_q % heads_kv == 0):
         return torch_sdpa()
