@@ -252,3 +252,21 @@ def test_unsupported_features_raise():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match="soft-capping"):
         fastattn_hf.attention_forward(module, q, q, q, None, softcap=30.0)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_output_attentions_returns_the_eager_weights(name):
+    """output_attentions=True through "fastattn" gives every layer's weights, those of eager attention,
+    not an empty tuple; with a padded batch too."""
+    eager, ours = eager_and_fastattn(name)
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
+    padding = torch.ones(BATCH, SEQ, dtype=torch.long)
+    padding[1, SEQ - 3 :] = 0
+    with torch.no_grad():
+        expected = eager(tokens, attention_mask=padding, output_attentions=True).attentions
+        got = ours(tokens, attention_mask=padding, output_attentions=True).attentions
+    assert len(got) == len(expected) == 2, f"{len(got)} layers of weights, expected {len(expected)}"
+    for layer, (weights, reference_weights) in enumerate(zip(got, expected, strict=True)):
+        assert weights.shape == reference_weights.shape, (layer, weights.shape, reference_weights.shape)
+        keys_taking_part = padding.bool()[:, None, None, :].expand_as(weights)
+        torch.testing.assert_close(weights[keys_taking_part], reference_weights[keys_taking_part], atol=1e-6, rtol=1e-5)

@@ -25,6 +25,11 @@ How a call is served:
 
 GQA runs natively (key/value heads are never repeated). The backend follows ``backend="auto"``
 (:func:`fastattn.use_backend`, ``FASTATTN_BACKEND``).
+
+The fused kernels never form the attention weights. When a forward asks for them
+(``output_attentions=True``), each layer also computes them the textbook way (softmax of the masked
+scores in float32, as transformers' eager attention does) and returns them; the output itself still
+comes from the fused kernel.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
 from transformers.masking_utils import sdpa_mask
+
+try:  # where transformers records which outputs (output_attentions, ...) the running forward asked for
+    from transformers.utils.output_capturing import _active_collector
+except ImportError:  # releases that pass output_attentions to the attention function instead
+    _active_collector = None
 
 from .. import reference
 from ..nn import RMSNorm
@@ -63,7 +73,7 @@ def attention_forward(
     scaling: float | None = None,
     is_causal: bool | None = None,
     **kwargs,
-) -> tuple[Tensor, None]:
+) -> tuple[Tensor, Tensor | None]:
     """transformers' attention-function contract on fastattn.
 
     Args:
@@ -75,8 +85,9 @@ def attention_forward(
         scaling: multiplies ``q·k``; None: ``D ** -0.5``.
 
     Returns:
-        ``(attn_output, None)``, ``attn_output`` of shape ``(B, Nq, Hq, D)``, contiguous; attention
-        weights are never formed.
+        ``(attn_output, attn_weights)``, ``attn_output`` of shape ``(B, Nq, Hq, D)``, contiguous;
+        ``attn_weights`` ``(B, Hq, Nq, Nk)`` only when the forward asked for them
+        (``output_attentions=True``), else None.
     """
     for name, feature in _UNSUPPORTED.items():
         if kwargs.get(name) is not None:
@@ -84,6 +95,9 @@ def attention_forward(
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and attention_mask is None and q_len > 1
+    weights = None
+    if _weights_requested(kwargs):
+        weights = _attention_weights(query, key, attention_mask, scaling, causal)
     if causal and kv_len > q_len:
         # Prefill into an empty static cache: the keys past the queries are unused slots (transformers'
         # SDPA path crops them the same way); then bottom-right and top-left causal agree.
@@ -115,7 +129,36 @@ def attention_forward(
             scale=scaling,
             enable_gqa=query.shape[1] != key.shape[1],
         )
-    return out.transpose(1, 2).contiguous(), None  # (B, Nq, Hq, D)
+    return out.transpose(1, 2).contiguous(), weights  # (B, Nq, Hq, D)
+
+
+def _weights_requested(kwargs: dict) -> bool:
+    if kwargs.get("output_attentions"):
+        return True
+    collected = _active_collector.get() if _active_collector is not None else None
+    return collected is not None and "attentions" in collected
+
+
+def _attention_weights(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None, causal: bool
+) -> Tensor:
+    """softmax(scaling · q kᵀ + mask) in float32, in query's dtype, ``(B, Hq, Nq, Nk)``: transformers'
+    eager weights. ``causal`` (no mask given) is the bottom-right pattern; rows that see no key are 0."""
+    batch, heads_q, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    scale = head_dim**-0.5 if scaling is None else scaling
+    keys = key.float().repeat_interleave(heads_q // key.shape[1], dim=1)  # (B, Hq, Nk, D)
+    scores = scale * (query.float() @ keys.transpose(-1, -2))  # (B, Hq, Nq, Nk)
+    if attention_mask is None and causal:
+        attention_mask = reference.attention_visibility(
+            batch, q_len, kv_len, causal=True, key_padding_mask=None, device=query.device
+        )
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    elif attention_mask is not None:
+        scores = scores + attention_mask[..., :kv_len].float()
+    no_key = (scores == float("-inf")).all(dim=-1, keepdim=True)  # softmax would give 0/0 there
+    return torch.softmax(scores, dim=-1).masked_fill(no_key, 0.0).to(query.dtype)
 
 
 def _causal_key_padding(mask: Tensor, batch: int, q_len: int, kv_len: int) -> tuple[bool, Tensor] | None:
