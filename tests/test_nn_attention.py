@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import fastattn
 import fastattn.nn.attention as nn_attention
 from fastattn.nn import MultiheadAttention
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
@@ -264,3 +265,35 @@ def test_state_dicts_load_both_ways(options):
     for (name, expected), got in zip(module.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(expected, got), name
     assert isinstance(ours, nn.MultiheadAttention)
+
+
+def test_the_two_key_padding_mask_senses():
+    """fastattn.attention's key_padding_mask says which keys take part (True = keep); torch's and
+    fastattn.nn.MultiheadAttention's say which to ignore (True = ignore). The same padded keys through
+    both give the reference result; the other sense gives another result."""
+    torch.manual_seed(0)
+    embed, heads, length = 16, 2, 6
+    ignored = torch.zeros(BATCH, length, dtype=torch.bool)
+    ignored[0, 4:] = True
+    ignored[1, 1] = True
+    x = torch.randn(BATCH, length, embed)
+    module = fastattn.nn.MultiheadAttention(embed, heads, batch_first=True, bias=False).eval()
+    with torch.no_grad():
+        through_module, _ = module(x, x, x, key_padding_mask=ignored, need_weights=False)
+        torch_module = torch.nn.MultiheadAttention(embed, heads, batch_first=True, bias=False).eval()
+        torch_module.load_state_dict(module.state_dict())
+        expected, _ = torch_module(x, x, x, key_padding_mask=ignored, need_weights=False)
+        torch.testing.assert_close(through_module, expected, atol=1e-5, rtol=1e-5)
+
+        q, k, v = (
+            (x @ w.T).view(BATCH, length, heads, embed // heads).transpose(1, 2) for w in module.in_proj_weight.chunk(3)
+        )
+        kept = ~ignored
+        through_op = fastattn.attention(q, k, v, key_padding_mask=kept)
+        reference_out = fastattn.reference.attention(q, k, v, key_padding_mask=kept)
+        torch.testing.assert_close(through_op, reference_out, atol=1e-5, rtol=1e-5)
+        heads_out = through_op.transpose(1, 2).reshape(BATCH, length, embed) @ module.out_proj.weight.T
+        torch.testing.assert_close(heads_out, through_module, atol=1e-5, rtol=1e-5)
+
+        wrong_sense = fastattn.attention(q, k, v, key_padding_mask=ignored)
+        assert (wrong_sense - through_op).abs().max() > 1e-2, "the mask's sense made no difference"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backends, reference
+from . import refuse_double_backward
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Torch's function, bound once: fastattn.patch.sdpa() may rebind the name in torch.nn.functional to
@@ -191,6 +192,7 @@ def _register_fakes_and_autograd(forward, backward) -> None:
         return dq, dk, dv, None, None, None, None, None, None
 
     forward.register_autograd(attention_backward, setup_context=_attention_setup_context)
+    refuse_double_backward(backward, "attention")
 
 
 _register_fakes_and_autograd(_attention_fwd_triton, _attention_bwd_triton)
@@ -361,7 +363,9 @@ def attention(
             With ``Nq == Nk`` it is the usual lower triangle; with ``Nq < Nk`` it is what a KV-cache
             decode step needs (the new queries are the last positions).
         scale: multiplies ``q·k``; defaults to ``D ** -0.5``.
-        key_padding_mask: bool ``(B, Nk)``, True = the key takes part.
+        key_padding_mask: bool ``(B, Nk)``, True = the key takes part (PyTorch's bool ``attn_mask``
+            sense). Note: ``torch.nn.MultiheadAttention``'s and ``fastattn.nn.MultiheadAttention``'s
+            ``key_padding_mask`` have the opposite sense (True = ignore the key): pass ``~mask``.
         dropout_p: dropout on the attention probabilities (pass 0 in evaluation). The fused kernels
             draw it from a counter-based generator seeded from torch's default generator and
             regenerate it in the backward.
