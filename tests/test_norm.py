@@ -519,3 +519,28 @@ def test_beyond_int32_offsets(backend, device, op):
     exact, plain = tail_outputs(torch.float64), tail_outputs(torch.float16)
     assert_close_to_reference("y, last rows", y[tail], exact[0], plain[0], factor=FORWARD_FACTOR)
     assert_close_to_reference("dx, last rows", dx[tail], exact[1], plain[1], factor=GRADIENT_FACTOR)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch", "naive"])
+def test_double_backward_works_or_says_which_backend_to_use(backend, device):
+    """Differentiating a gradient (create_graph=True, then backward through it, as a gradient penalty
+    does): PyTorch's own ops support it; the fused kernels refuse with a clear error naming what works."""
+    reasons = backends.device_reasons(backend, torch.device(device))
+    if reasons:
+        pytest.skip(f"{backend}: {'; '.join(reasons)}")
+    x = torch.randn(4, 8, device=device, requires_grad=True)
+    weight = torch.randn(8, device=device, requires_grad=True)
+    (dx,) = torch.autograd.grad(
+        (fastattn.layer_norm(x, (8,), weight, backend=backend) ** 2).sum(), x, create_graph=True
+    )
+    if backend in ("cuda", "triton"):
+        with pytest.raises(NotImplementedError, match="double backward.*backend='torch'"):
+            dx.square().sum().backward()
+        return
+    dx.square().sum().backward()
+    exact_x = x.detach().double().requires_grad_()
+    exact_weight = weight.detach().double().requires_grad_()
+    y = torch.nn.functional.layer_norm(exact_x, (8,), exact_weight, eps=1e-5)
+    (exact_dx,) = torch.autograd.grad((y**2).sum(), exact_x, create_graph=True)
+    exact_dx.square().sum().backward()
+    torch.testing.assert_close(weight.grad.double(), exact_weight.grad, atol=1e-4, rtol=1e-4)

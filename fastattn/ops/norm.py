@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backends, reference
+from . import refuse_double_backward
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -190,6 +191,7 @@ def _register_fakes_and_autograd(forward, backward) -> None:
         )
 
     forward.register_autograd(norm_backward, setup_context=_norm_setup_context)
+    refuse_double_backward(backward, "layer_norm / rms_norm")
 
 
 _register_fakes_and_autograd(_norm_fwd_triton, _norm_bwd_triton)
