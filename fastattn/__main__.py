@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from .usage import UsageError
+from .usage import UsageError, output_file, positive_number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "dtype). Prints a table; exits non-zero on any failure. Without a GPU the Triton kernels run "
         "through Triton's interpreter on small shapes.",
     )
-    verify.add_argument("--json", metavar="PATH", help="also write the rows and the environment as JSON")
+    verify.add_argument(
+        "--json", type=output_file, metavar="PATH", help="also write the rows and the environment as JSON"
+    )
     from .backends import BACKENDS
     from .verify import OPS
 
@@ -223,10 +225,13 @@ examples:
         "targets", nargs="*", type=_bench_target, metavar="TARGET", help=f"one or more of {', '.join(BENCH_TARGETS)}"
     )
     bench.add_argument("--quick", action="store_true", help="a trimmed grid (a few shapes per op)")
-    bench.add_argument("--json", metavar="PATH", help="write every timing as a JSON row, with the versions")
-    bench.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    bench.add_argument(
+        "--json", type=output_file, metavar="PATH", help="write every timing as a JSON row, with the versions"
+    )
+    bench.add_argument("--markdown", type=output_file, metavar="PATH", help="write the tables as Markdown")
     bench.add_argument(
         "--plot",
+        type=output_file,
         metavar="PATH",
         help="draw a PNG: TFLOP/s vs N (attention), GB/s vs hidden size (norms), µs vs batch "
         "(sampling), with the measured ceilings",
@@ -250,7 +255,7 @@ examples:
     )
     bench.add_argument(
         "--budget",
-        type=float,
+        type=positive_number,
         metavar="SECONDS",
         help="stop timing new shapes after this long, shared among the targets (the --quick shapes run first)",
     )
@@ -313,6 +318,7 @@ examples:
     attention_graph.add_argument(
         "--out",
         default="attention_graph.html",
+        type=output_file,
         metavar="PATH",
         help="the HTML file to write (default: attention_graph.html)",
     )

@@ -85,6 +85,16 @@ BAD_ARGUMENTS = {
     "bench --exclude": (["bench", "norm", "--exclude", "nonexistent"], "--exclude"),
     "bench target": (["bench", "nonexistent"], "TARGET"),
     "bench --budget": (["bench", "--budget", "soon"], "--budget"),
+    "bench --budget -1": (["bench", "--budget", "-1"], "--budget"),
+    "bench --json unwritable": (["bench", "norm", "--json", "a-file/run.json"], "--json"),
+    "bench --plot unwritable": (["bench", "norm", "--plot", "a-file/plot.png"], "--plot"),
+    "verify --json unwritable": (["verify", "--json", "a-file/verify.json"], "--json"),
+    "train --save unwritable": (["train", "gpt", "--save", "a-file/gpt.pt"], "--save"),
+    "train --out unwritable": (["train", "gpt", "--out", "a-file/run"], "--out"),
+    "attention-graph --out unwritable": (
+        ["attention-graph", "--model", "m.pt", "--text", "x", "--out", "a-file/g.html"],
+        "--out",
+    ),
     "attention-graph --model": (["attention-graph", "--model", "no/such.pt", "--text", "x"], "--model"),
     "attention-graph --threshold": (
         ["attention-graph", "--model", "m.pt", "--text", "x", "--threshold", "abc"],
@@ -100,6 +110,7 @@ if backends.platform_reasons("cuda"):
 @pytest.mark.parametrize("name", list(BAD_ARGUMENTS))
 def test_a_bad_value_is_one_line_naming_the_flag_and_exit_status_2(name, tmp_path):
     arguments, flag = BAD_ARGUMENTS[name]
+    (tmp_path / "a-file").write_text("a file, where a folder is expected")
     result = subprocess.run(
         [sys.executable, "-m", "fastattn", *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )

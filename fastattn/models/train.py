@@ -29,7 +29,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 from fastattn import backends
 from fastattn.data import CharTokenizer, NumberTranslation, load_digits, number_to_words, tiny_shakespeare
 from fastattn.data.digits import MAX_INTENSITY
-from fastattn.usage import UsageError
+from fastattn.usage import UsageError, existing_file, output_file, positive_number, whole_number
 
 from .bert import BERT, IGNORE_INDEX, BERTConfig, mask_tokens
 from .gpt import GPT, GPTConfig
@@ -701,29 +700,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
 def _device(text: str) -> torch.device:
     """cpu, or a CUDA device that exists here."""
     try:
@@ -740,27 +716,21 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _existing_file(text: str) -> str:
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    return text
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train`` subcommand's arguments."""
     parser.add_argument("model", choices=list(TASKS), help="the model to train: " + ", ".join(TASKS))
     parser.add_argument(
         "--steps",
-        type=_whole_number(0),
+        type=whole_number(0),
         metavar="N",
         help="training steps (defaults: "
         + ", ".join(f"{n} {t.recipe.steps}" for n, t in TASKS.items())
         + "); with --load, steps beyond the checkpoint's; 0 only evaluates and shows",
     )
     parser.add_argument(
-        "--batch-size", type=_whole_number(1), metavar="B", help="sequences (images) per step (default: the task's)"
+        "--batch-size", type=whole_number(1), metavar="B", help="sequences (images) per step (default: the task's)"
     )
-    parser.add_argument("--lr", type=_positive_number, metavar="LR", help="peak learning rate (default: the task's)")
+    parser.add_argument("--lr", type=positive_number, metavar="LR", help="peak learning rate (default: the task's)")
     parser.add_argument(
         "--backend",
         default="auto",
@@ -779,7 +749,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--checkpoint-every",
-        type=_whole_number(1),
+        type=whole_number(1),
         default=DEFAULT_CHECKPOINT_EVERY,
         metavar="N",
         help=f"write DIR/{CHECKPOINT_NAME} every N steps (default: {DEFAULT_CHECKPOINT_EVERY}: a save takes under "
@@ -789,7 +759,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        type=_existing_file,
+        type=existing_file,
         metavar="PATH",
         help=f"continue a stopped run exactly where it stopped (e.g. DIR/{CHECKPOINT_NAME}): model, optimizer, "
         "learning-rate schedule, step, batch order and random state, with the run's own steps, batch size, "
@@ -797,11 +767,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--load",
-        type=_existing_file,
+        type=existing_file,
         metavar="PATH",
         help="start a new run from this checkpoint's weights and optimizer (of the same model), for --steps "
         "more steps on a new schedule; --resume continues a run instead",
     )
     parser.add_argument(
-        "--save", metavar="PATH", help="also write the final checkpoint here (it can be --resume'd or --load'ed)"
+        "--save",
+        type=output_file,
+        metavar="PATH",
+        help="also write the final checkpoint here (it can be --resume'd or --load'ed)",
     )
