@@ -17,21 +17,47 @@ from torch import Tensor
 
 # --------------------------------------------------------------------------------------- attention
 def attention_visibility(
-    batch: int, nq: int, nk: int, *, causal: bool, key_padding_mask: Tensor | None, device
+    batch: int,
+    nq: int,
+    nk: int,
+    *,
+    causal: bool,
+    key_padding_mask: Tensor | None,
+    device,
+    window: tuple[int, int] | None = None,
 ) -> Tensor:
     """Bool ``(B, 1, Nq, Nk)``: True where query ``i`` may attend to key ``j``.
 
-    Causal masks are aligned to the bottom-right corner: query ``i`` sees key ``j`` iff
-    ``j <= i + (Nk - Nq)``.
+    Masks are aligned to the bottom-right corner (``off = Nk - Nq``): causal, query ``i`` sees key
+    ``j`` iff ``j <= i + off``; ``window=(left, right)``, iff ``i + off - left <= j <= i + off + right``,
+    a side of -1 being unlimited.
     """
     visible = torch.ones(batch, 1, nq, nk, dtype=torch.bool, device=device)
+    i = torch.arange(nq, device=device)[:, None]
+    j = torch.arange(nk, device=device)[None, :]
+    diagonal = i + (nk - nq)  # the key aligned with query i
     if causal:
-        i = torch.arange(nq, device=device)[:, None]
-        j = torch.arange(nk, device=device)[None, :]
-        visible = visible & (j <= i + (nk - nq))
+        visible = visible & (j <= diagonal)
+    if window is not None:
+        left, right = window
+        if left >= 0:
+            visible = visible & (j >= diagonal - left)
+        if right >= 0:
+            visible = visible & (j <= diagonal + right)
     if key_padding_mask is not None:
         visible = visible & key_padding_mask[:, None, None, :]
     return visible
+
+
+def alibi_bias(slopes: Tensor, batch: int, heads: int, nq: int, nk: int) -> Tensor:
+    """``-slope · |i + off - j|`` (FlashAttention-2's ALiBi), ``(B, Hq, Nq, Nk)`` in float32 at least;
+    ``slopes`` is ``(Hq,)`` or ``(B, Hq)``."""
+    dtype = torch.promote_types(slopes.dtype, torch.float32)
+    i = torch.arange(nq, device=slopes.device, dtype=dtype)[:, None]
+    j = torch.arange(nk, device=slopes.device, dtype=dtype)[None, :]
+    distance = (i + (nk - nq) - j).abs()  # (Nq, Nk)
+    slopes = slopes.to(dtype).expand(batch, heads)  # (B, Hq)
+    return -slopes[:, :, None, None] * distance
 
 
 def attention(
@@ -42,6 +68,10 @@ def attention(
     causal: bool = False,
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
+    window: tuple[int, int] | None = None,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
     dropout_p: float = 0.0,
     dropout_keep: Tensor | None = None,
     return_lse: bool = False,
@@ -50,7 +80,13 @@ def attention(
 
     q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) with Hq % Hkv == 0 (query head h reads key/value head
     h // (Hq / Hkv)). key_padding_mask: bool (B, Nk), True = the key takes part. Rows that see no key
-    give zeros and lse = -inf.
+    give zeros and lse = -inf (the sink's logit with ``sinks``).
+
+    For query ``i`` and key ``j``, in this order: ``s = scale · q_i·k_j``; with ``softcap > 0``,
+    ``s = softcap · tanh(s / softcap)``; with ``alibi_slopes``, ``s += -slope · |i + off - j|``; then
+    the causal, window and padding masks (:func:`attention_visibility`). ``sinks`` ``(Hq,)`` adds
+    ``exp(sink_h)`` to each row's softmax denominator (probability mass with no value), in float32 at
+    least, and the lse includes it.
 
     Dropout: with ``dropout_p > 0`` the probabilities are multiplied by ``keep / (1 - dropout_p)``
     where ``keep`` is ``dropout_keep`` (bool, broadcastable to (B, Hq, Nq, Nk); pass the kernel's own
@@ -65,12 +101,23 @@ def attention(
     v = v.repeat_interleave(group, dim=1)  # (B, Hq, Nk, D)
 
     scores = scale * (q @ k.transpose(-1, -2))  # (B, Hq, Nq, Nk)
-    visible = attention_visibility(batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        scores = scores + alibi_bias(alibi_slopes, batch, heads_q, nq, nk).to(scores.dtype)
+    visible = attention_visibility(
+        batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device, window=window
+    )
     scores = scores.masked_fill(~visible, float("-inf"))
     row_max = scores.amax(dim=-1, keepdim=True) if nk > 0 else scores.new_full((batch, heads_q, nq, 1), -torch.inf)
+    if sinks is not None:
+        sink = sinks.to(scores.dtype)[None, :, None, None].expand(batch, heads_q, nq, 1)  # (B, Hq, Nq, 1)
+        row_max = torch.maximum(row_max, sink)
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # rows with no key
     exp_scores = torch.exp(scores - row_max)  # masked entries: exp(-inf) = 0
     denominator = exp_scores.sum(dim=-1, keepdim=True)
+    if sinks is not None:
+        denominator = denominator + torch.exp(sink - row_max)
     probs = exp_scores / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
     lse = (row_max + torch.log(denominator)).squeeze(-1)  # log(0) = -inf for rows with no key
 
@@ -82,6 +129,41 @@ def attention(
     if return_lse:
         return out, lse.float() if lse.dtype != torch.float64 else lse
     return out
+
+
+def attention_varlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    *,
+    return_lse: bool = False,
+    **options,
+):
+    """Packed sequences: q ``(total_q, Hq, D)``, k, v ``(total_k, Hkv, D)``; sequence ``b`` is rows
+    ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only within itself, with every option of
+    :func:`attention` (its masks aligned to its own bottom-right corner; ``alibi_slopes`` may be
+    ``(B, Hq)``). ``lse`` is ``(Hq, total_q)``, FlashAttention-2's varlen layout."""
+    outs, lses = [], []
+    alibi_slopes = options.pop("alibi_slopes", None)
+    for b in range(len(cu_seqlens_q) - 1):
+        rows_q = slice(int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1]))
+        rows_k = slice(int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1]))
+        slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+        out, lse = attention(
+            q[rows_q].transpose(0, 1)[None],  # (1, Hq, Nq_b, D)
+            k[rows_k].transpose(0, 1)[None],
+            v[rows_k].transpose(0, 1)[None],
+            alibi_slopes=slopes,
+            return_lse=True,
+            **options,
+        )
+        outs.append(out[0].transpose(0, 1))  # (Nq_b, Hq, D)
+        lses.append(lse[0])  # (Hq, Nq_b)
+    out = torch.cat(outs) if outs else q.new_empty(q.shape)
+    lse = torch.cat(lses, dim=1) if lses else q.new_empty((q.shape[1], 0), dtype=torch.float32)
+    return (out, lse) if return_lse else out
 
 
 # ------------------------------------------------------------------------------------------- norms
