@@ -8,7 +8,7 @@ See ``fastattn.backends`` for how a backend is chosen, and ``python -m fastattn 
 
 from . import backends, nn, reference
 from .backends import available_backends, use_backend
-from .ops.attention import attention, scaled_dot_product_attention
+from .ops.attention import attention, attention_varlen, scaled_dot_product_attention
 from .ops.norm import layer_norm, rms_norm
 from .ops.sampling import sample
 from .patch import patch
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "attention_varlen",
     "available_backends",
     "backends",
     "layer_norm",

@@ -71,9 +71,61 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p, scale) -> None:
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
 
 
-def _backend_reasons(name, q, k, v, *, deterministic, return_lse) -> list[str]:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
+    """The window, softcap, ALiBi and sinks of a call, checked; only those in use (none: ``{}``)."""
+    features = {}
+    if window is not None:
+        if not (isinstance(window, (tuple, list)) and len(window) == 2 and all(_is_int(w) and w >= -1 for w in window)):
+            raise ValueError(f"window must be None or (left, right), two ints >= -1 (-1: unlimited), got {window!r}")
+        left, right = window
+        right = 0 if causal else right
+        if (left, right) != (-1, -1):
+            features["window"] = (left, right)
+    if not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be a finite number >= 0 (0: off), got {softcap!r}")
+    if softcap > 0:
+        features["softcap"] = float(softcap)
+    batch, heads_q = q.shape[0], q.shape[1]
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, Tensor) or alibi_slopes.dtype != torch.float32:
+            got = alibi_slopes.dtype if isinstance(alibi_slopes, Tensor) else type(alibi_slopes).__name__
+            raise TypeError(f"alibi_slopes must be a float32 tensor, got {got}")
+        if tuple(alibi_slopes.shape) not in ((heads_q,), (batch, heads_q)):
+            raise ValueError(
+                f"alibi_slopes must be (Hq,) = ({heads_q},) or (B, Hq) = ({batch}, {heads_q}), "
+                f"got {tuple(alibi_slopes.shape)}"
+            )
+        if alibi_slopes.device != q.device:
+            raise ValueError(f"alibi_slopes must be on {q.device}, got {alibi_slopes.device}")
+        features["alibi_slopes"] = alibi_slopes
+    if sinks is not None:
+        if not isinstance(sinks, Tensor) or not sinks.is_floating_point():
+            got = sinks.dtype if isinstance(sinks, Tensor) else type(sinks).__name__
+            raise TypeError(f"sinks must be a floating-point tensor, got {got}")
+        if tuple(sinks.shape) != (heads_q,):
+            raise ValueError(f"sinks must be (Hq,) = ({heads_q},), got {tuple(sinks.shape)}")
+        if sinks.device != q.device:
+            raise ValueError(f"sinks must be on {q.device}, got {sinks.device}")
+        features["sinks"] = sinks
+    return features
+
+
+# What the torch backend can express through scaled_dot_product_attention's mask.
+TORCH_FEATURES = ("window", "alibi_slopes")
+
+
+def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None) -> list[str]:
     """Why backend ``name`` cannot serve this attention call (empty: it can)."""
     reasons = backends.device_reasons(name, q.device)
+    if features and name in ("cuda", "triton"):
+        reasons.append(f"{', '.join(features)}: not in the fused kernels yet")
+    if features and name == "torch" and set(features) - set(TORCH_FEATURES):
+        unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
+        reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
     if name in ("cuda", "triton"):
         if q.dtype not in FUSED_DTYPES:
             reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
@@ -260,18 +312,25 @@ def _attention_fused(forward, q, k, v, key_padding_mask, causal, scale, dropout_
     return forward(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
 
 
-def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
-    nq, nk = q.shape[2], k.shape[2]
+def _attention_torch(
+    q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic, window=None, alibi_slopes=None
+):
+    batch, heads_q, nq, _ = q.shape
+    nk = k.shape[2]
     mask = None
-    if key_padding_mask is not None or (causal and nq != nk):
+    if key_padding_mask is not None or (causal and nq != nk) or window is not None or alibi_slopes is not None:
         mask = reference.attention_visibility(
-            q.shape[0], nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device
+            batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device, window=window
         )
+    attn_mask = mask
+    if alibi_slopes is not None:  # the bias as a float mask, -inf where no key is visible
+        bias = reference.alibi_bias(alibi_slopes, batch, heads_q, nq, nk).to(q.dtype)
+        attn_mask = bias.masked_fill(~mask, float("-inf"))
     out = _torch_sdpa(
         q,
         k,
         v,
-        attn_mask=mask,
+        attn_mask=attn_mask,
         dropout_p=dropout_p,
         is_causal=causal and mask is None,  # is_causal is top-left: right only for Nq == Nk
         scale=scale,
@@ -288,7 +347,7 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
     return out, None
 
 
-def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic, **features):
     # The textbook math in float32 at least: in float16 the scores of large but finite logits overflow
     # (|scale · q·k| > 65504 gives inf, then NaN) and the lse keeps 11 bits.
     compute = torch.promote_types(q.dtype, torch.float32)
@@ -301,6 +360,7 @@ def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p,
         return_lse=True,
+        **features,
     )
     return out.to(q.dtype), lse
 
@@ -331,6 +391,10 @@ def attention(
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
+    window: tuple[int, int] | None = None,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
     deterministic: bool = False,
     return_lse: bool = False,
     backend: str = "auto",
@@ -369,6 +433,14 @@ def attention(
         dropout_p: dropout on the attention probabilities (pass 0 in evaluation). The fused kernels
             draw it from a counter-based generator seeded from torch's default generator and
             regenerate it in the backward.
+        window: ``(left, right)``: query ``i`` sees key ``j`` iff ``i + off - left <= j <= i + off + right``
+            (``off = Nk - Nq``; -1: unlimited on that side; with ``causal``, ``right`` is 0). None: no window.
+        softcap: ``> 0`` caps the scores: ``s = softcap · tanh(s / softcap)`` (Gemma 2); 0: off.
+        alibi_slopes: float32 ``(Hq,)`` or ``(B, Hq)``: adds ``-slope · |i + off - j|`` to the scores.
+        sinks: ``(Hq,)``: each row's softmax denominator gains ``exp(sink_h)`` (probability mass with no
+            value; the lse includes it; a row that sees no key has ``lse = sink_h``). Differentiable.
+            Window, softcap, ALiBi and sinks are applied in this order after the scale; the fused
+            kernels do not take them yet: ``torch`` serves window and ALiBi, ``naive`` all four.
         deterministic: the backward gives bitwise-identical gradients run to run.
         return_lse: also return ``lse``, float32 ``(B, Hq, Nq)``: the natural-log sum of
             ``exp(scale · q·k)`` over the visible keys (differentiable).
@@ -383,13 +455,111 @@ def attention(
         row that sees it), on every backend, as the textbook math does.
     """
     _check_inputs(q, k, v, key_padding_mask, dropout_p, scale)
+    features = _features(q, causal, window, softcap, alibi_slopes, sinks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     name = backends.select(
         "attention",
         backend,
-        lambda candidate: _backend_reasons(candidate, q, k, v, deterministic=deterministic, return_lse=return_lse),
+        lambda candidate: _backend_reasons(
+            candidate, q, k, v, deterministic=deterministic, return_lse=return_lse, features=features
+        ),
     )
-    out, lse = _IMPLEMENTATIONS[name](q, k, v, key_padding_mask, causal, scale, float(dropout_p), deterministic)
+    implementation = _IMPLEMENTATIONS[name]
+    out, lse = implementation(q, k, v, key_padding_mask, causal, scale, float(dropout_p), deterministic, **features)
+    return (out, lse) if return_lse else out
+
+
+def _check_cu_seqlens(name: str, cu_seqlens, total: int, max_seqlen, max_name: str, device) -> list[int]:
+    """The offsets of ``cu_seqlens`` as ints, checked against the contract; a clear error otherwise."""
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1:
+        got = f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}" if isinstance(cu_seqlens, Tensor) else type(cu_seqlens)
+        raise TypeError(f"{name} must be a 1-D int32 tensor (B + 1,), got {got}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"{name} must be on {device}, got {cu_seqlens.device}")
+    offsets = cu_seqlens.tolist()  # a host copy: the checks (and the reference) need the values
+    if not offsets or offsets[0] != 0 or offsets[-1] != total:
+        raise ValueError(f"{name} must start at 0 and end at the total length {total}, got {offsets}")
+    lengths = [end - start for start, end in zip(offsets, offsets[1:], strict=False)]
+    if any(length < 0 for length in lengths):
+        raise ValueError(f"{name} must be non-decreasing, got {offsets}")
+    if not (_is_int(max_seqlen) and max_seqlen >= max(lengths, default=0)):
+        raise ValueError(
+            f"{max_name} must be an int >= the longest sequence ({max(lengths, default=0)}), got {max_seqlen!r}"
+        )
+    return offsets
+
+
+def attention_varlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    window: tuple[int, int] | None = None,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
+    dropout_p: float = 0.0,
+    deterministic: bool = False,
+    return_lse: bool = False,
+    backend: str = "auto",
+):
+    """Attention over sequences of different lengths packed without padding.
+
+    Args:
+        q: ``(total_q, Hq, D)``; k, v: ``(total_k, Hkv, D)``, the sequences one after another.
+        cu_seqlens_q, cu_seqlens_k: int32 ``(B + 1,)``: sequence ``b`` is rows ``cu[b]:cu[b + 1]``
+            (starting at 0, non-decreasing, ending at the total; a sequence may be empty).
+        max_seqlen_q, max_seqlen_k: at least the longest sequence.
+        Every other argument as in :func:`attention`, applied to each sequence on its own (its masks
+        aligned to its own bottom-right corner); ``alibi_slopes`` may be ``(B, Hq)``.
+
+    Returns:
+        ``out`` ``(total_q, Hq, D)``, or ``(out, lse)`` with ``lse`` float32 ``(Hq, total_q)``
+        (FlashAttention-2's varlen layout). Each sequence attends only within itself. Served by the
+        ``naive`` backend for now (the fused kernels do not take packed sequences yet).
+    """
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, Tensor) or tensor.dim() != 3:
+            raise ValueError(f"{name} must be a 3-D tensor (total, heads, head_dim)")
+    batch = len(cu_seqlens_q) - 1 if isinstance(cu_seqlens_q, Tensor) and cu_seqlens_q.dim() == 1 else 0
+    # The checks of the padded entry point, on the packed tensors seen as one batch.
+    _check_inputs(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None, dropout_p, scale)
+    offsets_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device)
+    offsets_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, "max_seqlen_k", q.device)
+    if len(offsets_q) != len(offsets_k):
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must list as many sequences, "
+            f"got {len(offsets_q) - 1} and {len(offsets_k) - 1}"
+        )
+    batched_q = q.new_empty((batch, q.shape[1], 0, q.shape[2]))  # the (B, Hq) shape the feature checks read
+    features = _features(batched_q, causal, window, softcap, alibi_slopes, sinks)
+
+    def reasons(candidate: str) -> list[str]:
+        if candidate == "naive":
+            return []
+        return ["packed sequences (varlen): not in this backend yet"]
+
+    backends.select("attention_varlen", backend, reasons)
+    compute = torch.promote_types(q.dtype, torch.float32)  # as the naive backend of attention()
+    out, lse = reference.attention_varlen(
+        q.to(compute),
+        k.to(compute),
+        v.to(compute),
+        cu_seqlens_q,
+        cu_seqlens_k,
+        causal=causal,
+        scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
+        dropout_p=float(dropout_p),
+        return_lse=True,
+        **features,
+    )
+    out = out.to(q.dtype)
     return (out, lse) if return_lse else out
 
 
