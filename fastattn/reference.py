@@ -60,6 +60,49 @@ def alibi_bias(slopes: Tensor, batch: int, heads: int, nq: int, nk: int) -> Tens
     return -slopes[:, :, None, None] * distance
 
 
+def attention_probabilities(
+    q: Tensor,
+    k: Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: Tensor | None = None,
+    window: tuple[int, int] | None = None,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(probs, lse)``: the attention probabilities ``(B, Hq, Nq, Nk)`` of :func:`attention` (before
+    dropout; a sink's mass is in the denominator, so a row sums to less than 1) and the natural-log
+    normalizer ``(B, Hq, Nq)``, both in the scores' dtype. Rows that see no key: zeros and -inf (the
+    sink's logit with ``sinks``)."""
+    batch, heads_q, nq, head_dim = q.shape
+    nk = k.shape[2]
+    scale = head_dim**-0.5 if scale is None else scale
+    k = k.repeat_interleave(heads_q // k.shape[1], dim=1)  # (B, Hq, Nk, D)
+    scores = scale * (q @ k.transpose(-1, -2))  # (B, Hq, Nq, Nk)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        scores = scores + alibi_bias(alibi_slopes, batch, heads_q, nq, nk).to(scores.dtype)
+    visible = attention_visibility(
+        batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device, window=window
+    )
+    scores = scores.masked_fill(~visible, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True) if nk > 0 else scores.new_full((batch, heads_q, nq, 1), -torch.inf)
+    if sinks is not None:
+        sink = sinks.to(scores.dtype)[None, :, None, None].expand(batch, heads_q, nq, 1)  # (B, Hq, Nq, 1)
+        row_max = torch.maximum(row_max, sink)
+    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # rows with no key
+    exp_scores = torch.exp(scores - row_max)  # masked entries: exp(-inf) = 0
+    denominator = exp_scores.sum(dim=-1, keepdim=True)
+    if sinks is not None:
+        denominator = denominator + torch.exp(sink - row_max)
+    probs = exp_scores / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    lse = (row_max + torch.log(denominator)).squeeze(-1)  # log(0) = -inf for rows with no key
+    return probs, lse
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -85,47 +128,30 @@ def attention(
     For query ``i`` and key ``j``, in this order: ``s = scale · q_i·k_j``; with ``softcap > 0``,
     ``s = softcap · tanh(s / softcap)``; with ``alibi_slopes``, ``s += -slope · |i + off - j|``; then
     the causal, window and padding masks (:func:`attention_visibility`). ``sinks`` ``(Hq,)`` adds
-    ``exp(sink_h)`` to each row's softmax denominator (probability mass with no value), in float32 at
-    least, and the lse includes it.
+    ``exp(sink_h)`` to each row's softmax denominator (probability mass with no value) and the lse
+    includes it (:func:`attention_probabilities`).
 
     Dropout: with ``dropout_p > 0`` the probabilities are multiplied by ``keep / (1 - dropout_p)``
     where ``keep`` is ``dropout_keep`` (bool, broadcastable to (B, Hq, Nq, Nk); pass the kernel's own
     mask to compare against it) or, if None, a fresh Bernoulli draw. ``lse`` is that of the scores
     before dropout.
     """
-    batch, heads_q, nq, head_dim = q.shape
-    heads_kv, nk = k.shape[1], k.shape[2]
-    scale = head_dim**-0.5 if scale is None else scale
-    group = heads_q // heads_kv
-    k = k.repeat_interleave(group, dim=1)  # (B, Hq, Nk, D)
-    v = v.repeat_interleave(group, dim=1)  # (B, Hq, Nk, D)
-
-    scores = scale * (q @ k.transpose(-1, -2))  # (B, Hq, Nq, Nk)
-    if softcap > 0:
-        scores = softcap * torch.tanh(scores / softcap)
-    if alibi_slopes is not None:
-        scores = scores + alibi_bias(alibi_slopes, batch, heads_q, nq, nk).to(scores.dtype)
-    visible = attention_visibility(
-        batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device, window=window
+    probs, lse = attention_probabilities(
+        q,
+        k,
+        causal=causal,
+        scale=scale,
+        key_padding_mask=key_padding_mask,
+        window=window,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        sinks=sinks,
     )
-    scores = scores.masked_fill(~visible, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True) if nk > 0 else scores.new_full((batch, heads_q, nq, 1), -torch.inf)
-    if sinks is not None:
-        sink = sinks.to(scores.dtype)[None, :, None, None].expand(batch, heads_q, nq, 1)  # (B, Hq, Nq, 1)
-        row_max = torch.maximum(row_max, sink)
-    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # rows with no key
-    exp_scores = torch.exp(scores - row_max)  # masked entries: exp(-inf) = 0
-    denominator = exp_scores.sum(dim=-1, keepdim=True)
-    if sinks is not None:
-        denominator = denominator + torch.exp(sink - row_max)
-    probs = exp_scores / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-    lse = (row_max + torch.log(denominator)).squeeze(-1)  # log(0) = -inf for rows with no key
-
     if dropout_p > 0.0:
         if dropout_keep is None:
             dropout_keep = torch.rand_like(probs) >= dropout_p
         probs = probs * dropout_keep / (1.0 - dropout_p)
-    out = probs @ v  # (B, Hq, Nq, D)
+    out = probs @ v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)  # (B, Hq, Nq, D)
     if return_lse:
         return out, lse.float() if lse.dtype != torch.float64 else lse
     return out

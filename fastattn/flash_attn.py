@@ -1,0 +1,300 @@
+"""FlashAttention-2's Python API on fastattn: ``import fastattn.flash_attn as flash_attn``.
+
+The functions take FlashAttention-2's arguments, defaults and ``(batch, seqlen, heads, head_dim)``
+layout (``(total, heads, head_dim)`` for the varlen ones) and return what it returns: ``out`` in that
+layout, and with ``return_attn_probs=True`` also ``softmax_lse`` (float32 ``(batch, heads, seqlen_q)``,
+``(heads, total_q)`` for varlen) and ``S_dmask``. They run :func:`fastattn.attention` and
+:func:`fastattn.attention_varlen`, so each call takes the backend ``auto`` picks.
+
+Deliberate differences from FlashAttention-2:
+
+- any device, float32 as well as float16/bfloat16, every head dim from 1 to 256;
+- ``S_dmask`` (only with ``dropout_p > 0``, else None, as there) holds the attention probabilities
+  ``exp(s - lse)`` of shape ``(batch, heads, seqlen_q, seqlen_k)`` (padded to the longest sequences for
+  varlen), not rounded up to FlashAttention's 128-wide tiles; a dropped entry is negative, as there. It
+  comes from a slow path that forms the whole matrix: it exists for testing;
+- ``block_table`` (a paged KV cache) is not taken yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .ops.attention import attention, attention_varlen
+
+
+def _features(window_size, softcap, alibi_slopes) -> dict:
+    """FlashAttention-2's window, softcap and ALiBi as fastattn.attention's keywords."""
+    window = tuple(window_size)
+    return dict(window=None if window == (-1, -1) else window, softcap=softcap, alibi_slopes=alibi_slopes)
+
+
+def _with_probs(q, k, v, dropout_p, scale, causal, features):
+    """(out, lse, S_dmask) for (B, H, N, D) inputs with dropout, through the reference (the slow path
+    that forms the probabilities): out is computed from the very keep pattern S_dmask encodes."""
+    compute = torch.promote_types(q.dtype, torch.float32)
+    q32, k32, v32 = (t.to(compute) for t in (q, k, v))
+    options = dict(causal=causal, scale=scale, **features)
+    probs, lse = reference.attention_probabilities(q32, k32, **options)
+    keep = torch.rand(probs.shape, device=q.device) >= dropout_p
+    out = reference.attention(q32, k32, v32, dropout_p=dropout_p, dropout_keep=keep, **options)
+    s_dmask = torch.where(keep, probs, -probs).detach().to(q.dtype)  # FlashAttention-2: negative = dropped
+    return out.to(q.dtype), lse.float(), s_dmask
+
+
+def _padded(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, probs):
+    """q (B, Nq, H, D), k, v (B, Nk, Hk, D): FlashAttention-2's padded call."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, D) views, no copy
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    features = _features(window_size, softcap, alibi_slopes)
+    slow = probs and dropout_p > 0  # S_dmask wanted: the keep pattern must be the one out was made with
+    out, lse = attention(
+        q,
+        k,
+        v,
+        causal=causal,
+        scale=scale,
+        dropout_p=0.0 if slow else dropout_p,
+        deterministic=deterministic,
+        return_lse=True,
+        **features,
+    )  # checks every argument
+    s_dmask = None
+    if slow:
+        out, lse, s_dmask = _with_probs(q, k, v, dropout_p, scale, causal, features)
+    out = out.transpose(1, 2).contiguous()  # (B, Nq, H, D)
+    return (out, lse, s_dmask) if probs else out
+
+
+def flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim), nheads a
+    multiple of nheads_k. Returns out (batch, seqlen_q, nheads, headdim), and with
+    ``return_attn_probs`` also (softmax_lse, S_dmask). Causal and window masks are aligned to the
+    bottom-right corner; ``window_size=(left, right)``, -1 unlimited."""
+    return _padded(
+        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
+    )
+
+
+def flash_attn_qkvpacked_func(
+    qkv,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """qkv: (batch, seqlen, 3, nheads, headdim); otherwise as :func:`flash_attn_func`."""
+    q, k, v = qkv.unbind(dim=2)
+    return _padded(
+        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
+    )
+
+
+def flash_attn_kvpacked_func(
+    q,
+    kv,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """q: (batch, seqlen_q, nheads, headdim); kv: (batch, seqlen_k, 2, nheads_k, headdim)."""
+    k, v = kv.unbind(dim=2)
+    return _padded(
+        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
+    )
+
+
+def _varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size,
+    softcap,
+    alibi_slopes,
+    deterministic,
+    probs,
+):
+    """q (total_q, H, D), k, v (total_k, Hk, D): FlashAttention-2's varlen call."""
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    features = _features(window_size, softcap, alibi_slopes)
+    out, lse = attention_varlen(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        causal=causal,
+        scale=scale,
+        dropout_p=0.0 if probs and dropout_p > 0 else dropout_p,
+        deterministic=deterministic,
+        return_lse=True,
+        **features,
+    )  # checks every argument; with dropout and probs, only the lse is kept
+    if not probs:
+        return out
+    if dropout_p == 0:
+        return out, lse, None
+    outs, s_dmask = [], q.new_zeros((len(cu_seqlens_q) - 1, q.shape[1], max_seqlen_q, max_seqlen_k))
+    for b in range(len(cu_seqlens_q) - 1):
+        rows_q = slice(int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1]))
+        rows_k = slice(int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1]))
+        slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+        one = (t[rows].transpose(0, 1)[None] for t, rows in ((q, rows_q), (k, rows_k), (v, rows_k)))
+        one_out, _, one_probs = _with_probs(*one, dropout_p, scale, causal, {**features, "alibi_slopes": slopes})
+        outs.append(one_out[0].transpose(0, 1))
+        s_dmask[b, :, : one_probs.shape[2], : one_probs.shape[3]] = one_probs[0]
+    return torch.cat(outs), lse, s_dmask
+
+
+def flash_attn_varlen_func(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+    block_table=None,
+):
+    """q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim); cu_seqlens_q/k int32
+    (batch + 1,). Returns out (total_q, nheads, headdim), and with ``return_attn_probs`` also
+    (softmax_lse (nheads, total_q), S_dmask). Each sequence attends only within itself."""
+    if block_table is not None:
+        raise NotImplementedError("flash_attn_varlen_func: block_table (a paged KV cache) is not supported yet")
+    return _varlen(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+    )
+
+
+def flash_attn_varlen_qkvpacked_func(
+    qkv,
+    cu_seqlens,
+    max_seqlen,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """qkv: (total, 3, nheads, headdim); otherwise as :func:`flash_attn_varlen_func`."""
+    q, k, v = qkv.unbind(dim=1)
+    return _varlen(
+        q,
+        k,
+        v,
+        cu_seqlens,
+        cu_seqlens,
+        max_seqlen,
+        max_seqlen,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+    )
+
+
+def flash_attn_varlen_kvpacked_func(
+    q,
+    kv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """q: (total_q, nheads, headdim); kv: (total_k, 2, nheads_k, headdim)."""
+    k, v = kv.unbind(dim=1)
+    return _varlen(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+    )
+
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+]
