@@ -83,9 +83,9 @@ def kernel_calls(monkeypatch):
     calls = []
     for backend, implementation in list(attention_ops._IMPLEMENTATIONS.items()):
 
-        def counting(*args, _backend=backend, _implementation=implementation):
+        def counting(*args, _backend=backend, _implementation=implementation, **features):
             calls.append(_backend)
-            return _implementation(*args)
+            return _implementation(*args, **features)
 
         monkeypatch.setitem(attention_ops._IMPLEMENTATIONS, backend, counting)
     return calls
@@ -250,8 +250,74 @@ def test_attention_forward_passes_dropout_through():
 def test_unsupported_features_raise():
     module = AttentionStub(is_causal=True, groups=1)
     q = torch.randn(1, 2, 4, 8)
-    with pytest.raises(ValueError, match="soft-capping"):
-        fastattn_hf.attention_forward(module, q, q, q, None, softcap=30.0)
+    with pytest.raises(ValueError, match="an additive position bias"):
+        fastattn_hf.attention_forward(module, q, q, q, None, position_bias=torch.zeros(1, 2, 4, 4))
+    custom_mask = torch.rand(1, 1, 4, 4) > 0.5
+    with pytest.raises(ValueError, match="soft-capping or sinks with a mask"):
+        fastattn_hf.attention_forward(module, q, q, q, custom_mask, softcap=30.0)
+
+
+def feature_models():
+    """Small models of the families known for a feature, each in eager and on fastattn, same weights."""
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return {
+        "mistral (sliding window)": transformers.MistralConfig(**common, sliding_window=4),
+        "gemma2 (softcap, sliding window)": transformers.Gemma2Config(
+            **common, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0, query_pre_attn_scalar=16
+        ),
+        "gpt-oss (sinks, sliding window)": transformers.GptOssConfig(
+            **{**common, "intermediate_size": 32},
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(feature_models()))
+def test_feature_models_match_eager_through_fastattn_attention(name, monkeypatch):
+    """Each layer runs fastattn.attention with the model's feature (window, softcap or sinks) and the
+    logits match eager attention's (right padding: 3 padded keys in the second row)."""
+    config = feature_models()[name]
+    torch.manual_seed(0)
+    eager = transformers.AutoModelForCausalLM.from_config(
+        copy.deepcopy(config),
+        attn_implementation="eager",
+        experts_implementation="eager",  # float64 MoE
+    ).eval()
+    for module in eager.modules():
+        if hasattr(module, "sinks"):
+            torch.nn.init.normal_(module.sinks)  # learned sinks: not zero
+    ours = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="fastattn").eval()
+    ours.load_state_dict(eager.state_dict())
+    calls = []
+    attention = fastattn_hf.attention
+
+    def spy(*args, **kwargs):
+        calls.append({key: kwargs[key] for key in ("window", "softcap", "sinks") if kwargs.get(key) is not None})
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(fastattn_hf, "attention", spy)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = padding_mask("right")
+    with torch.no_grad():
+        ref = copy.deepcopy(eager).double()(ids, attention_mask=mask).logits
+        plain = eager(ids, attention_mask=mask).logits
+        out = ours(ids, attention_mask=mask).logits
+    assert len(calls) == 2, f"{len(calls)} calls of fastattn.attention for 2 layers"
+    feature = {"mistral": "window", "gemma2": "softcap", "gpt-oss": "sinks"}[name.split()[0]]
+    assert any(feature in call for call in calls), f"{feature} never reached fastattn.attention: {calls}"
+    tokens = mask.bool()
+    assert_close_to_reference(f"{name} logits", out[tokens], ref[tokens], plain[tokens], factor=FORWARD_FACTOR)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

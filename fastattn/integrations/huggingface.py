@@ -56,8 +56,6 @@ logger = logging.getLogger(__name__)
 
 IMPLEMENTATION = "fastattn"  # the attn_implementation name
 _UNSUPPORTED = {
-    "softcap": "logit soft-capping",
-    "s_aux": "attention sinks",
     "position_bias": "an additive position bias",
     "cache": "a paged cache (continuous batching)",
 }
@@ -95,9 +93,14 @@ def attention_forward(
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and attention_mask is None and q_len > 1
+    # Gemma 2's logit soft-capping and gpt-oss's sinks (s_aux): fastattn.attention's own keywords.
+    features = {"softcap": kwargs.get("softcap") or 0.0, "sinks": kwargs.get("s_aux")}
+    # transformers' sliding window: key j is visible to query i iff i - j < sliding_window (and j <= i).
+    sliding_window = kwargs.get("sliding_window")
+    window = (sliding_window - 1, 0) if sliding_window else None
     weights = None
     if _weights_requested(kwargs):
-        weights = _attention_weights(query, key, attention_mask, scaling, causal)
+        weights = _attention_weights(query, key, attention_mask, scaling, causal, **features)
     if causal and kv_len > q_len:
         # Prefill into an empty static cache: the keys past the queries are unused slots (transformers'
         # SDPA path crops them the same way); then bottom-right and top-left causal agree.
@@ -107,7 +110,7 @@ def attention_forward(
     elif torch.compiler.is_compiling():
         structure = None  # reading the mask would be a data-dependent branch: torch.compile cannot trace it
     else:
-        structure = _causal_key_padding(attention_mask, query.shape[0], q_len, kv_len)
+        structure = _causal_key_padding(attention_mask, query.shape[0], q_len, kv_len, window)
     if structure is not None:
         causal, keys_taking_part = structure
         out = attention(
@@ -118,6 +121,13 @@ def attention_forward(
             key_padding_mask=keys_taking_part,
             scale=scaling,
             dropout_p=dropout,
+            window=window if causal else None,
+            **features,
+        )
+    elif features["softcap"] or features["sinks"] is not None:
+        raise ValueError(
+            f"attn_implementation={IMPLEMENTATION!r}: soft-capping or sinks with a mask that is not causal, "
+            "sliding-window and key padding (under torch.compile, or a custom mask) is not supported; use 'eager'"
         )
     else:
         out = scaled_dot_product_attention(
@@ -140,15 +150,24 @@ def _weights_requested(kwargs: dict) -> bool:
 
 
 def _attention_weights(
-    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None, causal: bool
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None,
+    causal: bool,
+    softcap: float = 0.0,
+    sinks: Tensor | None = None,
 ) -> Tensor:
     """softmax(scaling · q kᵀ + mask) in float32, in query's dtype, ``(B, Hq, Nq, Nk)``: transformers'
-    eager weights. ``causal`` (no mask given) is the bottom-right pattern; rows that see no key are 0."""
+    eager weights. ``causal`` (no mask given) is the bottom-right pattern; rows that see no key are 0;
+    ``softcap`` caps the scores first, ``sinks`` join each row's denominator."""
     batch, heads_q, q_len, head_dim = query.shape
     kv_len = key.shape[2]
     scale = head_dim**-0.5 if scaling is None else scaling
     keys = key.float().repeat_interleave(heads_q // key.shape[1], dim=1)  # (B, Hq, Nk, D)
     scores = scale * (query.float() @ keys.transpose(-1, -2))  # (B, Hq, Nq, Nk)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
     if attention_mask is None and causal:
         attention_mask = reference.attention_visibility(
             batch, q_len, kv_len, causal=True, key_padding_mask=None, device=query.device
@@ -158,12 +177,18 @@ def _attention_weights(
     elif attention_mask is not None:
         scores = scores + attention_mask[..., :kv_len].float()
     no_key = (scores == float("-inf")).all(dim=-1, keepdim=True)  # softmax would give 0/0 there
+    if sinks is not None:  # a column for the sink's mass, dropped after the softmax
+        sink_column = sinks.float()[None, :, None, None].expand(batch, heads_q, q_len, 1)
+        return torch.softmax(torch.cat((scores, sink_column), dim=-1), dim=-1)[..., :-1].to(query.dtype)
     return torch.softmax(scores, dim=-1).masked_fill(no_key, 0.0).to(query.dtype)
 
 
-def _causal_key_padding(mask: Tensor, batch: int, q_len: int, kv_len: int) -> tuple[bool, Tensor] | None:
+def _causal_key_padding(
+    mask: Tensor, batch: int, q_len: int, kv_len: int, window: tuple[int, int] | None = None
+) -> tuple[bool, Tensor] | None:
     """``(causal, keys_taking_part)`` when the bool ``mask`` is exactly key padding, alone or with
-    the bottom-right causal pattern (``keys_taking_part``: bool ``(B, Nk)``); None otherwise."""
+    the bottom-right causal pattern (with ``window``, the causal pattern within that window)
+    (``keys_taking_part``: bool ``(B, Nk)``); None otherwise."""
     if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[3] != kv_len:
         return None
     if mask.shape[0] not in (1, batch) or mask.shape[2] not in (1, q_len):
@@ -171,11 +196,18 @@ def _causal_key_padding(mask: Tensor, batch: int, q_len: int, kv_len: int) -> tu
     if mask.shape[2] == 1:  # one row for every query (a decode step): key padding, nothing to read
         return False, mask[:, 0, 0, :].expand(batch, kv_len).contiguous()
     mask = mask.expand(batch, 1, q_len, kv_len)
-    # The last query sees every key that takes part, under either pattern.
-    keys_taking_part = mask[:, 0, -1, :].contiguous()
+    # A key takes part iff some query sees it, under each pattern (with a window the last query does not
+    # see them all).
+    keys_taking_part = mask[:, 0].any(dim=1)
     for causal in (False, True):
         pattern = reference.attention_visibility(
-            batch, q_len, kv_len, causal=causal, key_padding_mask=keys_taking_part, device=mask.device
+            batch,
+            q_len,
+            kv_len,
+            causal=causal,
+            key_padding_mask=keys_taking_part,
+            device=mask.device,
+            window=window if causal else None,
         )
         if torch.equal(mask, pattern):
             return causal, keys_taking_part
