@@ -43,12 +43,32 @@ def _with_probs(q, k, v, dropout_p, scale, causal, features):
     return out.to(q.dtype), lse.float(), s_dmask
 
 
-def _padded(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, probs):
+# The keywords every function of FlashAttention-2's API takes, in its order, with its defaults.
+COMMON_KEYWORDS = (
+    "dropout_p",
+    "softmax_scale",
+    "causal",
+    "window_size",
+    "softcap",
+    "alibi_slopes",
+    "deterministic",
+    "return_attn_probs",
+)
+
+
+def _common(arguments: dict) -> dict:
+    """The common keywords out of a function's ``locals()``."""
+    return {name: arguments[name] for name in COMMON_KEYWORDS}
+
+
+def _padded(
+    q, k, v, *, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
+):
     """q (B, Nq, H, D), k, v (B, Nk, Hk, D): FlashAttention-2's padded call."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, D) views, no copy
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     features = _features(window_size, softcap, alibi_slopes)
-    slow = probs and dropout_p > 0  # S_dmask wanted: the keep pattern must be the one out was made with
+    slow = return_attn_probs and dropout_p > 0  # S_dmask wanted: the keep pattern must be the one out was made with
     out, lse = attention(
         q,
         k,
@@ -64,7 +84,7 @@ def _padded(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, ali
     if slow:
         out, lse, s_dmask = _with_probs(q, k, v, dropout_p, scale, causal, features)
     out = out.transpose(1, 2).contiguous()  # (B, Nq, H, D)
-    return (out, lse, s_dmask) if probs else out
+    return (out, lse, s_dmask) if return_attn_probs else out
 
 
 def flash_attn_func(
@@ -84,9 +104,7 @@ def flash_attn_func(
     multiple of nheads_k. Returns out (batch, seqlen_q, nheads, headdim), and with
     ``return_attn_probs`` also (softmax_lse, S_dmask). Causal and window masks are aligned to the
     bottom-right corner; ``window_size=(left, right)``, -1 unlimited."""
-    return _padded(
-        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
-    )
+    return _padded(q, k, v, **_common(locals()))
 
 
 def flash_attn_qkvpacked_func(
@@ -102,9 +120,7 @@ def flash_attn_qkvpacked_func(
 ):
     """qkv: (batch, seqlen, 3, nheads, headdim); otherwise as :func:`flash_attn_func`."""
     q, k, v = qkv.unbind(dim=2)
-    return _padded(
-        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
-    )
+    return _padded(q, k, v, **_common(locals()))
 
 
 def flash_attn_kvpacked_func(
@@ -121,9 +137,7 @@ def flash_attn_kvpacked_func(
 ):
     """q: (batch, seqlen_q, nheads, headdim); kv: (batch, seqlen_k, 2, nheads_k, headdim)."""
     k, v = kv.unbind(dim=2)
-    return _padded(
-        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
-    )
+    return _padded(q, k, v, **_common(locals()))
 
 
 def _varlen(
@@ -134,6 +148,7 @@ def _varlen(
     cu_seqlens_k,
     max_seqlen_q,
     max_seqlen_k,
+    *,
     dropout_p,
     softmax_scale,
     causal,
@@ -141,7 +156,7 @@ def _varlen(
     softcap,
     alibi_slopes,
     deterministic,
-    probs,
+    return_attn_probs,
 ):
     """q (total_q, H, D), k, v (total_k, Hk, D): FlashAttention-2's varlen call."""
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
@@ -156,12 +171,12 @@ def _varlen(
         max_seqlen_k,
         causal=causal,
         scale=scale,
-        dropout_p=0.0 if probs and dropout_p > 0 else dropout_p,
+        dropout_p=0.0 if return_attn_probs and dropout_p > 0 else dropout_p,
         deterministic=deterministic,
         return_lse=True,
         **features,
-    )  # checks every argument; with dropout and probs, only the lse is kept
-    if not probs:
+    )  # checks every argument; with dropout and S_dmask wanted, only the lse is kept
+    if not return_attn_probs:
         return out
     if dropout_p == 0:
         return out, lse, None
@@ -200,23 +215,7 @@ def flash_attn_varlen_func(
     (softmax_lse (nheads, total_q), S_dmask). Each sequence attends only within itself."""
     if block_table is not None:
         raise NotImplementedError("flash_attn_varlen_func: block_table (a paged KV cache) is not supported yet")
-    return _varlen(
-        q,
-        k,
-        v,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-        dropout_p,
-        softmax_scale,
-        causal,
-        window_size,
-        softcap,
-        alibi_slopes,
-        deterministic,
-        return_attn_probs,
-    )
+    return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **_common(locals()))
 
 
 def flash_attn_varlen_qkvpacked_func(
@@ -234,23 +233,7 @@ def flash_attn_varlen_qkvpacked_func(
 ):
     """qkv: (total, 3, nheads, headdim); otherwise as :func:`flash_attn_varlen_func`."""
     q, k, v = qkv.unbind(dim=1)
-    return _varlen(
-        q,
-        k,
-        v,
-        cu_seqlens,
-        cu_seqlens,
-        max_seqlen,
-        max_seqlen,
-        dropout_p,
-        softmax_scale,
-        causal,
-        window_size,
-        softcap,
-        alibi_slopes,
-        deterministic,
-        return_attn_probs,
-    )
+    return _varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **_common(locals()))
 
 
 def flash_attn_varlen_kvpacked_func(
@@ -271,23 +254,7 @@ def flash_attn_varlen_kvpacked_func(
 ):
     """q: (total_q, nheads, headdim); kv: (total_k, 2, nheads_k, headdim)."""
     k, v = kv.unbind(dim=1)
-    return _varlen(
-        q,
-        k,
-        v,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-        dropout_p,
-        softmax_scale,
-        causal,
-        window_size,
-        softcap,
-        alibi_slopes,
-        deterministic,
-        return_attn_probs,
-    )
+    return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **_common(locals()))
 
 
 __all__ = [
