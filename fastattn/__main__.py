@@ -338,6 +338,9 @@ examples:
         return args.run(args)
     except UsageError as error:
         commands.choices[args.command].error(str(error))
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and returns 130 itself)
+        print(f"python -m fastattn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
 
@@ -138,3 +139,23 @@ def test_verify_progress_counts_the_rows_it_runs(monkeypatch):
     rows = verify.run(torch.device("cpu"), full=False, backend_names=["torch", "naive"])
     assert len(rows) == 2
     assert bars and set(bars) == {(2, 2)}, bars
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path):
+    """Ctrl-C in a command (here verify, while it runs its checks): no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastattn", "verify", "--op", "attention"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first_line = process.stdout.readline()  # printed before the checks start
+        assert first_line.startswith(("No GPU", "verify on")), first_line
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
