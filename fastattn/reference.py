@@ -170,13 +170,17 @@ def attention_varlen(
     """Packed sequences: q ``(total_q, Hq, D)``, k, v ``(total_k, Hkv, D)``; sequence ``b`` is rows
     ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only within itself, with every option of
     :func:`attention` (its masks aligned to its own bottom-right corner; ``alibi_slopes`` may be
-    ``(B, Hq)``). ``lse`` is ``(Hq, total_q)``, FlashAttention-2's varlen layout."""
+    ``(B, Hq)``; ``dropout_keep`` is ``(B, Hq, max Nq, max Nk)``, each sequence reading its top-left
+    corner). ``lse`` is ``(Hq, total_q)``, FlashAttention-2's varlen layout."""
     outs, lses = [], []
     alibi_slopes = options.pop("alibi_slopes", None)
+    dropout_keep = options.pop("dropout_keep", None)
     for b in range(len(cu_seqlens_q) - 1):
         rows_q = slice(int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1]))
         rows_k = slice(int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1]))
         slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+        if dropout_keep is not None:
+            options["dropout_keep"] = dropout_keep[b, :, : rows_q.stop - rows_q.start, : rows_k.stop - rows_k.start]
         out, lse = attention(
             q[rows_q].transpose(0, 1)[None],  # (1, Hq, Nq_b, D)
             k[rows_k].transpose(0, 1)[None],

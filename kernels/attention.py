@@ -1,15 +1,20 @@
 """Fused attention (FlashAttention-2 style) in Triton: forward, backward and the dropout mask.
 
-Notation, per (batch b, query head h; key/value head h // (Hq / Hkv)):
+Notation, per (batch b, query head h; key/value head h // (Hq / Hkv)), off = Nk - Nq:
 
-    S = scale · Q Kᵀ                       (Nq, Nk) scores; invisible entries are -inf
-    P = softmax(S)  (row-wise)              lse_i = log Σ_j exp(S_ij) over visible keys
+    S_ij = scale · q_i·k_j                  scores; with softcap c > 0, S = c · tanh(S / c); with ALiBi,
+                                            S_ij -= slope_bh · |i + off - j|; invisible entries -inf
+    P = softmax(S)  (row-wise)              lse_i = log (Σ_j exp(S_ij) + exp(sink_h)) over visible keys
     O = (P ∘ Z / (1 - p)) V                 Z: the dropout keep-mask (all ones when p = 0)
+
+The sink (``sinks``, gpt-oss) is one more logit per head in every row's denominator, with no value:
+it only lowers the probabilities of the keys. Without sinks its exp() term is absent.
 
 Forward: one program per BLOCK_M query rows walks the key blocks with the online softmax, in base 2
 (``exp2`` with LOG2E folded into the scale): running max m_i, running sum l_i (of P before dropout),
 and the accumulator rescaled by exp2(m_old - m_new) whenever the max grows; O = acc / l_i at the end
-and lse = (m_i + log2 l_i) · ln 2. The (Nq, Nk) matrix is never stored, forward or backward.
+and lse = (m_i + log2 l_i) · ln 2. A sink starts the row at m_i = sink, l_i = 1. The (Nq, Nk) matrix
+is never stored, forward or backward.
 
 Backward (FlashAttention-2's recomputation; P is rebuilt from lse):
 
@@ -17,25 +22,40 @@ Backward (FlashAttention-2's recomputation; P is rebuilt from lse):
     dV  = (P ∘ Z / (1 - p))ᵀ dO
     dP  = (dO Vᵀ) ∘ Z / (1 - p)
     dS  = P ∘ (dP - delta)                            (-dlse: ∂lse_i/∂S_ij = P_ij)
+    dS ← dS ∘ (1 - tanh²)                             (softcap: the derivative of c · tanh(x / c))
     dQ  = scale · dS K,   dK = scale · dSᵀ Q
+    dsink_h = -Σ_(b,i) exp(sink_h - lse_i) · delta_i   (the sink's probability times (0 - delta))
 
 One program per BLOCK_N keys of one key/value head loops over the query blocks of every query head
 of its group (GQA/MQA never copies K/V) and writes dK, dV once. dQ either comes from a second kernel
 (one program per BLOCK_M query rows, looping over key blocks: ``deterministic=True``, bitwise
 reproducible) or is accumulated with fp32 atomics inside the dK/dV loop (faster, but the order of the
-additions varies run to run).
+additions varies run to run). The preprocess also sums each block's share of dsink, in a fixed order.
 
-Visibility: query i sees key j iff j < Nk, key_padding_mask[b, j] (when given) and, when causal,
-j <= i + (Nk - Nq) (bottom-right aligned). A row that sees no key gets O = 0, lse = -inf and zero
-gradients: its running max stays -inf and is replaced by 0 before exponentiating, so exp2 never
-sees -inf - (-inf).
+Visibility: query i sees key j iff j < Nk, key_padding_mask[b, j] (when given) and, with a band
+(causal, or ``window=(left, right)``), i + off - left <= j <= i + off + right (bottom-right aligned;
+causal is right = 0; an unlimited side is passed as Nq + Nk, which no distance reaches). A row that
+sees no key gets O = 0, lse = -inf (the sink's logit with sinks) and zero gradients: its running max
+stays -inf and is replaced by 0 before exponentiating, so exp2 never sees -inf - (-inf).
+
+Work follows the band: a query block [m0, m0 + BLOCK_M) can only see keys in
+[m0 + off - left, m0 + BLOCK_M - 1 + off + right], so the forward and dQ loops start at the key block
+holding the first of them and stop after the last; the dK/dV loop over query blocks is bounded the
+same way from its keys' side ([n0 - off - right, n0 + BLOCK_N - 1 - off + left]). With a 4k window at
+16k keys that is 4k/16k = 1/4 of the key blocks, plus at most one partial block at each edge.
+
+Packed sequences (varlen): q, k, v are (total, H, D) with ``cu_seqlens`` offsets; the grid covers
+``max_seqlen`` rows for every sequence, and each program reads its sequence's first row and length
+from ``cu_seqlens`` (blocks past the end return at once). Batch strides are then 0, masks and ALiBi
+are aligned to each sequence's own corner, and the lse is FlashAttention-2's (Hq, total_q).
 
 Dropout stream: Z_ij = [u >= p] with u the first 32-bit word of Philox-4x32-10 (``tl.philox``) keyed
 by the 64-bit ``seed`` with the 128-bit counter (c0, c1, c2, c3) = (j, i, b · Hq + h, 0), mapped to
-[0, 1) by ``tl.uint_to_uniform_float``. Every index has its own 32-bit counter word, so no offset is
-ever formed by multiplying sizes together ((b·Hq + h)·Nq·Nk would pass 2^31 at modest sizes) and
-nothing overflows for any Nq, Nk and B · Hq below 2^31; each entry depends on (seed, b, h, i, j) only,
-so the backward and :func:`dropout_keep_mask` regenerate exactly the forward's mask.
+[0, 1) by ``tl.uint_to_uniform_float`` (i, j are indices within the sequence, b the sequence). Every
+index has its own 32-bit counter word, so no offset is ever formed by multiplying sizes together
+((b·Hq + h)·Nq·Nk would pass 2^31 at modest sizes) and nothing overflows for any Nq, Nk and B · Hq
+below 2^31; each entry depends on (seed, b, h, i, j) only, so the backward and
+:func:`dropout_keep_mask` regenerate exactly the forward's mask.
 
 Numerics: scores, softmax statistics and accumulators are fp32. fp16/bf16 inputs use tensor-core dots
 (P and dS are rounded to the input dtype before their dots, as in FlashAttention); fp32 inputs use
@@ -117,24 +137,118 @@ def _store_tile(
 
 
 @triton.jit
+def _sequence(
+    CuSeqlens,  # (B + 1,) int32 offsets of the packed sequences (unused without VARLEN)
+    b,  # sequence (batch) index, int64
+    length,  # its length without VARLEN: Nq or Nk
+    VARLEN: tl.constexpr,  # packed sequences
+):
+    """(first row of sequence ``b`` in its tensor, int64; the sequence's length)."""
+    first = 0
+    if VARLEN:
+        first = tl.load(CuSeqlens + b).to(tl.int64)
+        length = tl.load(CuSeqlens + b + 1) - first.to(tl.int32)
+    return first, length
+
+
+@triton.jit
 def _visible(
     rows,  # query indices, int32, broadcastable against cols
     cols,  # key indices, int32
     seq_q,  # Nq
     seq_k,  # Nk
+    window_left,  # keys visible before the diagonal (>= 0; Nq + Nk: unlimited)
+    window_right,  # keys visible after it (0 when causal)
     kpm_row,  # pointer to key_padding_mask[b, 0] (uint8; unused without HAS_KPM)
     stride_mn,  # key_padding_mask stride along keys
-    CAUSAL: tl.constexpr,  # bottom-right causal mask
+    BAND: tl.constexpr,  # a causal mask or sliding window limits the keys around the diagonal
     HAS_KPM: tl.constexpr,  # a key_padding_mask is given
 ):
     """Bool tile: query ``rows`` may attend to key ``cols``."""
     visible = (rows < seq_q) & (cols < seq_k)
-    if CAUSAL:
-        visible = visible & (cols <= rows + (seq_k - seq_q))
+    if BAND:
+        diagonal = rows + (seq_k - seq_q)  # the key aligned with each query (bottom-right corner)
+        visible = visible & (cols >= diagonal - window_left) & (cols <= diagonal + window_right)
     if HAS_KPM:
         takes_part = tl.load(kpm_row + cols * stride_mn, mask=cols < seq_k, other=0)
         visible = visible & (takes_part != 0)
     return visible
+
+
+@triton.jit
+def _key_range(
+    start_m, seq_q, seq_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BAND: tl.constexpr
+):
+    """[lo, hi) of the keys queries [start_m, start_m + BLOCK_M) can see, lo a multiple of BLOCK_N:
+    row i sees j in [i + off - left, i + off + right], so the block's first row bounds lo and its last
+    row bounds hi; the key blocks outside are never loaded."""
+    lo = 0
+    hi = seq_k
+    if BAND:
+        off = seq_k - seq_q
+        lo = (tl.maximum(start_m + off - window_left, 0) // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(start_m + BLOCK_M + off + window_right, seq_k)
+    return lo, hi
+
+
+@triton.jit
+def _query_range(
+    start_n, seq_q, seq_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BAND: tl.constexpr
+):
+    """[lo, hi) of the queries that can see keys [start_n, start_n + BLOCK_N), lo a multiple of BLOCK_M:
+    key j is seen by rows i in [j - off - right, j - off + left]."""
+    lo = 0
+    hi = seq_q
+    if BAND:
+        off = seq_k - seq_q
+        lo = (tl.maximum(start_n - off - window_right, 0) // BLOCK_M) * BLOCK_M
+        hi = tl.minimum(start_n + BLOCK_N - off + window_left, seq_q)
+    return lo, hi
+
+
+@triton.jit
+def _tanh(x):
+    """tanh in fp32 from exp2 (the same code on every target and in the interpreter): 1 - 2 / (e^2x + 1),
+    exactly ±1 once e^2x overflows to inf or underflows to 0; absolute error ~1e-7 near 0."""
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
+
+
+@triton.jit
+def _scores(
+    qk,  # (rows, cols) fp32 dot products q·k
+    rows,  # query indices, broadcastable against cols
+    cols,  # key indices
+    off,  # Nk - Nq
+    scale,  # softmax scale
+    softcap,  # cap c > 0 (unused without SOFTCAP)
+    slope,  # ALiBi slope of the head times LOG2E (unused without ALIBI)
+    SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr,
+):
+    """Base-2 scores: scale · qk, capped to c · tanh(scale · qk / c), minus slope · |i + off - j|."""
+    if SOFTCAP:
+        s = _tanh(qk * (scale / softcap)) * (softcap * LOG2E)
+    else:
+        s = qk * (scale * LOG2E)
+    if ALIBI:
+        s -= slope * tl.abs(rows + off - cols).to(tl.float32)
+    return s
+
+
+@triton.jit
+def _softcap_grad(qk, scale, softcap):
+    """d(c · tanh(x / c))/dx at x = scale · qk: 1 - tanh²."""
+    cap = _tanh(qk * (scale / softcap))
+    return 1.0 - cap * cap
+
+
+@triton.jit
+def _alibi_slope(Alibi, b, h, stride_ab, ALIBI: tl.constexpr):
+    """The ALiBi slope of (b, h) times LOG2E (0 without ALIBI)."""
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + b * stride_ab + h) * LOG2E
+    return slope
 
 
 @triton.jit
@@ -158,12 +272,16 @@ def _dropout_keep(
 # --------------------------------------------------------------------------------------- forward
 @triton.jit
 def _attn_fwd_kernel(
-    Q,  # (B, Hq, Nq, D), last dim contiguous
-    K,  # (B, Hkv, Nk, D), last dim contiguous
-    V,  # (B, Hkv, Nk, D), last dim contiguous
-    Out,  # (B, Hq, Nq, D) output, last dim contiguous
-    Lse,  # (B, Hq, Nq) float32 output, contiguous
+    Q,  # (B, Hq, Nq, D), last dim contiguous; packed: (total_q, Hq, D) seen with a batch stride of 0
+    K,  # (B, Hkv, Nk, D), last dim contiguous; packed: (total_k, Hkv, D)
+    V,  # like K
+    Out,  # like Q, output
+    Lse,  # float32 output: (B, Hq, Nq), or packed (Hq, total_q)
     Kpm,  # (B, Nk) uint8 key_padding_mask, 1 = key takes part (dummy without HAS_KPM)
+    CuSeqlensQ,  # (B + 1,) int32 query offsets (dummy without VARLEN)
+    CuSeqlensK,  # (B + 1,) int32 key offsets (dummy without VARLEN)
+    Alibi,  # float32 ALiBi slopes, (Hq,) or (B, Hq) contiguous (dummy without ALIBI)
+    Sinks,  # (Hq,) sink logits, contiguous (dummy without SINKS)
     stride_qb,
     stride_qh,
     stride_qm,  # strides of Q (elements)
@@ -176,18 +294,28 @@ def _attn_fwd_kernel(
     stride_ob,
     stride_oh,
     stride_om,  # strides of Out
+    stride_lb,
+    stride_lh,  # strides of Lse along batch and heads (rows are contiguous)
     stride_mb,
     stride_mn,  # strides of Kpm
+    stride_ab,  # stride of Alibi along batch (0: one slope per head)
     heads_q,  # Hq
     group,  # Hq // Hkv: query heads per key/value head
-    seq_q,  # Nq
-    seq_k,  # Nk
+    seq_q,  # Nq (packed: the longest query sequence)
+    seq_k,  # Nk (packed: the longest key sequence)
     head_dim,  # D
     num_m_blocks,  # cdiv(Nq, BLOCK_M)
     scale,  # softmax scale (natural-log units)
+    window_left,  # see _visible (unused without BAND)
+    window_right,
+    softcap,  # c > 0 (unused without SOFTCAP)
     dropout_p,  # probability of dropping a probability (0 without DROPOUT)
     seed,  # Philox key of the dropout stream
-    CAUSAL: tl.constexpr,  # bottom-right causal mask
+    BAND: tl.constexpr,  # causal mask or sliding window
+    SOFTCAP: tl.constexpr,  # scores capped by c · tanh(s / c)
+    ALIBI: tl.constexpr,  # ALiBi bias
+    SINKS: tl.constexpr,  # a sink logit per head in the denominator
+    VARLEN: tl.constexpr,  # packed sequences, offsets in CuSeqlensQ/K
     HAS_KPM: tl.constexpr,  # Kpm is given
     DROPOUT: tl.constexpr,  # dropout_p > 0
     IEEE: tl.constexpr,  # fp32 dots at ieee precision
@@ -202,31 +330,39 @@ def _attn_fwd_kernel(
     h = (bh % heads_q).to(tl.int64)
     h_kv = h // group
     start_m = pid_m * BLOCK_M
+    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
+    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    if start_m >= seq_q:  # a packed sequence shorter than the longest
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
 
-    q = _load_tile(
-        Q + b * stride_qb + h * stride_qh, start_m, seq_q, stride_qm, tl.arange(0, BLOCK_M), offs_d, head_dim
-    )  # (BLOCK_M, BLOCK_D)
-    k_head = K + b * stride_kb + h_kv * stride_kh
-    v_head = V + b * stride_vb + h_kv * stride_vh
+    q_head = Q + b * stride_qb + h * stride_qh + first_q * stride_qm
+    q = _load_tile(q_head, start_m, seq_q, stride_qm, tl.arange(0, BLOCK_M), offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
+    k_head = K + b * stride_kb + h_kv * stride_kh + first_k * stride_kn
+    v_head = V + b * stride_vb + h_kv * stride_vh + first_k * stride_vn
     kpm_row = Kpm + b * stride_mb
+    slope = _alibi_slope(Alibi, b, h, stride_ab, ALIBI)
 
-    qk_scale = scale * LOG2E
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max of S (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running Σ exp2(S - m_i), before dropout
+    if SINKS:  # the sink is the row's first score: m = sink, l = exp2(sink - m) = 1
+        sink = tl.load(Sinks + h).to(tl.float32) * LOG2E
+        m_i = tl.zeros([BLOCK_M], tl.float32) + sink
+        l_i += 1.0  # a sink of -inf works too: the first visible key's alpha = exp2(-inf) clears it
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # running Σ exp2(S - m_i) Z V
 
-    end_n = seq_k
-    if CAUSAL:
-        end_n = tl.minimum(seq_k, start_m + BLOCK_M + seq_k - seq_q)  # later keys: invisible to the block
-    for start_n in range(0, end_n, BLOCK_N):
+    lo, hi = _key_range(start_m, seq_q, seq_k, window_left, window_right, BLOCK_M, BLOCK_N, BAND)
+    for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k = _load_tile(k_head, start_n, seq_k, stride_kn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(v_head, start_n, seq_k, stride_vn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 scores
-        visible = _visible(offs_m[:, None], cols[None, :], seq_q, seq_k, kpm_row, stride_mn, CAUSAL, HAS_KPM)
+        qk = _dot(q, tl.trans(k), IEEE)  # (BLOCK_M, BLOCK_N)
+        s = _scores(qk, offs_m[:, None], cols[None, :], seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
+        visible = _visible(
+            offs_m[:, None], cols[None, :], seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, BAND, HAS_KPM
+        )
         s = tl.where(visible, s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -245,27 +381,21 @@ def _attn_fwd_kernel(
     if DROPOUT:
         acc = acc * tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
     lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
-    _store_tile(
-        Out + b * stride_ob + h * stride_oh,
-        start_m,
-        seq_q,
-        stride_om,
-        tl.arange(0, BLOCK_M),
-        offs_d,
-        head_dim,
-        acc / l_safe[:, None],
-        IEEE,
-    )
-    tl.store(Lse + bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+    o_head = Out + b * stride_ob + h * stride_oh + first_q * stride_om
+    _store_tile(o_head, start_m, seq_q, stride_om, tl.arange(0, BLOCK_M), offs_d, head_dim, acc / l_safe[:, None], IEEE)
+    tl.store(Lse + b * stride_lb + h * stride_lh + first_q + offs_m, lse, mask=offs_m < seq_q)
 
 
 # -------------------------------------------------------------------------------------- backward
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    Out,  # (B, Hq, Nq, D) forward output, last dim contiguous
+    Out,  # (B, Hq, Nq, D) forward output, last dim contiguous (packed: B = 1, Nq = total_q)
     DO,  # (B, Hq, Nq, D) upstream gradient of Out, last dim contiguous
     Dlse,  # (B, Hq, Nq) float32 upstream gradient of lse, contiguous (dummy without HAS_DLSE)
+    Lse,  # (B, Hq, Nq) float32 forward lse, contiguous (read with SINKS only)
+    Sinks,  # (Hq,) sink logits (dummy without SINKS)
     Delta,  # (B, Hq, Nq) float32 output, contiguous
+    DsinkPartial,  # (B * Hq * num_m_blocks,) float32 output: each program's share of dsink (SINKS only)
     stride_ob,
     stride_oh,
     stride_om,  # strides of Out
@@ -277,6 +407,7 @@ def _attn_bwd_preprocess_kernel(
     head_dim,  # D
     num_m_blocks,  # cdiv(Nq, BLOCK_M)
     HAS_DLSE: tl.constexpr,  # Dlse is given
+    SINKS: tl.constexpr,  # also the sinks' gradient
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
@@ -295,23 +426,32 @@ def _attn_bwd_preprocess_kernel(
     o = _load_tile(o_head, start_m, seq_q, stride_om, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
     do = _load_tile(do_head, start_m, seq_q, stride_dom, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    rows = bh.to(tl.int64) * seq_q + offs_m
     if HAS_DLSE:
-        delta -= tl.load(Dlse + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
-    tl.store(Delta + bh.to(tl.int64) * seq_q + offs_m, delta, mask=offs_m < seq_q)
+        delta -= tl.load(Dlse + rows, mask=offs_m < seq_q, other=0.0)
+    tl.store(Delta + rows, delta, mask=offs_m < seq_q)
+    if SINKS:  # the sink's probability exp(sink - lse) times its dP - delta = -delta (it has no value)
+        lse = tl.load(Lse + rows, mask=offs_m < seq_q, other=float("inf"))  # rows past the end: weight 0
+        sink = tl.load(Sinks + h).to(tl.float32)
+        weight = tl.where(lse == float("-inf"), 0.0, tl.exp2((sink - lse) * LOG2E))  # sink = lse = -inf: 0
+        tl.store(DsinkPartial + pid, -tl.sum(weight * delta, 0))
 
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q,  # (B, Hq, Nq, D), last dim contiguous
-    K,  # (B, Hkv, Nk, D), last dim contiguous
-    V,  # (B, Hkv, Nk, D), last dim contiguous
-    DO,  # (B, Hq, Nq, D) upstream gradient of Out, last dim contiguous
-    Lse,  # (B, Hq, Nq) float32 forward lse, contiguous
-    Delta,  # (B, Hq, Nq) float32 rowsum(dO * O) - dlse, contiguous
-    DK,  # (B, Hkv, Nk, D) output, last dim contiguous
-    DV,  # (B, Hkv, Nk, D) output, last dim contiguous
-    DQacc,  # (B, Hq, Nq, D) float32 contiguous, zero-filled: dQ accumulated atomically (DQ_ATOMIC only)
+    Q,  # (B, Hq, Nq, D), last dim contiguous; packed: (total_q, Hq, D) with a batch stride of 0
+    K,  # (B, Hkv, Nk, D), last dim contiguous; packed: (total_k, Hkv, D)
+    V,  # like K
+    DO,  # like Q: upstream gradient of Out
+    Lse,  # float32 forward lse: (B, Hq, Nq), or packed (Hq, total_q)
+    Delta,  # float32 rowsum(dO * O) - dlse, laid out like Lse
+    DK,  # like K, output
+    DV,  # like V, output
+    DQacc,  # float32 zero-filled, rows laid out like Lse, D per row: dQ accumulated atomically (DQ_ATOMIC only)
     Kpm,  # (B, Nk) uint8 key_padding_mask (dummy without HAS_KPM)
+    CuSeqlensQ,  # (B + 1,) int32 query offsets (dummy without VARLEN)
+    CuSeqlensK,  # (B + 1,) int32 key offsets (dummy without VARLEN)
+    Alibi,  # float32 ALiBi slopes (dummy without ALIBI)
     stride_qb,
     stride_qh,
     stride_qm,  # strides of Q
@@ -330,19 +470,28 @@ def _attn_bwd_dkdv_kernel(
     stride_dvb,
     stride_dvh,
     stride_dvn,  # strides of DV
+    stride_lb,
+    stride_lh,  # strides of Lse (and Delta, DQacc rows) along batch and heads
     stride_mb,
     stride_mn,  # strides of Kpm
+    stride_ab,  # stride of Alibi along batch (0: one slope per head)
     heads_q,  # Hq
     heads_kv,  # Hkv
     group,  # Hq // Hkv
-    seq_q,  # Nq
-    seq_k,  # Nk
+    seq_q,  # Nq (packed: the longest query sequence)
+    seq_k,  # Nk (packed: the longest key sequence)
     head_dim,  # D
     num_n_blocks,  # cdiv(Nk, BLOCK_N)
     scale,  # softmax scale
+    window_left,  # see _visible
+    window_right,
+    softcap,  # c > 0 (unused without SOFTCAP)
     dropout_p,  # probability of dropping (0 without DROPOUT)
     seed,  # Philox key of the dropout stream
-    CAUSAL: tl.constexpr,  # bottom-right causal mask
+    BAND: tl.constexpr,  # causal mask or sliding window
+    SOFTCAP: tl.constexpr,  # capped scores
+    ALIBI: tl.constexpr,  # ALiBi bias
+    VARLEN: tl.constexpr,  # packed sequences
     HAS_KPM: tl.constexpr,  # Kpm is given
     DROPOUT: tl.constexpr,  # dropout_p > 0
     DQ_ATOMIC: tl.constexpr,  # also accumulate dQ into DQacc with atomics
@@ -357,40 +506,54 @@ def _attn_bwd_dkdv_kernel(
     b = (bh_kv // heads_kv).to(tl.int64)
     h_kv = (bh_kv % heads_kv).to(tl.int64)
     start_n = pid_n * BLOCK_N
+    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
+    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    if start_n >= seq_k:  # a packed sequence shorter than the longest
+        return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
 
-    k = _load_tile(
-        K + b * stride_kb + h_kv * stride_kh, start_n, seq_k, stride_kn, tl.arange(0, BLOCK_N), offs_d, head_dim
-    )  # (BLOCK_N, BLOCK_D)
-    v = _load_tile(
-        V + b * stride_vb + h_kv * stride_vh, start_n, seq_k, stride_vn, tl.arange(0, BLOCK_N), offs_d, head_dim
-    )  # (BLOCK_N, BLOCK_D)
+    local_n = tl.arange(0, BLOCK_N)
+    k_head = K + b * stride_kb + h_kv * stride_kh + first_k * stride_kn
+    v_head = V + b * stride_vb + h_kv * stride_vh + first_k * stride_vn
+    k = _load_tile(k_head, start_n, seq_k, stride_kn, local_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
+    v = _load_tile(v_head, start_n, seq_k, stride_vn, local_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
     kpm_row = Kpm + b * stride_mb
 
-    qk_scale = scale * LOG2E
     keep_scale = tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    start_q = 0
-    if CAUSAL:  # key j is visible to queries i >= j - (Nk - Nq) only
-        start_q = (tl.maximum(start_n - (seq_k - seq_q), 0) // BLOCK_M) * BLOCK_M
+    lo, hi = _query_range(start_n, seq_q, seq_k, window_left, window_right, BLOCK_M, BLOCK_N, BAND)
     for g in range(0, group):  # the query heads that read this key/value head, in a fixed order
         h = h_kv * group + g
         bh = b * heads_q + h
-        q_head = Q + b * stride_qb + h * stride_qh
-        do_head = DO + b * stride_dob + h * stride_doh
-        for start_m in range(start_q, seq_q, BLOCK_M):
+        row_0 = b * stride_lb + h * stride_lh + first_q  # row 0 of this head in Lse, Delta, DQacc
+        q_head = Q + b * stride_qb + h * stride_qh + first_q * stride_qm
+        do_head = DO + b * stride_dob + h * stride_doh + first_q * stride_dom
+        slope = _alibi_slope(Alibi, b, h, stride_ab, ALIBI)
+        for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
             q = _load_tile(q_head, start_m, seq_q, stride_qm, offs_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
             do = _load_tile(do_head, start_m, seq_q, stride_dom, offs_m, offs_d, head_dim)  # like q
-            lse = tl.load(Lse + bh * seq_q + rows, mask=rows < seq_q, other=0.0) * LOG2E
-            delta = tl.load(Delta + bh * seq_q + rows, mask=rows < seq_q, other=0.0)
+            lse = tl.load(Lse + row_0 + rows, mask=rows < seq_q, other=0.0) * LOG2E
+            delta = tl.load(Delta + row_0 + rows, mask=rows < seq_q, other=0.0)
 
-            s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # (BLOCK_N, BLOCK_M): Sᵀ in base 2
-            visible = _visible(rows[None, :], offs_n[:, None], seq_q, seq_k, kpm_row, stride_mn, CAUSAL, HAS_KPM)
+            qk_t = _dot(k, tl.trans(q), IEEE)  # (BLOCK_N, BLOCK_M): (Q Kᵀ)ᵀ
+            s_t = _scores(qk_t, rows[None, :], offs_n[:, None], seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
+            visible = _visible(
+                rows[None, :],
+                offs_n[:, None],
+                seq_q,
+                seq_k,
+                window_left,
+                window_right,
+                kpm_row,
+                stride_mn,
+                BAND,
+                HAS_KPM,
+            )
             p_t = tl.exp2(tl.where(visible, s_t - lse[None, :], float("-inf")))  # Pᵀ
             dp_t = _dot(v, tl.trans(do), IEEE)  # (dO Vᵀ)ᵀ
             if DROPOUT:
@@ -400,31 +563,36 @@ def _attn_bwd_dkdv_kernel(
             else:
                 dv += _dot(_cast(p_t, do.dtype, IEEE), do, IEEE)
             # a select, not p_t * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
-            ds_t = _cast(tl.where(visible, p_t * (dp_t - delta[None, :]), 0.0), q.dtype, IEEE)  # dSᵀ
+            ds_t = tl.where(visible, p_t * (dp_t - delta[None, :]), 0.0)  # dSᵀ
+            if SOFTCAP:
+                ds_t = ds_t * _softcap_grad(qk_t, scale, softcap)
+            ds_t = _cast(ds_t, q.dtype, IEEE)
             dk += _dot(ds_t, q, IEEE)
             if DQ_ATOMIC:
                 dq = _dot(tl.trans(ds_t), k, IEEE) * scale  # (BLOCK_M, BLOCK_D)
-                dq_block = DQacc + (bh * seq_q + start_m) * head_dim
+                dq_block = DQacc + (row_0 + start_m) * head_dim
                 mask = (rows < seq_q)[:, None] & (offs_d < head_dim)[None, :]
                 tl.atomic_add(dq_block + offs_m[:, None] * head_dim + offs_d[None, :], dq, mask=mask)
 
-    local_n = tl.arange(0, BLOCK_N)
-    dk_head = DK + b * stride_dkb + h_kv * stride_dkh
-    dv_head = DV + b * stride_dvb + h_kv * stride_dvh
+    dk_head = DK + b * stride_dkb + h_kv * stride_dkh + first_k * stride_dkn
+    dv_head = DV + b * stride_dvb + h_kv * stride_dvh + first_k * stride_dvn
     _store_tile(dk_head, start_n, seq_k, stride_dkn, local_n, offs_d, head_dim, dk * scale, IEEE)
     _store_tile(dv_head, start_n, seq_k, stride_dvn, local_n, offs_d, head_dim, dv, IEEE)
 
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q,  # (B, Hq, Nq, D), last dim contiguous
-    K,  # (B, Hkv, Nk, D), last dim contiguous
-    V,  # (B, Hkv, Nk, D), last dim contiguous
-    DO,  # (B, Hq, Nq, D) upstream gradient of Out, last dim contiguous
-    Lse,  # (B, Hq, Nq) float32 forward lse, contiguous
-    Delta,  # (B, Hq, Nq) float32 rowsum(dO * O) - dlse, contiguous
-    DQ,  # (B, Hq, Nq, D) output, last dim contiguous
+    Q,  # (B, Hq, Nq, D), last dim contiguous; packed: (total_q, Hq, D) with a batch stride of 0
+    K,  # (B, Hkv, Nk, D), last dim contiguous; packed: (total_k, Hkv, D)
+    V,  # like K
+    DO,  # like Q: upstream gradient of Out
+    Lse,  # float32 forward lse: (B, Hq, Nq), or packed (Hq, total_q)
+    Delta,  # float32 rowsum(dO * O) - dlse, laid out like Lse
+    DQ,  # like Q, output
     Kpm,  # (B, Nk) uint8 key_padding_mask (dummy without HAS_KPM)
+    CuSeqlensQ,  # (B + 1,) int32 query offsets (dummy without VARLEN)
+    CuSeqlensK,  # (B + 1,) int32 key offsets (dummy without VARLEN)
+    Alibi,  # float32 ALiBi slopes (dummy without ALIBI)
     stride_qb,
     stride_qh,
     stride_qm,  # strides of Q
@@ -440,18 +608,27 @@ def _attn_bwd_dq_kernel(
     stride_dqb,
     stride_dqh,
     stride_dqm,  # strides of DQ
+    stride_lb,
+    stride_lh,  # strides of Lse (and Delta) along batch and heads
     stride_mb,
     stride_mn,  # strides of Kpm
+    stride_ab,  # stride of Alibi along batch (0: one slope per head)
     heads_q,  # Hq
     group,  # Hq // Hkv
-    seq_q,  # Nq
-    seq_k,  # Nk
+    seq_q,  # Nq (packed: the longest query sequence)
+    seq_k,  # Nk (packed: the longest key sequence)
     head_dim,  # D
     num_m_blocks,  # cdiv(Nq, BLOCK_M)
     scale,  # softmax scale
+    window_left,  # see _visible
+    window_right,
+    softcap,  # c > 0 (unused without SOFTCAP)
     dropout_p,  # probability of dropping (0 without DROPOUT)
     seed,  # Philox key of the dropout stream
-    CAUSAL: tl.constexpr,  # bottom-right causal mask
+    BAND: tl.constexpr,  # causal mask or sliding window
+    SOFTCAP: tl.constexpr,  # capped scores
+    ALIBI: tl.constexpr,  # ALiBi bias
+    VARLEN: tl.constexpr,  # packed sequences
     HAS_KPM: tl.constexpr,  # Kpm is given
     DROPOUT: tl.constexpr,  # dropout_p > 0
     IEEE: tl.constexpr,  # fp32 dots at ieee precision
@@ -466,43 +643,51 @@ def _attn_bwd_dq_kernel(
     h = (bh % heads_q).to(tl.int64)
     h_kv = h // group
     start_m = pid_m * BLOCK_M
+    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
+    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    if start_m >= seq_q:  # a packed sequence shorter than the longest
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
 
     local_m = tl.arange(0, BLOCK_M)
-    q_head = Q + b * stride_qb + h * stride_qh
-    do_head = DO + b * stride_dob + h * stride_doh
+    q_head = Q + b * stride_qb + h * stride_qh + first_q * stride_qm
+    do_head = DO + b * stride_dob + h * stride_doh + first_q * stride_dom
     q = _load_tile(q_head, start_m, seq_q, stride_qm, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
     do = _load_tile(do_head, start_m, seq_q, stride_dom, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
-    lse = tl.load(Lse + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0) * LOG2E
-    delta = tl.load(Delta + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
-    k_head = K + b * stride_kb + h_kv * stride_kh
-    v_head = V + b * stride_vb + h_kv * stride_vh
+    row_0 = b * stride_lb + h * stride_lh + first_q  # row 0 of this head in Lse and Delta
+    lse = tl.load(Lse + row_0 + offs_m, mask=offs_m < seq_q, other=0.0) * LOG2E
+    delta = tl.load(Delta + row_0 + offs_m, mask=offs_m < seq_q, other=0.0)
+    k_head = K + b * stride_kb + h_kv * stride_kh + first_k * stride_kn
+    v_head = V + b * stride_vb + h_kv * stride_vh + first_k * stride_vn
     kpm_row = Kpm + b * stride_mb
+    slope = _alibi_slope(Alibi, b, h, stride_ab, ALIBI)
 
-    qk_scale = scale * LOG2E
     keep_scale = tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    end_n = seq_k
-    if CAUSAL:
-        end_n = tl.minimum(seq_k, start_m + BLOCK_M + seq_k - seq_q)
-    for start_n in range(0, end_n, BLOCK_N):
+    lo, hi = _key_range(start_m, seq_q, seq_k, window_left, window_right, BLOCK_M, BLOCK_N, BAND)
+    for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k = _load_tile(k_head, start_n, seq_k, stride_kn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(v_head, start_n, seq_k, stride_vn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
-        visible = _visible(offs_m[:, None], cols[None, :], seq_q, seq_k, kpm_row, stride_mn, CAUSAL, HAS_KPM)
+        qk = _dot(q, tl.trans(k), IEEE)  # (BLOCK_M, BLOCK_N)
+        s = _scores(qk, offs_m[:, None], cols[None, :], seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
+        visible = _visible(
+            offs_m[:, None], cols[None, :], seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, BAND, HAS_KPM
+        )
         p = tl.exp2(tl.where(visible, s - lse[:, None], float("-inf")))  # rows with lse = -inf see nothing
         dp = _dot(do, tl.trans(v), IEEE)
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p)
             dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = _cast(tl.where(visible, p * (dp - delta[:, None]), 0.0), k.dtype, IEEE)  # a select, as in dSᵀ
-        dq += _dot(ds, k, IEEE)
+        ds = tl.where(visible, p * (dp - delta[:, None]), 0.0)  # a select, as in dSᵀ
+        if SOFTCAP:
+            ds = ds * _softcap_grad(qk, scale, softcap)
+        dq += _dot(_cast(ds, k.dtype, IEEE), k, IEEE)
 
-    dq_head = DQ + b * stride_dqb + h * stride_dqh
+    dq_head = DQ + b * stride_dqb + h * stride_dqh + first_q * stride_dqm
     _store_tile(dq_head, start_m, seq_q, stride_dqm, local_m, offs_d, head_dim, dq * scale, IEEE)
 
 
@@ -602,25 +787,106 @@ def _padding_mask(key_padding_mask: Tensor | None, like: Tensor) -> tuple[Tensor
     return mask, mask.stride(0), mask.stride(1)
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be 4-d (B, H, N, D), got {q.dim()}, {k.dim()}, {v.dim()} dims")
+def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, varlen: bool) -> None:
+    dims = 3 if varlen else 4
+    if q.dim() != dims or k.dim() != dims or v.dim() != dims:
+        layout = "(total, H, D) with cu_seqlens" if varlen else "(B, H, N, D)"
+        raise ValueError(f"q, k, v must be {dims}-d {layout}, got {q.dim()}, {k.dim()}, {v.dim()} dims")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    batch, heads_q, _, head_dim = q.shape
-    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(
-            f"k, v must be (B, Hkv, Nk, D) matching q {tuple(q.shape)}, got {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+    heads_q, head_dim = q.shape[1], q.shape[-1]
+    if k.shape != v.shape or k.shape[-1] != head_dim or (not varlen and k.shape[0] != q.shape[0]):
+        raise ValueError(f"k, v must match q {tuple(q.shape)}, got {tuple(k.shape)}, {tuple(v.shape)}")
     heads_kv = k.shape[1]
     if (heads_q % heads_kv if heads_kv else heads_q) != 0:
         raise ValueError(f"Hq ({heads_q}) must be a multiple of Hkv ({heads_kv})")
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
-    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, k.shape[2]):
+    if key_padding_mask is not None and (varlen or tuple(key_padding_mask.shape) != (q.shape[0], k.shape[2])):
         raise ValueError(
-            f"key_padding_mask must be (B, Nk) = {(batch, k.shape[2])}, got {tuple(key_padding_mask.shape)}"
+            f"key_padding_mask must be (B, Nk) and packed sequences take none, got {key_padding_mask.shape}"
         )
+
+
+class Features(NamedTuple):
+    """What a call computes besides plain softmax attention; the defaults: nothing."""
+
+    window: tuple[int, int] = (-1, -1)  # (left, right) keys around the diagonal; -1: unlimited
+    softcap: float = 0.0  # > 0: scores capped to softcap · tanh(s / softcap)
+    alibi_slopes: Tensor | None = None  # float32 (Hq,) or (B, Hq)
+    sinks: Tensor | None = None  # (Hq,) sink logits
+    cu_seqlens_q: Tensor | None = None  # int32 (B + 1,): q, k, v are packed (total, H, D) sequences
+    cu_seqlens_k: Tensor | None = None
+    max_seqlen_q: int = 0  # the longest packed sequences
+    max_seqlen_k: int = 0
+
+
+NO_FEATURES = Features()
+
+
+class _Layout(NamedTuple):
+    """A call's tensors as the kernels address them: (B, H, N, D) with a batch stride (0 when packed)."""
+
+    batch: int
+    seq_q: int  # packed: the longest sequence
+    seq_k: int
+    varlen: bool
+
+    def strides(self, t: Tensor) -> tuple[int, int, int]:
+        """(batch, head, row) strides of q-, k- or o-like ``t``."""
+        if self.varlen:
+            return 0, t.stride(1), t.stride(0)
+        return t.stride(0), t.stride(1), t.stride(2)
+
+    def row_strides(self, heads: int, rows: int) -> tuple[int, int]:
+        """(batch, head) strides of the contiguous per-row tensors (lse, delta): (B, H, N) or packed (H, total)."""
+        return (0, rows) if self.varlen else (heads * self.seq_q, self.seq_q)
+
+
+def _layout(q: Tensor, k: Tensor, features: Features) -> _Layout:
+    if features.cu_seqlens_q is None:
+        return _Layout(q.shape[0], q.shape[2], k.shape[2], False)
+    return _Layout(features.cu_seqlens_q.numel() - 1, features.max_seqlen_q, features.max_seqlen_k, True)
+
+
+class _FeatureArguments(NamedTuple):
+    """The kernels' arguments for a call's features: tensors (a dummy pointer where absent), scalars, flags."""
+
+    cu_seqlens_q: Tensor
+    cu_seqlens_k: Tensor
+    alibi: Tensor
+    stride_ab: int  # ALiBi slopes' batch stride (0: one slope per head)
+    window_left: int
+    window_right: int
+    softcap: float
+    flags: dict  # the constexprs BAND, SOFTCAP, ALIBI, VARLEN
+
+
+def _feature_arguments(layout: _Layout, causal: bool, features: Features, like: Tensor) -> _FeatureArguments:
+    left, right = features.window
+    right = 0 if causal else right
+    unlimited = layout.seq_q + layout.seq_k  # farther than any key from any diagonal
+    alibi = features.alibi_slopes
+    if alibi is not None:
+        alibi = alibi.to(torch.float32).contiguous()
+    return _FeatureArguments(
+        features.cu_seqlens_q if layout.varlen else like,
+        features.cu_seqlens_k if layout.varlen else like,
+        alibi if alibi is not None else like,
+        alibi.shape[-1] if alibi is not None and alibi.dim() == 2 else 0,
+        left if left >= 0 else unlimited,
+        right if right >= 0 else unlimited,
+        float(features.softcap),
+        dict(BAND=left >= 0 or right >= 0, SOFTCAP=features.softcap > 0, ALIBI=alibi is not None, VARLEN=layout.varlen),
+    )
+
+
+def _lse_without_keys(lse: Tensor, sinks: Tensor | None) -> Tensor:
+    """``lse`` filled as for rows that see no key: the sink's logit of each head, or -inf."""
+    if sinks is None:
+        return lse.fill_(float("-inf"))
+    heads = (-1, 1) if lse.dim() == 2 else (1, -1, 1)  # packed (Hq, total) or (B, Hq, Nq)
+    return lse.copy_(sinks.to(torch.float32).view(heads).expand_as(lse))
 
 
 def attention_fwd(
@@ -632,59 +898,66 @@ def attention_fwd(
     scale: float,
     dropout_p: float,
     seed: int,
+    features: Features = NO_FEATURES,
 ) -> tuple[Tensor, Tensor]:
-    """Forward attention. q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); any strides.
+    """Forward attention. q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); any strides whose last dim is
+    contiguous. With ``features.cu_seqlens_q/k``: packed q (total_q, Hq, D), k, v (total_k, Hkv, D).
 
-    Returns ``out`` contiguous (B, Hq, Nq, D) in q.dtype and ``lse`` contiguous float32 (B, Hq, Nq),
-    the natural log of Σ exp(scale · q·k) over the visible keys (before dropout). Rows that see no key
-    give out = 0 and lse = -inf. Dropout keeps each probability with probability 1 - dropout_p, from the
-    Philox stream keyed by ``seed`` described in the module docstring.
+    Returns ``out`` contiguous, shaped like q, in q.dtype, and ``lse`` contiguous float32 (B, Hq, Nq)
+    (packed: (Hq, total_q)), the natural log of Σ exp(S) over the visible keys (plus exp(sink)) before
+    dropout. Rows that see no key give out = 0 and lse = -inf (the sink). Dropout keeps each
+    probability with probability 1 - dropout_p, from the Philox stream keyed by ``seed`` described in
+    the module docstring.
     """
-    _check(q, k, v, key_padding_mask)
-    batch, heads_q, seq_q, head_dim = q.shape
-    heads_kv, seq_k = k.shape[1], k.shape[2]
-    out = torch.empty((batch, heads_q, seq_q, head_dim), dtype=q.dtype, device=q.device)  # (B, Hq, Nq, D)
-    lse = torch.empty((batch, heads_q, seq_q), dtype=torch.float32, device=q.device)  # (B, Hq, Nq)
-    if out.numel() == 0:
+    layout = _layout(q, k, features)
+    _check(q, k, v, key_padding_mask, layout.varlen)
+    heads_q, head_dim, heads_kv = q.shape[1], q.shape[-1], k.shape[1]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # like q, contiguous
+    lse_shape = (heads_q, q.shape[0]) if layout.varlen else (layout.batch, heads_q, layout.seq_q)
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or layout.seq_q == 0:
         return out, lse
-    if seq_k == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
+    if k.numel() == 0:
+        return out.zero_(), _lse_without_keys(lse, features.sinks)
 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    extra = _feature_arguments(layout, causal, features, q)
+    sinks = features.sinks.contiguous() if features.sinks is not None else q
     kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
     cfg = _config("fwd", q.device, head_dim, q.dtype)
-    num_m_blocks = triton.cdiv(seq_q, cfg.block_m)
-    _attn_fwd_kernel[(num_m_blocks * batch * heads_q,)](
+    num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
+    _attn_fwd_kernel[(num_m_blocks * layout.batch * heads_q,)](
         q,
         k,
         v,
         out,
         lse,
         kpm,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
+        extra.cu_seqlens_q,
+        extra.cu_seqlens_k,
+        extra.alibi,
+        sinks,
+        *layout.strides(q),
+        *layout.strides(k),
+        *layout.strides(v),
+        *layout.strides(out),
+        *layout.row_strides(heads_q, q.shape[0]),
         stride_mb,
         stride_mn,
+        extra.stride_ab,
         heads_q,
         heads_q // heads_kv,
-        seq_q,
-        seq_k,
+        layout.seq_q,
+        layout.seq_k,
         head_dim,
         num_m_blocks,
         float(scale),
+        extra.window_left,
+        extra.window_right,
+        extra.softcap,
         float(dropout_p),
         int(seed),
-        CAUSAL=bool(causal),
+        SINKS=features.sinks is not None,
         HAS_KPM=key_padding_mask is not None,
         DROPOUT=dropout_p > 0.0,
         IEEE=_ieee(q),
@@ -693,6 +966,7 @@ def attention_fwd(
         BLOCK_D=_block_d(head_dim),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **extra.flags,
     )
     return out, lse
 
@@ -711,59 +985,75 @@ def attention_bwd(
     dropout_p: float,
     seed: int,
     deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward attention: (dq, dk, dv) shaped like (q, k, v), contiguous.
+    features: Features = NO_FEATURES,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Backward attention: (dq, dk, dv, dsinks), dq, dk, dv shaped like (q, k, v), contiguous; dsinks
+    float32 (Hq,), or None without sinks.
 
-    ``lse`` is the forward's; ``dlse`` (float32 (B, Hq, Nq) or None) the upstream gradient of lse.
+    ``lse`` is the forward's; ``dlse`` (float32, shaped like lse, or None) the upstream gradient of lse.
     dK/dV of a key/value head sum over its group of query heads inside the kernel. With
     ``deterministic=True`` dQ comes from its own kernel and every gradient is bitwise reproducible;
     otherwise dQ is accumulated with fp32 atomics inside the dK/dV pass.
     """
-    _check(q, k, v, key_padding_mask)
-    batch, heads_q, seq_q, head_dim = q.shape
-    heads_kv, seq_k = k.shape[1], k.shape[2]
-    dk = torch.empty((batch, heads_kv, seq_k, head_dim), dtype=k.dtype, device=k.device)  # (B, Hkv, Nk, D)
-    dv = torch.empty((batch, heads_kv, seq_k, head_dim), dtype=v.dtype, device=v.device)  # (B, Hkv, Nk, D)
-    if batch * heads_q * seq_q == 0 or seq_k == 0:
-        return q.new_zeros(q.shape), dk.zero_(), dv.zero_()
+    layout = _layout(q, k, features)
+    _check(q, k, v, key_padding_mask, layout.varlen)
+    heads_q, head_dim, heads_kv = q.shape[1], q.shape[-1], k.shape[1]
+    has_sinks = features.sinks is not None
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # like k, contiguous
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # like v, contiguous
+    if q.numel() == 0 or layout.seq_q == 0:
+        dsinks = torch.zeros(heads_q, device=q.device) if has_sinks else None
+        return q.new_zeros(q.shape), dk.zero_(), dv.zero_(), dsinks
 
     do, q, k, v, out = (_last_dim_contiguous(t) for t in (do, q, k, v, out))
     lse = lse.to(torch.float32).contiguous()
-    kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
+    rows = lse.numel() // heads_q  # per head: B·Nq, or total_q packed
     block_d = _block_d(head_dim)
-    ieee = _ieee(q)
-    common = dict(
-        CAUSAL=bool(causal), HAS_KPM=key_padding_mask is not None, DROPOUT=dropout_p > 0.0, IEEE=ieee, BLOCK_D=block_d
-    )
 
-    delta = torch.empty((batch, heads_q, seq_q), dtype=torch.float32, device=q.device)  # (B, Hq, Nq)
+    # delta, and each block's share of dsinks, over every row at once: packed rows need no offsets here
+    delta = torch.empty_like(lse)
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
-    pre_blocks = triton.cdiv(seq_q, PREPROCESS_ROWS)
-    _attn_bwd_preprocess_kernel[(pre_blocks * batch * heads_q,)](
+    flat = _Layout(1, rows, 0, True) if layout.varlen else layout
+    pre_batch, pre_rows = (1, rows) if layout.varlen else (layout.batch, layout.seq_q)
+    pre_blocks = triton.cdiv(pre_rows, PREPROCESS_ROWS)
+    dsink_partial = torch.empty(pre_blocks * pre_batch * heads_q, dtype=torch.float32, device=q.device)
+    _attn_bwd_preprocess_kernel[(pre_blocks * pre_batch * heads_q,)](
         out,
         do,
         dlse if dlse is not None else delta,
+        lse,
+        features.sinks.contiguous() if has_sinks else lse,
         delta,
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
-        do.stride(0),
-        do.stride(1),
-        do.stride(2),
+        dsink_partial,
+        *flat.strides(out),
+        *flat.strides(do),
         heads_q,
-        seq_q,
+        pre_rows,
         head_dim,
         pre_blocks,
         HAS_DLSE=dlse is not None,
+        SINKS=has_sinks,
         BLOCK_M=PREPROCESS_ROWS,
         BLOCK_D=block_d,
     )
+    dsinks = dsink_partial.view(pre_batch, heads_q, pre_blocks).sum((0, 2)) if has_sinks else None
+    if k.numel() == 0:
+        return q.new_zeros(q.shape), dk, dv, dsinks
 
-    dq_acc = None if deterministic else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    extra = _feature_arguments(layout, causal, features, q)
+    kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
+    shared = [extra.cu_seqlens_q, extra.cu_seqlens_k, extra.alibi]
+    common = dict(HAS_KPM=key_padding_mask is not None, DROPOUT=dropout_p > 0.0, IEEE=_ieee(q), BLOCK_D=block_d)
+    common.update(extra.flags)
+    options = [float(scale), extra.window_left, extra.window_right, extra.softcap, float(dropout_p), int(seed)]
+
+    # float32 dQ rows laid out like lse's: (B, Hq, Nq, D), or packed (Hq, total_q, D)
+    acc_shape = (heads_q, q.shape[0], head_dim) if layout.varlen else q.shape
+    dq_acc = None if deterministic else torch.zeros(acc_shape, dtype=torch.float32, device=q.device)
     cfg = _config("dkdv", q.device, head_dim, q.dtype)
-    num_n_blocks = triton.cdiv(seq_k, cfg.block_n)
-    _attn_bwd_dkdv_kernel[(num_n_blocks * batch * heads_kv,)](
+    num_n_blocks = triton.cdiv(layout.seq_k, cfg.block_n)
+    _attn_bwd_dkdv_kernel[(num_n_blocks * layout.batch * heads_kv,)](
         q,
         k,
         v,
@@ -774,36 +1064,25 @@ def attention_bwd(
         dv,
         dq_acc if dq_acc is not None else delta,
         kpm,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
-        do.stride(0),
-        do.stride(1),
-        do.stride(2),
-        dk.stride(0),
-        dk.stride(1),
-        dk.stride(2),
-        dv.stride(0),
-        dv.stride(1),
-        dv.stride(2),
+        *shared,
+        *layout.strides(q),
+        *layout.strides(k),
+        *layout.strides(v),
+        *layout.strides(do),
+        *layout.strides(dk),
+        *layout.strides(dv),
+        *layout.row_strides(heads_q, rows),
         stride_mb,
         stride_mn,
+        extra.stride_ab,
         heads_q,
         heads_kv,
         heads_q // heads_kv,
-        seq_q,
-        seq_k,
+        layout.seq_q,
+        layout.seq_k,
         head_dim,
         num_n_blocks,
-        float(scale),
-        float(dropout_p),
-        int(seed),
+        *options,
         DQ_ATOMIC=not deterministic,
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
@@ -812,12 +1091,13 @@ def attention_bwd(
         **common,
     )
     if dq_acc is not None:
-        return dq_acc.to(q.dtype), dk, dv
+        dq = dq_acc.transpose(0, 1) if layout.varlen else dq_acc
+        return dq.to(q.dtype).contiguous(), dk, dv, dsinks
 
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (B, Hq, Nq, D)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # like q, contiguous
     cfg = _config("dq", q.device, head_dim, q.dtype)
-    num_m_blocks = triton.cdiv(seq_q, cfg.block_m)
-    _attn_bwd_dq_kernel[(num_m_blocks * batch * heads_q,)](
+    num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
+    _attn_bwd_dq_kernel[(num_m_blocks * layout.batch * heads_q,)](
         q,
         k,
         v,
@@ -826,39 +1106,30 @@ def attention_bwd(
         delta,
         dq,
         kpm,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
-        do.stride(0),
-        do.stride(1),
-        do.stride(2),
-        dq.stride(0),
-        dq.stride(1),
-        dq.stride(2),
+        *shared,
+        *layout.strides(q),
+        *layout.strides(k),
+        *layout.strides(v),
+        *layout.strides(do),
+        *layout.strides(dq),
+        *layout.row_strides(heads_q, rows),
         stride_mb,
         stride_mn,
+        extra.stride_ab,
         heads_q,
         heads_q // heads_kv,
-        seq_q,
-        seq_k,
+        layout.seq_q,
+        layout.seq_k,
         head_dim,
         num_m_blocks,
-        float(scale),
-        float(dropout_p),
-        int(seed),
+        *options,
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **common,
     )
-    return dq, dk, dv
+    return dq, dk, dv, dsinks
 
 
 def dropout_keep_mask(

@@ -26,6 +26,22 @@ def device() -> str:
     return DEVICE
 
 
+@pytest.fixture
+def dropout_seeds(monkeypatch) -> list[int]:
+    """Records the dropout seed of every call of the fused attention backends, to rebuild their mask."""
+    from fastattn.ops import attention as attention_ops
+
+    seeds: list[int] = []
+    draw = attention_ops._dropout_seed
+
+    def recording(dropout_p):
+        seeds.append(draw(dropout_p))
+        return seeds[-1]
+
+    monkeypatch.setattr(attention_ops, "_dropout_seed", recording)
+    return seeds
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

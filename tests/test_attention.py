@@ -16,7 +16,6 @@ import torch
 import fastattn
 from fastattn import reference
 from fastattn.kernels import attention as kernels
-from fastattn.ops import attention as attention_ops
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 
 BACKENDS = ["cuda", "triton"]
@@ -28,20 +27,6 @@ def backend(request, device) -> str:
     if reasons:
         pytest.skip(f"{request.param}: {'; '.join(reasons)}")
     return request.param
-
-
-@pytest.fixture
-def dropout_seeds(monkeypatch) -> list[int]:
-    """Records the dropout seed of every call of the fused backends, to rebuild their dropout mask."""
-    seeds: list[int] = []
-    draw = attention_ops._dropout_seed
-
-    def recording(dropout_p):
-        seeds.append(draw(dropout_p))
-        return seeds[-1]
-
-    monkeypatch.setattr(attention_ops, "_dropout_seed", recording)
-    return seeds
 
 
 # ------------------------------------------------------------------------------------------ helpers

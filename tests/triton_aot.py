@@ -83,11 +83,44 @@ def attention_problems():
         v = torch.randn(1, 1, 47, head_dim, dtype=dtype)
         mask = torch.ones(1, 47, dtype=torch.bool) if padded else None
         scale, dropout_p = head_dim**-0.5, 0.1 if dropout else 0.0
-        out, lse = attention.attention_fwd(q, k, v, mask, causal, scale, dropout_p, 7)
+        features = attention.Features(  # each feature on in some problems and off in others
+            window=(5, 3) if index % 5 == 1 else (-1, -1),
+            softcap=30.0 if index % 3 == 1 else 0.0,
+            alibi_slopes=torch.rand(2) if index % 4 == 2 else None,
+            sinks=torch.randn(2) if index % 3 == 2 else None,
+        )
+        out, lse = attention.attention_fwd(q, k, v, mask, causal, scale, dropout_p, 7, features)
         dlse = torch.zeros_like(lse) if index % 2 == 0 else None
         for deterministic in (False, True):
             do = torch.randn_like(out)
-            attention.attention_bwd(do, q, k, v, out, lse, dlse, mask, causal, scale, dropout_p, 7, deterministic)
+            attention.attention_bwd(
+                do, q, k, v, out, lse, dlse, mask, causal, scale, dropout_p, 7, deterministic, features
+            )
+    # packed sequences, with and without the other features
+    cu_seqlens = torch.tensor([0, 5, 33], dtype=torch.int32)
+    for dtype, sinks in ((torch.bfloat16, torch.randn(2)), (torch.float32, None)):
+        q, k, v = torch.randn(33, 2, 64, dtype=dtype), torch.randn(33, 1, 64, dtype=dtype), torch.randn(33, 1, 64)
+        packed = attention.Features(
+            sinks=sinks, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=28, max_seqlen_k=28
+        )
+        out, lse = attention.attention_fwd(q, k, v.to(dtype), None, True, 0.125, 0.0, 7, packed)
+        for deterministic in (False, True):
+            attention.attention_bwd(
+                torch.randn_like(out),
+                q,
+                k,
+                v.to(dtype),
+                out,
+                lse,
+                None,
+                None,
+                True,
+                0.125,
+                0.0,
+                7,
+                deterministic,
+                packed,
+            )
     attention.dropout_keep_mask(1, 2, 33, 47, 0.1, 7, "cpu")
 
 

@@ -116,13 +116,14 @@ def _features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
 
 # What the torch backend can express through scaled_dot_product_attention's mask.
 TORCH_FEATURES = ("window", "alibi_slopes")
+CUDA_FEATURES_MISSING = "not in the CUDA kernels yet"
 
 
 def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None) -> list[str]:
     """Why backend ``name`` cannot serve this attention call (empty: it can)."""
     reasons = backends.device_reasons(name, q.device)
-    if features and name in ("cuda", "triton"):
-        reasons.append(f"{', '.join(features)}: not in the fused kernels yet")
+    if features and name == "cuda":
+        reasons.append(f"{', '.join(features)}: {CUDA_FEATURES_MISSING}")
     if features and name == "torch" and set(features) - set(TORCH_FEATURES):
         unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
         reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
@@ -168,6 +169,10 @@ def _cuda_shared_memory(dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- the Triton custom ops
+# Both fused backends share one schema. Beyond the padded call's arguments, the features come last
+# with defaults that switch them off: window sides (-1: unlimited), softcap (0: off), ALiBi slopes,
+# sinks, and packed sequences (cu_seqlens given: q, k, v are (total, H, D) and lse is (Hq, total_q)).
+# The backward returns dsinks too: float32 (Hq,), zeros without sinks.
 @torch.library.custom_op("fastattn::attention_fwd_triton", mutates_args=())
 def _attention_fwd_triton(
     q: Tensor,
@@ -179,11 +184,30 @@ def _attention_fwd_triton(
     dropout_p: float,
     seed: int,
     deterministic: bool,
+    window_left: int = -1,
+    window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
+    cu_seqlens_q: Tensor | None = None,
+    cu_seqlens_k: Tensor | None = None,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The fused forward; ``deterministic`` is not used here, only carried to the backward."""
     from ..kernels import attention as kernels  # imported on first use: triton reads TRITON_INTERPRET then
 
-    out, lse = kernels.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed)
+    features = kernels.Features(
+        (window_left, window_right),
+        softcap,
+        alibi_slopes,
+        sinks,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+    )
+    out, lse = kernels.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, features)
     return out.contiguous(), lse.contiguous()
 
 
@@ -202,30 +226,71 @@ def _attention_bwd_triton(
     dropout_p: float,
     seed: int,
     deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    window_left: int = -1,
+    window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
+    cu_seqlens_q: Tensor | None = None,
+    cu_seqlens_k: Tensor | None = None,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from ..kernels import attention as kernels
 
-    dq, dk, dv = kernels.attention_bwd(
-        dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic
+    features = kernels.Features(
+        (window_left, window_right),
+        softcap,
+        alibi_slopes,
+        sinks,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
     )
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+    dq, dk, dv, dsinks = kernels.attention_bwd(
+        dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic, features
+    )
+    if dsinks is None:
+        dsinks = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dsinks
 
 
 # ----------------------------------------------- fakes and autograd, shared by the two fused backends
-def _attention_fwd_fake(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
-    batch, heads, nq, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, heads, nq), dtype=torch.float32)
+def _lse_shape(q: Tensor, packed: bool) -> tuple[int, ...]:
+    """(B, Hq, Nq), or (Hq, total_q) for packed sequences."""
+    return (q.shape[1], q.shape[0]) if packed else (q.shape[0], q.shape[1], q.shape[2])
 
 
-def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+def _attention_fwd_fake(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic, *features):
+    packed = len(features) > 5 and features[5] is not None  # cu_seqlens_q
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, packed), dtype=torch.float32)
+
+
+def _attention_bwd_fake(dout, q, k, v, *rest):
+    return (
+        q.new_empty(q.shape),
+        k.new_empty(k.shape),
+        v.new_empty(v.shape),
+        q.new_empty(q.shape[1], dtype=torch.float32),
+    )
+
+
+_FORWARD_ARGUMENTS = 9  # q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic
+_SINKS = 4  # the index of sinks among the feature arguments that follow
 
 
 def _attention_setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic = inputs
+    q, k, v, key_padding_mask, *options = inputs[:_FORWARD_ARGUMENTS]
+    features = inputs[_FORWARD_ARGUMENTS:]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-    ctx.options = (causal, scale, dropout_p, seed, deterministic)
+    # The feature tensors (slopes, sinks, offsets) are saved like the others; the numbers stay in place.
+    ctx.feature_tensors = [i for i, value in enumerate(features) if isinstance(value, Tensor)]
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, *(features[i] for i in ctx.feature_tensors))
+    ctx.options = tuple(options)
+    ctx.features = [None if isinstance(value, Tensor) else value for value in features]
+    sinks = features[_SINKS] if len(features) > _SINKS else None
+    ctx.sinks_need_grad = sinks is not None and sinks.requires_grad
     # Unused outputs (lse, most of the time) then get None instead of a tensor of zeros.
     ctx.set_materialize_grads(False)
 
@@ -237,11 +302,17 @@ def _register_fakes_and_autograd(forward, backward) -> None:
     backward.register_fake(_attention_bwd_fake)
 
     def attention_backward(ctx, dout, dlse):
-        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+        q, k, v, out, lse, key_padding_mask, *tensors = ctx.saved_tensors
+        features = list(ctx.features)
+        for index, tensor in zip(ctx.feature_tensors, tensors, strict=True):
+            features[index] = tensor
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv = backward(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options)
-        return dq, dk, dv, None, None, None, None, None, None
+        dq, dk, dv, dsinks = backward(dout, q, k, v, out, lse, dlse, key_padding_mask, *ctx.options, *features)
+        feature_grads = [None] * len(features)
+        if ctx.sinks_need_grad:
+            feature_grads[_SINKS] = dsinks.to(features[_SINKS].dtype)
+        return dq, dk, dv, None, None, None, None, None, None, *feature_grads
 
     forward.register_autograd(attention_backward, setup_context=_attention_setup_context)
     refuse_double_backward(backward, "attention")
@@ -255,6 +326,22 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
+def _refuse_cuda_features(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q) -> None:
+    used = [
+        name
+        for name, on in (
+            ("window", (window_left, window_right) != (-1, -1)),
+            ("softcap", softcap != 0.0),
+            ("alibi_slopes", alibi_slopes is not None),
+            ("sinks", sinks is not None),
+            ("packed sequences", cu_seqlens_q is not None),
+        )
+        if on
+    ]
+    if used:
+        raise NotImplementedError(f"{', '.join(used)}: {CUDA_FEATURES_MISSING}; use backend='triton'")
+
+
 @torch.library.custom_op("fastattn::attention_fwd_cuda", mutates_args=())
 def _attention_fwd_cuda(
     q: Tensor,
@@ -266,11 +353,21 @@ def _attention_fwd_cuda(
     dropout_p: float,
     seed: int,
     deterministic: bool,
+    window_left: int = -1,
+    window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
+    cu_seqlens_q: Tensor | None = None,
+    cu_seqlens_k: Tensor | None = None,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The CUDA C++ forward (csrc/attention, same dropout stream as the Triton kernel); ``deterministic``
     is only carried to the backward, whose CUDA kernels are deterministic either way (no atomics)."""
     from .. import _C
 
+    _refuse_cuda_features(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     out, lse = _C.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed)
     return out, lse
@@ -291,25 +388,43 @@ def _attention_bwd_cuda(
     dropout_p: float,
     seed: int,
     deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    window_left: int = -1,
+    window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    sinks: Tensor | None = None,
+    cu_seqlens_q: Tensor | None = None,
+    cu_seqlens_k: Tensor | None = None,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from .. import _C
 
+    _refuse_cuda_features(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q)
     dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
     dq, dk, dv = _C.attention_bwd(
         dout, q, k, v, out, lse.contiguous(), dlse, key_padding_mask, causal, scale, dropout_p, seed
     )
-    return dq, dk, dv
+    return dq, dk, dv, torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
 
 
 _register_fakes_and_autograd(_attention_fwd_cuda, _attention_bwd_cuda)
 
 
 # ------------------------------------------------------------------------- the backends, as calls
-def _attention_fused(forward, q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic):
+def _feature_arguments(features: dict) -> tuple:
+    """The fused ops' feature arguments (window_left ... sinks) for the checked ``features`` of a call."""
+    left, right = features.get("window", (-1, -1))
+    return left, right, features.get("softcap", 0.0), features.get("alibi_slopes"), features.get("sinks")
+
+
+def _attention_fused(forward, q, k, v, key_padding_mask, causal, scale, dropout_p, deterministic, **features):
     """Calls ``forward``, the fused forward op of the cuda or triton backend, with a dropout seed."""
     seed = _dropout_seed(dropout_p)
-    return forward(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic)
+    return forward(
+        q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic, *_feature_arguments(features)
+    )
 
 
 def _attention_torch(
@@ -439,8 +554,8 @@ def attention(
         alibi_slopes: float32 ``(Hq,)`` or ``(B, Hq)``: adds ``-slope · |i + off - j|`` to the scores.
         sinks: ``(Hq,)``: each row's softmax denominator gains ``exp(sink_h)`` (probability mass with no
             value; the lse includes it; a row that sees no key has ``lse = sink_h``). Differentiable.
-            Window, softcap, ALiBi and sinks are applied in this order after the scale; the fused
-            kernels do not take them yet: ``torch`` serves window and ALiBi, ``naive`` all four.
+            Window, softcap, ALiBi and sinks are applied in this order after the scale. ``triton``
+            and ``naive`` serve all four, ``torch`` window and ALiBi; the CUDA kernels none yet.
         deterministic: the backward gives bitwise-identical gradients run to run.
         return_lse: also return ``lse``, float32 ``(B, Hq, Nq)``: the natural-log sum of
             ``exp(scale · q·k)`` over the visible keys (differentiable).
@@ -522,7 +637,8 @@ def attention_varlen(
     Returns:
         ``out`` ``(total_q, Hq, D)``, or ``(out, lse)`` with ``lse`` float32 ``(Hq, total_q)``
         (FlashAttention-2's varlen layout). Each sequence attends only within itself. Served by the
-        ``naive`` backend for now (the fused kernels do not take packed sequences yet).
+        ``triton`` kernels (no padding computed: each program reads its sequence's offsets) and the
+        ``naive`` reference; not by ``torch`` (SDPA has no packed layout) nor the CUDA kernels yet.
     """
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, Tensor) or tensor.dim() != 3:
@@ -539,13 +655,37 @@ def attention_varlen(
         )
     batched_q = q.new_empty((batch, q.shape[1], 0, q.shape[2]))  # the (B, Hq) shape the feature checks read
     features = _features(batched_q, causal, window, softcap, alibi_slopes, sinks)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
     def reasons(candidate: str) -> list[str]:
-        if candidate == "naive":
-            return []
-        return ["packed sequences (varlen): not in this backend yet"]
+        if candidate in ("naive", "triton"):
+            return _backend_reasons(
+                candidate, q[None], k[None], v[None], deterministic=deterministic, return_lse=return_lse
+            )
+        return [
+            f"packed sequences (varlen): {'not in the CUDA kernels yet' if candidate == 'cuda' else 'no such option'}"
+        ]
 
-    backends.select("attention_varlen", backend, reasons)
+    name = backends.select("attention_varlen", backend, reasons)
+    if name == "triton":
+        seed = _dropout_seed(float(dropout_p))
+        out, lse = _attention_fwd_triton(
+            q,
+            k,
+            v,
+            None,
+            causal,
+            scale,
+            float(dropout_p),
+            seed,
+            deterministic,
+            *_feature_arguments(features),
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+        )
+        return (out, lse) if return_lse else out
     compute = torch.promote_types(q.dtype, torch.float32)  # as the naive backend of attention()
     out, lse = reference.attention_varlen(
         q.to(compute),
@@ -554,7 +694,7 @@ def attention_varlen(
         cu_seqlens_q,
         cu_seqlens_k,
         causal=causal,
-        scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
+        scale=scale,
         dropout_p=float(dropout_p),
         return_lse=True,
         **features,
