@@ -17,11 +17,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample", &fastattn::sample, "top-k / top-p / min-p sampling (Gumbel-max, Philox stream of triton)",
         arg("logits"), arg("temperature"), arg("top_k"), arg("top_p"), arg("min_p"), arg("seeds"), arg("draw"),
         arg("return_logprobs"), arg("write_mask"));
+  // The features' defaults switch them off, so a plain call names only the first arguments.
   m.def("attention_fwd", &fastattn::attention_fwd, "FlashAttention-2 style forward", arg("q"), arg("k"), arg("v"),
-        arg("key_padding_mask"), arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"));
+        arg("key_padding_mask"), arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"), arg("window_left") = -1,
+        arg("window_right") = -1, arg("softcap") = 0.0, arg("alibi_slopes") = pybind11::none(),
+        arg("sinks") = pybind11::none(), arg("cu_seqlens_q") = pybind11::none(),
+        arg("cu_seqlens_k") = pybind11::none(), arg("max_seqlen_q") = 0, arg("max_seqlen_k") = 0);
   m.def("attention_bwd", &fastattn::attention_bwd, "FlashAttention-2 style backward (deterministic)", arg("dout"),
         arg("q"), arg("k"), arg("v"), arg("out"), arg("lse"), arg("dlse"), arg("key_padding_mask"), arg("causal"),
-        arg("scale"), arg("dropout_p"), arg("seed"));
+        arg("scale"), arg("dropout_p"), arg("seed"), arg("window_left") = -1, arg("window_right") = -1,
+        arg("softcap") = 0.0, arg("alibi_slopes") = pybind11::none(), arg("sinks") = pybind11::none(),
+        arg("cu_seqlens_q") = pybind11::none(), arg("cu_seqlens_k") = pybind11::none(), arg("max_seqlen_q") = 0,
+        arg("max_seqlen_k") = 0);
   m.def("attention_shared_memory", &fastattn::attention_shared_memory,
         "(forward, backward) shared memory per block of the attention kernels, in bytes", arg("dtype"),
         arg("head_dim"));

@@ -13,7 +13,6 @@ import torch
 import fastattn
 from fastattn import reference
 from fastattn.kernels import attention as kernels
-from fastattn.ops import attention as attention_ops
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 
 FUSED = ["triton", "cuda"]
@@ -24,10 +23,6 @@ def backend(request, device) -> str:
     reasons = fastattn.backends.device_reasons(request.param, torch.device(device))
     if reasons:
         pytest.skip(f"{request.param}: {'; '.join(reasons)}")
-    if request.param == "cuda":
-        pytest.skip(
-            f"cuda: window, softcap, ALiBi, sinks and packed sequences are {attention_ops.CUDA_FEATURES_MISSING}"
-        )
     return request.param
 
 

@@ -1,14 +1,19 @@
-"""The CUDA norm and sampling kernels of csrc/, run on the CPU, so that every CI run checks their logic.
+"""The CUDA norm, sampling and float32 attention kernels of csrc/, run on the CPU, so that every CI run
+checks their logic.
 
-``cuda_emulator/fakecuda.h`` emulates the CUDA features these kernels use (threads, __syncthreads, warp
-shuffles; its header lists what it does not emulate). The drivers in ``cuda_emulator/`` include the
-kernels' sources unchanged; only the ``kernel<<<grid, block, smem, stream>>>(args)`` launches of the two
-launch files are rewritten, into the build directory, as ``fake_launch(kernel, grid, block, args)``.
+``cuda_emulator/fakecuda.h`` emulates the CUDA features these kernels use (threads, __syncthreads,
+__syncwarp, warp shuffles, dynamic shared memory; its header lists what it does not emulate). The
+drivers in ``cuda_emulator/`` include the kernels' sources unchanged; only the
+``kernel<<<grid, block, smem, stream>>>(args)`` launches and the ``extern __shared__`` declarations
+are rewritten, into the build directory.
 
 Checked: the norms' outputs and gradients against the float64 reference under the rule of
 ``fastattn.testing`` (as tests/test_norm.py checks the other backends), on each kernel path; the sampling
 kernel's kept set against the Triton kernel's and the reference's, its draws against the kept set; the
-Philox words against Triton's ``tl.randint4x``.
+Philox words against Triton's ``tl.randint4x``; the float32 attention kernels' out, lse, dq, dk, dv and
+dsinks with sliding windows, softcap, ALiBi, sinks, dropout and packed sequences against the reference
+(the fp16/bf16 attention kernels use tensor-core instructions the emulator does not have; they share
+the masks, scores, tile ranges and sequence offsets of ``attention_common.cuh`` checked here).
 """
 
 from __future__ import annotations
@@ -29,12 +34,22 @@ from torch import Tensor
 
 from fastattn import reference
 from fastattn.kernels import sampling as triton_sampling
+from fastattn.testing import assert_close_to_reference
 from fastattn.verify.norm import Problem, compare, make_inputs
 
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
-LAUNCH_SOURCES = ("norm/norm_launch.cu", "sampling/sampling_launch.cu")
-DRIVERS = ("norm_driver", "sample_driver", "philox_driver")
+# The sources rewritten for the emulator: kernel launches, dynamic shared memory.
+REWRITTEN_SOURCES = (
+    "norm/norm_launch.cu",
+    "sampling/sampling_launch.cu",
+    "attention/attention_run.cuh",
+    "attention/attention_preprocess.cuh",
+    "attention/attention_simt.cuh",
+    "attention/attention_fwd.cuh",  # declared, not run: their tensor-core instructions are not emulated
+    "attention/attention_bwd.cuh",
+)
+DRIVERS = ("norm_driver", "sample_driver", "philox_driver", "attention_driver")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/types.h
 ABSENT = -1  # the drivers' dtype code of a tensor the case has not
 
@@ -57,11 +72,12 @@ def split_arguments(text: str) -> list[str]:
 
 def rewrite_launches(source: str) -> str:
     """Every ``kernel<<<grid, block[, smem, stream]>>>(args);`` as ``fake_launch(kernel, dim3(grid),
-    dim3(block), args);`` (shared memory is static, the launch synchronous)."""
+    dim3(block), smem, args);`` (the launch synchronous)."""
 
     def fake_launch(match: re.Match) -> str:
-        grid, block = split_arguments(match["config"])[:2]
-        return f"fake_launch({match['kernel']}, dim3({grid}), dim3({block}), {match['args']});"
+        grid, block, *rest = split_arguments(match["config"])
+        smem = rest[0] if rest else "0"
+        return f"fake_launch({match['kernel']}, dim3({grid}), dim3({block}), {smem}, {match['args']});"
 
     rewritten, count = LAUNCH.subn(fake_launch, source)
     if count != source.count("<<<"):
@@ -69,12 +85,25 @@ def rewrite_launches(source: str) -> str:
     return rewritten
 
 
+DYNAMIC_SHARED = re.compile(r"extern __shared__ (?:__align__\(\d+\) )?(?P<type>[\w ]+?) (?P<name>\w+)\[\];")
+
+
+def rewrite_dynamic_shared(source: str) -> str:
+    """Every ``extern __shared__ T name[];`` as a pointer to the emulated launch's dynamic shared memory."""
+    return DYNAMIC_SHARED.sub(
+        lambda match: (
+            f"{match['type']}* const {match['name']} = static_cast<{match['type']}*>(fakecuda::dynamic_shared());"
+        ),
+        source,
+    )
+
+
 def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
     """Compiles the drivers against the sources in ``csrc`` into ``build``; fails the test on an error."""
-    for name in LAUNCH_SOURCES:
+    for name in REWRITTEN_SOURCES:
         (build / name).parent.mkdir(parents=True, exist_ok=True)
-        (build / name).write_text(rewrite_launches((csrc / name).read_text()))
-    # The rewritten launch files (-I build) shadow csrc's; the stubs stand in for the CUDA headers.
+        (build / name).write_text(rewrite_dynamic_shared(rewrite_launches((csrc / name).read_text())))
+    # The rewritten files (-I build) shadow csrc's; the stubs stand in for the CUDA headers.
     flags = [
         "-O2",
         "-std=c++20",
@@ -478,3 +507,165 @@ def test_philox_matches_triton(drivers, device):
         if h != t
     ]
     assert not differing, f"(seed, counter), csrc words, Triton words: {differing[:5]}"
+
+
+# -------------------------------------------------------------------------------- attention (fp32)
+@dataclasses.dataclass(frozen=True)
+class AttentionCase:
+    """One problem for the emulated float32 attention kernels (attention_driver.cpp)."""
+
+    label: str
+    batch: int = 2
+    heads: tuple[int, int] = (4, 2)  # (Hq, Hkv)
+    nq: int = 37
+    nk: int = 37
+    head_dim: int = 16
+    causal: bool = False
+    window: tuple[int, int] = (-1, -1)
+    softcap: float = 0.0
+    alibi: str | None = None  # "head": (Hq,) slopes, "batch": (B, Hq)
+    sinks: bool = False
+    padding: bool = False  # a key_padding_mask, batch row 0 without any key
+    dropout_p: float = 0.0
+    lengths: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # packed sequences (q, k lengths)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+ATTENTION_CASES = [
+    AttentionCase("plain, GQA"),
+    AttentionCase("causal Nq > Nk, padding, D 59", causal=True, nq=45, nk=20, head_dim=59, padding=True),
+    AttentionCase("window crossing 32-key tiles, MQA", window=(9, 3), nq=70, nk=100, heads=(2, 1)),
+    AttentionCase("causal window of two keys", causal=True, window=(1, -1), nq=33, nk=40),
+    AttentionCase("softcap", softcap=2.0, head_dim=40),
+    AttentionCase("ALiBi per batch, causal", alibi="batch", causal=True, nq=20, nk=50),
+    AttentionCase("sinks, rows with no key", sinks=True, padding=True, causal=True, nq=40, nk=25),
+    AttentionCase("all, dropout", window=(6, 2), softcap=3.0, alibi="head", sinks=True, dropout_p=0.2, nq=30, nk=41),
+    AttentionCase("packed", lengths=((5, 0, 1, 70, 3), (7, 3, 1, 66, 0))),
+    AttentionCase(
+        "packed, causal window, softcap, ALiBi, sinks",
+        lengths=((5, 0, 1, 70), (7, 3, 1, 66)),
+        causal=True,
+        window=(10, -1),
+        softcap=2.5,
+        alibi="batch",
+        sinks=True,
+    ),
+]
+
+
+def attention_inputs(case: AttentionCase, device) -> dict:
+    """The case's tensors (float32, on the CPU) and the keywords of fastattn.reference."""
+    hq, hkv = case.heads
+    if case.lengths is None:
+        q = torch.randn(case.batch, hq, case.nq, case.head_dim)
+        k, v = (torch.randn(case.batch, hkv, case.nk, case.head_dim) for _ in range(2))
+        batch = case.batch
+    else:
+        q = torch.randn(sum(case.lengths[0]), hq, case.head_dim)
+        k, v = (torch.randn(sum(case.lengths[1]), hkv, case.head_dim) for _ in range(2))
+        batch = len(case.lengths[0])
+    keywords = dict(causal=case.causal, window=case.window, softcap=case.softcap, scale=case.head_dim**-0.5)
+    if case.padding:
+        mask = torch.rand(batch, case.nk) > 0.3
+        mask[0] = False
+        keywords["key_padding_mask"] = mask
+    if case.alibi:
+        keywords["alibi_slopes"] = torch.rand((batch, hq) if case.alibi == "batch" else (hq,))
+    if case.sinks:
+        keywords["sinks"] = torch.randn(hq)
+    lse_rows = (hq, q.shape[0]) if case.lengths else (batch, hq, case.nq)
+    return dict(q=q, k=k, v=v, dout=torch.randn_like(q), dlse=torch.randn(lse_rows), keywords=keywords, batch=batch)
+
+
+def offsets(lengths) -> Tensor:
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def emulated_attention(driver: Path, case: AttentionCase, inputs: dict, seed: int) -> list[Tensor]:
+    """(out, lse, dq, dk, dv[, dsinks]) of the emulated kernels."""
+    q, k, keywords, batch = inputs["q"], inputs["k"], inputs["keywords"], inputs["batch"]
+    hq, hkv = case.heads
+    packed = case.lengths is not None
+    nq, nk = (max(case.lengths[0]), max(case.lengths[1])) if packed else (case.nq, case.nk)
+    alibi = keywords.get("alibi_slopes")
+    header = struct.pack(
+        "<17q3d",
+        batch,
+        hq,
+        hkv,
+        nq,
+        nk,
+        case.head_dim,
+        int(packed),
+        q.shape[0],
+        k.shape[0],
+        int(case.causal),
+        *case.window,
+        int(case.padding),
+        0 if alibi is None else alibi.dim(),
+        int(case.sinks),
+        1,  # dlse
+        seed,
+        keywords["scale"],
+        case.softcap,
+        case.dropout_p,
+    )
+    parts = [header, raw(q), raw(k), raw(inputs["v"])]
+    if case.padding:
+        parts.append(raw(keywords["key_padding_mask"].to(torch.uint8)))
+    if packed:
+        parts += [raw(offsets(case.lengths[0])), raw(offsets(case.lengths[1]))]
+    if alibi is not None:
+        parts.append(raw(alibi))
+    if case.sinks:
+        parts.append(raw(keywords["sinks"]))
+    parts += [raw(inputs["dout"]), raw(inputs["dlse"])]
+    result = Unpacker(run_driver(driver, b"".join(parts)))
+    outputs = [result.take(torch.float32, *q.shape), result.take(torch.float32, *inputs["dlse"].shape)]
+    outputs += [result.take(torch.float32, *t.shape) for t in (q, k, k)]
+    if case.sinks:
+        outputs.append(result.take(torch.float32, hq))
+    return outputs
+
+
+def reference_attention(case: AttentionCase, inputs: dict, dtype: torch.dtype, keep: Tensor | None) -> list[Tensor]:
+    """The same outputs from fastattn.reference in ``dtype`` (the loss Σ out·dout + Σ lse·dlse over finite lse)."""
+    leaves = [inputs[name].to(dtype).requires_grad_() for name in ("q", "k", "v")]
+    keywords = dict(inputs["keywords"])
+    if case.sinks:
+        keywords["sinks"] = keywords["sinks"].to(dtype).requires_grad_()
+        leaves.append(keywords["sinks"])
+    if keep is not None:
+        keywords.update(dropout_p=case.dropout_p, dropout_keep=keep)
+    if case.lengths is None:
+        out, lse = reference.attention(*leaves[:3], return_lse=True, **keywords)
+    else:
+        cu_q, cu_k = offsets(case.lengths[0]), offsets(case.lengths[1])
+        out, lse = reference.attention_varlen(*leaves[:3], cu_q, cu_k, return_lse=True, **keywords)
+    finite_lse = torch.where(lse.isinf(), 0.0, lse)
+    loss = (out * inputs["dout"].to(dtype)).sum() + (finite_lse * inputs["dlse"].to(dtype)).sum()
+    return [out.detach(), lse.detach(), *torch.autograd.grad(loss, leaves)]
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+def test_attention_fp32(drivers, case):
+    """The float32 kernels' window, softcap, ALiBi, sinks (and their gradient) and packed sequences
+    against the float64 reference under the numerics rule; dropout with the Triton kernels' mask."""
+    inputs = attention_inputs(case, "cpu")
+    seed = 1234
+    emulated = emulated_attention(drivers["attention_driver"], case, inputs, seed)
+    keep = None
+    if case.dropout_p > 0:
+        from fastattn.kernels import attention as triton_attention
+
+        keep = triton_attention.dropout_keep_mask(
+            inputs["batch"], case.heads[0], case.nq, case.nk, case.dropout_p, seed, "cpu"
+        )
+    exact = reference_attention(case, inputs, torch.float64, keep)
+    plain = reference_attention(case, inputs, torch.float32, keep)
+    names = ("out", "lse", "dq", "dk", "dv", "dsinks")
+    for name, got, ref, pla in zip(names, emulated, exact, plain, strict=False):
+        factor = 2.0 if name in ("out", "lse") else 3.0
+        assert_close_to_reference(f"{case} {name}", got, ref, pla, factor=factor)

@@ -1,15 +1,17 @@
 // Attention backward on tensor cores (fp16 / bf16 inputs, fp32 accumulation), FlashAttention-2's
 // recomputation: P is rebuilt from the forward's lse, never stored.
 //
-//   delta_i = sum_d dO_id O_id - dlse_i                 (attn_bwd_preprocess_kernel, attention_launch.cu)
+//   delta_i = sum_d dO_id O_id - dlse_i                 (attn_bwd_preprocess_kernel, attention_preprocess.cuh)
 //   dV  = (P * Z / (1 - p))^T dO
 //   dP  = (dO V^T) * Z / (1 - p)
-//   dS  = P * (dP - delta)
+//   dS  = P * (dP - delta) * (1 - tanh^2 with softcap)
 //   dQ  = scale * dS K,   dK = scale * dS^T Q
+//   dsink_h = -sum_i exp(sink_h - lse_i) delta_i         (the preprocess, per row; summed by the host)
 //
 // attn_bwd_dkdv_kernel: one block per 64 keys of one (batch, key/value head); it loops over the query
-// blocks of every query head of its group (GQA/MQA never copies K/V) and writes dK, dV once.
-// attn_bwd_dq_kernel: one block per 64 queries, looping over the key blocks, writes dQ once.
+// blocks of every query head of its group (GQA/MQA never copies K/V) that the band lets see its keys
+// (query_begin .. query_end), and writes dK, dV once.
+// attn_bwd_dq_kernel: one block per 64 queries, looping over the key blocks it can see, writes dQ once.
 // No atomics: every gradient is a fixed-order sum, bitwise reproducible run to run (so
 // deterministic=True costs nothing extra here; the price is that S and dP are computed twice, once in
 // each kernel, 7 matrix products instead of FlashAttention-2's 5).
@@ -54,33 +56,37 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
   const int num_n_blocks = int(ceil_div(p.seq_k, BN));
   const BlockIndex idx(blockIdx.x, num_n_blocks, p.heads_kv);  // idx.h: the key/value head
   const int start_n = idx.block * BN;
-  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h;
-  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h;
-  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const Sequence sq(p, idx.b);
+  if (start_n >= sq.seq_k) return;  // a packed sequence shorter than the longest: the whole block leaves
+  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h + sq.first_k * p.k_stride_n;
+  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h + sq.first_k * p.v_stride_n;
   const bool dropout = p.dropout_p > 0.0f;
 
-  load_tile(ks, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
-  load_tile(vs, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+  load_tile(ks, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
+  load_tile(vs, v_head, p.v_stride_n, start_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
   mma::cp_async_commit();
 
   float acc_dk[HS / 8][4], acc_dv[HS / 8][4];
   mma::zero(acc_dk);
   mma::zero(acc_dv);
   const int keys[2] = {start_n + w_r * 16 + g, start_n + w_r * 16 + g + 8};  // this thread's rows of S^T
-  const int begin_m = query_begin(p, start_n, BM);
+  const int begin_m = query_begin(p, sq, start_n, BM), end_m = query_end(p, sq, start_n, BN);
 
   for (int gi = 0; gi < p.group; ++gi) {
     const int h = idx.h * p.group + gi;
     const int64_t bh = int64_t(idx.b) * p.heads_q + h;
-    const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h;
-    const T* do_head = static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h;
-    for (int start_m = begin_m; start_m < p.seq_q; start_m += BM) {
+    const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h + sq.first_q * p.q_stride_n;
+    const T* do_head =
+        static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h + sq.first_q * p.do_stride_n;
+    const int64_t rows_h = lse_head(p, sq, idx.b, h);
+    const float slope = alibi_slope_log2(p, idx.b, h);
+    for (int start_m = begin_m; start_m < end_m; start_m += BM) {
       __syncthreads();  // every warp is done with the previous Q, dO, lse, delta
-      load_tile(qs, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
-      load_tile(dos, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+      load_tile(qs, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
+      load_tile(dos, do_head, p.do_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
       mma::cp_async_commit();
-      load_rows(lse_s, p.lse + bh * p.seq_q, start_m, BM, p.seq_q, kLog2e, tid, NT);
-      load_rows(delta_s, p.delta + bh * p.seq_q, start_m, BM, p.seq_q, 1.0f, tid, NT);
+      load_rows(lse_s, p.lse + rows_h, start_m, BM, sq.seq_q, kLog2e, tid, NT);
+      load_rows(delta_s, p.delta + rows_h, start_m, BM, sq.seq_q, 1.0f, tid, NT);
       mma::cp_async_wait<0>();
       __syncthreads();
 
@@ -98,9 +104,9 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
         for (int e = 0; e < 4; ++e) {
           const int qi = n * 8 + 2 * t + (e & 1);  // query within the block
           const int key = keys[e / 2];
-          const bool vis = visible(p, kpm_row, start_m + qi, key);
+          const bool vis = visible(p, sq, start_m + qi, key);
           // lse = -inf only for rows that see no key, which are invisible here
-          const float pr = vis ? exp2f(acc_s[n][e] * p.scale_log2 - lse_s[qi]) : 0.0f;
+          const float pr = vis ? exp2f(score(p, sq, slope, acc_s[n][e], start_m + qi, key) - lse_s[qi]) : 0.0f;
           float dp = acc_dp[n][e], pd = pr;
           if (dropout && vis) {
             if (dropout_keep(p.seed, uint32_t(bh), start_m + qi, key, p.dropout_p)) {
@@ -111,9 +117,9 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
               pd = 0.0f;
             }
           }
-          acc_s[n][e] = pd;                         // P^T * Z / (1 - p), for dV
           // a select, not pr * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
-          acc_dp[n][e] = vis ? pr * (dp - delta_s[qi]) : 0.0f;  // dS^T
+          acc_dp[n][e] = vis ? pr * (dp - delta_s[qi]) * softcap_grad(p, acc_s[n][e]) : 0.0f;  // dS^T
+          acc_s[n][e] = pd;  // P^T * Z / (1 - p), for dV
         }
       uint32_t pf[BM / 16][4], dsf[BM / 16][4];
       mma::c_to_a<T, BM>(pf, acc_s);
@@ -124,14 +130,14 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
   }
   mma::cp_async_wait<0>();  // nothing may be in flight at exit (K, V when no query block is visible)
 
-  // dK = scale * acc_dk, dV = acc_dv; (B, Hkv, Nk, D) contiguous.
-  const int64_t kv_head = (int64_t(idx.b) * p.heads_kv + idx.h) * p.seq_k;
+  // dK = scale * acc_dk, dV = acc_dv.
+  const int64_t kv_head = idx.b * p.dkv_stride_b + idx.h * p.dkv_stride_h;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = keys[r];
-    if (key >= p.seq_k) continue;
-    T* dk_row = static_cast<T*>(p.dk) + (kv_head + key) * p.head_dim;
-    T* dv_row = static_cast<T*>(p.dv) + (kv_head + key) * p.head_dim;
+    if (key >= sq.seq_k) continue;
+    T* dk_row = static_cast<T*>(p.dk) + kv_head + (sq.first_k + key) * p.dkv_stride_n;
+    T* dv_row = static_cast<T*>(p.dv) + kv_head + (sq.first_k + key) * p.dkv_stride_n;
 #pragma unroll
     for (int n = 0; n < HS / 8; ++n)
 #pragma unroll
@@ -172,33 +178,37 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel
   const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
   const int h_kv = idx.h / p.group;
   const int start_m = idx.block * BM;
-  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
-  const T* do_head = static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h;
-  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
-  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
-  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const Sequence sq(p, idx.b);
+  if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
+  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
+  const T* do_head =
+      static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h + sq.first_q * p.do_stride_n;
+  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
+  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const float slope = alibi_slope_log2(p, idx.b, idx.h);
   const bool dropout = p.dropout_p > 0.0f;
 
-  load_tile(qs, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
-  load_tile(dos, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
+  load_tile(qs, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
+  load_tile(dos, do_head, p.do_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
   mma::cp_async_commit();
 
   const int rows[2] = {start_m + w_r * 16 + g, start_m + w_r * 16 + g + 8};
+  const int64_t rows_h = lse_head(p, sq, idx.b, idx.h);
   float lse2[2], delta[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const bool in = rows[r] < p.seq_q;
-    lse2[r] = in ? p.lse[idx.bh * p.seq_q + rows[r]] * kLog2e : 0.0f;
-    delta[r] = in ? p.delta[idx.bh * p.seq_q + rows[r]] : 0.0f;
+    const bool in = rows[r] < sq.seq_q;
+    lse2[r] = in ? p.lse[rows_h + rows[r]] * kLog2e : 0.0f;
+    delta[r] = in ? p.delta[rows_h + rows[r]] : 0.0f;
   }
   float acc_dq[HS / 8][4];
   mma::zero(acc_dq);
-  const int end_n = key_end(p, start_m, BM);
+  const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
 
-  for (int start_n = 0; start_n < end_n; start_n += BN) {
+  for (int start_n = begin_n; start_n < end_n; start_n += BN) {
     __syncthreads();  // every warp is done with the previous K, V
-    load_tile(ks, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
-    load_tile(vs, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+    load_tile(ks, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
+    load_tile(vs, v_head, p.v_stride_n, start_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
     mma::cp_async_commit();
     mma::cp_async_wait<0>();
     __syncthreads();
@@ -214,12 +224,13 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel
       for (int e = 0; e < 4; ++e) {
         const int col = start_n + n * 8 + 2 * t + (e & 1);
         const int row = rows[e / 2];
-        const bool vis = visible(p, kpm_row, row, col);
-        const float pr = vis ? exp2f(acc_s[n][e] * p.scale_log2 - lse2[e / 2]) : 0.0f;
+        const bool vis = visible(p, sq, row, col);
+        const float pr = vis ? exp2f(score(p, sq, slope, acc_s[n][e], row, col) - lse2[e / 2]) : 0.0f;
         float dp = acc_dp[n][e];
         if (dropout && vis)
           dp = dropout_keep(p.seed, uint32_t(idx.bh), row, col, p.dropout_p) ? dp * p.keep_scale : 0.0f;
-        acc_s[n][e] = vis ? pr * (dp - delta[e / 2]) : 0.0f;  // dS (a select: see the dK/dV kernel)
+        // dS (a select: see the dK/dV kernel)
+        acc_s[n][e] = vis ? pr * (dp - delta[e / 2]) * softcap_grad(p, acc_s[n][e]) : 0.0f;
       }
     uint32_t dsf[BN / 16][4];
     mma::c_to_a<T, BN>(dsf, acc_s);
@@ -227,12 +238,12 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel
   }
   mma::cp_async_wait<0>();
 
-  // dQ = scale * acc_dq; (B, Hq, Nq, D) contiguous.
+  // dQ = scale * acc_dq.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = rows[r];
-    if (row >= p.seq_q) continue;
-    T* dq_row = static_cast<T*>(p.dq) + (idx.bh * p.seq_q + row) * p.head_dim;
+    if (row >= sq.seq_q) continue;
+    T* dq_row = static_cast<T*>(p.dq) + idx.b * p.dq_stride_b + idx.h * p.dq_stride_h + (sq.first_q + row) * p.dq_stride_n;
 #pragma unroll
     for (int n = 0; n < HS / 8; ++n)
 #pragma unroll

@@ -35,33 +35,96 @@ struct Config {
   static constexpr int kQBlockN = 32;                          // dQ kernel: keys per iteration
 };
 
-// Query i of (b, ·) may attend to key j (i < Nq and j < Nk are checked too).
-__device__ __forceinline__ bool visible(const AttnParams& p, const uint8_t* kpm_row, int i, int j) {
-  if (i >= p.seq_q || j >= p.seq_k) return false;
-  if (p.causal && int64_t(j) > int64_t(i) + (int64_t(p.seq_k) - int64_t(p.seq_q))) return false;
-  if (kpm_row != nullptr && kpm_row[int64_t(j) * p.kpm_stride_n] == 0) return false;
+// One sequence's part of the problem: its lengths and first rows (packed sequences), its padding-mask row.
+struct Sequence {
+  int seq_q, seq_k;          // its lengths (padded batches: Nq, Nk)
+  int64_t first_q, first_k;  // its first rows in q / out and k / v (padded batches: 0)
+  const uint8_t* kpm_row;    // key_padding_mask[b], or nullptr
+  __device__ __forceinline__ Sequence(const AttnParams& p, int b) {
+    if (p.cu_seqlens_q != nullptr) {
+      first_q = p.cu_seqlens_q[b];
+      first_k = p.cu_seqlens_k[b];
+      seq_q = int(p.cu_seqlens_q[b + 1] - first_q);
+      seq_k = int(p.cu_seqlens_k[b + 1] - first_k);
+    } else {
+      first_q = first_k = 0;
+      seq_q = p.seq_q;
+      seq_k = p.seq_k;
+    }
+    kpm_row = p.kpm != nullptr ? p.kpm + b * p.kpm_stride_b : nullptr;
+  }
+  __device__ __forceinline__ int64_t offset() const { return int64_t(seq_k) - seq_q; }  // bottom-right corner
+};
+
+// Query i of the sequence may attend to key j (i < Nq and j < Nk are checked too).
+__device__ __forceinline__ bool visible(const AttnParams& p, const Sequence& sq, int i, int j) {
+  if (i >= sq.seq_q || j >= sq.seq_k) return false;
+  if (p.band) {
+    const int64_t diagonal = int64_t(i) + sq.offset();  // the key aligned with query i
+    if (j < diagonal - p.window_left || j > diagonal + p.window_right) return false;
+  }
+  if (sq.kpm_row != nullptr && sq.kpm_row[int64_t(j) * p.kpm_stride_n] == 0) return false;
   return true;
 }
 
+// The ALiBi slope of (b, h) times log2(e); 0 without ALiBi.
+__device__ __forceinline__ float alibi_slope_log2(const AttnParams& p, int b, int h) {
+  return p.alibi != nullptr ? p.alibi[b * p.alibi_stride_b + h] * kLog2e : 0.0f;
+}
+
+// The base-2 score of query i and key j from their dot product qk: scaled, capped, ALiBi-biased.
+__device__ __forceinline__ float score(const AttnParams& p, const Sequence& sq, float slope_log2, float qk, int i,
+                                       int j) {
+  float s = p.softcap > 0.0f ? tanhf(qk * p.softcap_in) * p.softcap_out : qk * p.scale_log2;
+  if (p.alibi != nullptr) s -= slope_log2 * fabsf(float(int64_t(i) + sq.offset() - j));
+  return s;
+}
+
+// d(c tanh(x / c))/dx at x = scale * qk: 1 - tanh^2 (1 without softcap).
+__device__ __forceinline__ float softcap_grad(const AttnParams& p, float qk) {
+  if (p.softcap <= 0.0f) return 1.0f;
+  const float c = tanhf(qk * p.softcap_in);
+  return 1.0f - c * c;
+}
+
+// The keys queries [start_m, start_m + block_m) can see, [key_begin, key_end), key_begin a multiple of
+// block_n: row i sees j in [i + off - left, i + off + right], so the block's first row bounds the
+// start and its last row the end; with a 4k window at 16k keys a block reads ~1/4 of the key tiles.
+__device__ __forceinline__ int key_begin(const AttnParams& p, const Sequence& sq, int start_m, int block_n) {
+  if (!p.band) return 0;
+  const int64_t first = int64_t(start_m) + sq.offset() - p.window_left;
+  return first <= 0 ? 0 : int(first / block_n) * block_n;
+}
+__device__ __forceinline__ int key_end(const AttnParams& p, const Sequence& sq, int start_m, int block_m) {
+  if (!p.band) return sq.seq_k;
+  const int64_t end = int64_t(start_m) + block_m + sq.offset() + p.window_right;
+  return int(end < 0 ? 0 : (end < sq.seq_k ? end : sq.seq_k));
+}
+
+// The queries that can see keys [start_n, start_n + block_n), [query_begin, query_end), query_begin a
+// multiple of block_m: key j is seen by rows i in [j - off - right, j - off + left].
+__device__ __forceinline__ int query_begin(const AttnParams& p, const Sequence& sq, int start_n, int block_m) {
+  if (!p.band) return 0;
+  const int64_t first = int64_t(start_n) - sq.offset() - p.window_right;
+  return first <= 0 ? 0 : int(first / block_m) * block_m;
+}
+__device__ __forceinline__ int query_end(const AttnParams& p, const Sequence& sq, int start_n, int block_n) {
+  if (!p.band) return sq.seq_q;
+  const int64_t end = int64_t(start_n) + block_n - sq.offset() + p.window_left;
+  return int(end < 0 ? 0 : (end < sq.seq_q ? end : sq.seq_q));
+}
+
+// Row 0 of (b, h) in lse, delta and dlse.
+__device__ __forceinline__ int64_t lse_head(const AttnParams& p, const Sequence& sq, int b, int h) {
+  return b * p.lse_stride_b + h * p.lse_stride_h + sq.first_q;
+}
+
 // Z[b, h, i, j] of the dropout stream of kernels/attention.py: the first word of Philox4x32-10 keyed
-// by `seed` at counter (j, i, b * Hq + h, 0), as triton's uint_to_uniform_float, kept iff >= p.
+// by `seed` at counter (j, i, b * Hq + h, 0), as triton's uint_to_uniform_float, kept iff >= p
+// (i, j within the sequence).
 __device__ __forceinline__ bool dropout_keep(uint64_t seed, uint32_t bh, int i, int j, float dropout_p) {
   const Philox4 r = philox4x32_10(seed, static_cast<uint32_t>(j), static_cast<uint32_t>(i), bh, 0u);
   return uint_to_uniform_float(r.x) >= dropout_p;
-}
-
-// The last key (exclusive) any query of [start_m, start_m + block_m) can see: later key blocks are skipped.
-__device__ __forceinline__ int key_end(const AttnParams& p, int start_m, int block_m) {
-  if (!p.causal) return p.seq_k;
-  const int64_t end = int64_t(start_m) + block_m + (int64_t(p.seq_k) - int64_t(p.seq_q));
-  return int(end < 0 ? 0 : (end < p.seq_k ? end : p.seq_k));
-}
-
-// The first query that can see key start_n, rounded down to a multiple of block_m.
-__device__ __forceinline__ int query_begin(const AttnParams& p, int start_n, int block_m) {
-  if (!p.causal) return 0;
-  const int64_t first = int64_t(start_n) - (int64_t(p.seq_k) - int64_t(p.seq_q));
-  return first <= 0 ? 0 : int(first / block_m) * block_m;
 }
 
 // Rows [row0, row0 + ROWS) x cols [0, HD) of a (rows, D) matrix (row stride `stride`, last dim

@@ -10,9 +10,11 @@
 // Pipeline (cp.async, one K and one V buffer): V_j is fetched while S_j = Q K_j^T and the softmax run,
 // K_{j+1} while O += P_j V_j runs.
 //
-// Masking: a key is visible per attn::visible (bounds, bottom-right causal, padding mask); the
-// invisible scores are -inf. A row with no visible key so far keeps m = -inf and is exponentiated
-// against 0 instead, so exp2 never sees -inf - (-inf); at the end l = 0 gives O = 0 and lse = -inf.
+// Masking: a key is visible per attn::visible (bounds, band, padding mask); the invisible scores are
+// -inf, the visible ones attn::score (scale, softcap, ALiBi). The key loop covers only the tiles the
+// band lets the block see (key_begin .. key_end). A row with no visible key so far keeps m = -inf and
+// is exponentiated against 0 instead, so exp2 never sees -inf - (-inf); at the end l = 0 gives O = 0
+// and lse = -inf. A sink starts every row at m = sink, l = 1 (on one thread of the quad).
 #pragma once
 
 #include "attention/attention_common.cuh"
@@ -44,28 +46,32 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
   const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
   const int h_kv = idx.h / p.group;
   const int start_m = idx.block * BM;
+  const Sequence sq(p, idx.b);
+  if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
 
-  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
-  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
-  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
-  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
-  const int end_n = key_end(p, start_m, BM);
+  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
+  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
+  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const float slope = alibi_slope_log2(p, idx.b, idx.h);
+  const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
   const bool dropout = p.dropout_p > 0.0f;
 
-  load_tile(qs, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim, p.vec, tid, NT);
-  if (end_n > 0) load_tile(ks, k_head, p.k_stride_n, 0, p.seq_k, p.head_dim, p.vec, tid, NT);
+  load_tile(qs, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
+  if (begin_n < end_n) load_tile(ks, k_head, p.k_stride_n, begin_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
   mma::cp_async_commit();
 
   float acc_o[HD / 8][4];
   mma::zero(acc_o);
-  float m_i[2] = {-INFINITY, -INFINITY};  // running max of the base-2 scores of rows g and g + 8
-  float l_i[2] = {0.0f, 0.0f};            // this thread's part of the running sum
+  const float sink = p.sinks != nullptr ? p.sinks[idx.h] * kLog2e : -INFINITY;
+  float m_i[2] = {sink, sink};  // running max of the base-2 scores of rows g and g + 8
+  const float l_0 = p.sinks != nullptr && t == 0 ? 1.0f : 0.0f;  // the sink's exp2(sink - m), counted once a quad
+  float l_i[2] = {l_0, l_0};    // this thread's part of the running sum
   const int rows[2] = {start_m + warp * 16 + g, start_m + warp * 16 + g + 8};
 
-  for (int start_n = 0; start_n < end_n; start_n += BN) {
+  for (int start_n = begin_n; start_n < end_n; start_n += BN) {
     mma::cp_async_wait<0>();  // K_j (and Q) have landed
     __syncthreads();          // ... for every thread, and every warp is done with V_{j-1}
-    load_tile(vs, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim, p.vec, tid, NT);
+    load_tile(vs, v_head, p.v_stride_n, start_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
     mma::cp_async_commit();
 
     float acc_s[BN / 8][4];
@@ -79,7 +85,8 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = start_n + n * 8 + 2 * t + (e & 1);
-        const float s = visible(p, kpm_row, rows[e / 2], col) ? acc_s[n][e] * p.scale_log2 : -INFINITY;
+        const int row = rows[e / 2];
+        const float s = visible(p, sq, row, col) ? score(p, sq, slope, acc_s[n][e], row, col) : -INFINITY;
         acc_s[n][e] = s;
         row_max[e / 2] = fmaxf(row_max[e / 2], s);
       }
@@ -115,14 +122,15 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
 
     mma::cp_async_wait<0>();  // V_j has landed
     __syncthreads();          // ... for every thread, and every warp is done with K_j
-    if (start_n + BN < end_n) load_tile(ks, k_head, p.k_stride_n, start_n + BN, p.seq_k, p.head_dim, p.vec, tid, NT);
+    if (start_n + BN < end_n) load_tile(ks, k_head, p.k_stride_n, start_n + BN, sq.seq_k, p.head_dim, p.vec, tid, NT);
     mma::cp_async_commit();
     mma::gemm_rn<T, BN, HD>(acc_o, pf, vs, 0, 0, lane);
   }
   mma::cp_async_wait<0>();  // nothing may be in flight at exit (Q when no key block is visible)
 
-  // O = acc / l (times 1 / (1 - p) with dropout); rows that saw no key: O = 0, lse = -inf.
-  T* o_head = static_cast<T*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h;
+  // O = acc / l (times 1 / (1 - p) with dropout); rows that saw no key: O = 0, lse = -inf (or the sink).
+  T* o_head = static_cast<T*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h + sq.first_q * p.o_stride_n;
+  float* lse_row0 = p.lse + lse_head(p, sq, idx.b, idx.h);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float l = l_i[r];
@@ -131,7 +139,7 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
     const bool no_key = l == 0.0f;
     const float inv = no_key ? 0.0f : (dropout ? p.keep_scale : 1.0f) / l;
     const int row = rows[r];
-    if (row < p.seq_q) {
+    if (row < sq.seq_q) {
       T* o_row = o_head + int64_t(row) * p.o_stride_n;
 #pragma unroll
       for (int n = 0; n < HD / 8; ++n)
@@ -140,7 +148,7 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
           const int col = n * 8 + 2 * t + e;
           if (col < p.head_dim) o_row[col] = from_float<T>(acc_o[n][2 * r + e] * inv);
         }
-      if (t == 0) p.lse[idx.bh * p.seq_q + row] = no_key ? -INFINITY : (m_i[r] + log2f(l)) * kLn2;
+      if (t == 0) lse_row0[row] = no_key ? -INFINITY : (m_i[r] + log2f(l)) * kLn2;
     }
   }
 }

@@ -1,5 +1,5 @@
 // Dispatch of the attention kernels on dtype and head-dim bucket (the buckets of dispatch_half and
-// dispatch_simt must match generate_instantiations.py), the backward's preprocess kernel, and what the
+// dispatch_simt must match generate_instantiations.py), the backward's preprocess launch, and what the
 // kernels need of a device (shared memory, a kernel image).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,33 +9,11 @@
 
 #include "attention/attention_bwd.cuh"
 #include "attention/attention_fwd.cuh"
+#include "attention/attention_preprocess.cuh"
 #include "attention/attention_run.h"
 #include "attention/attention_simt.cuh"
 
 namespace fastattn {
-
-namespace attn {
-
-// ------------------------------------------------------------------------------------ preprocess
-// delta[b, h, i] = sum_d dout * out - dlse, float32. One warp per row; dtypes at run time.
-__global__ void __launch_bounds__(128) attn_bwd_preprocess_kernel(const AttnParams p) {
-  const int64_t rows = int64_t(p.batch) * p.heads_q * p.seq_q;
-  const int64_t row = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const int64_t bh = row / p.seq_q;
-  const int i = int(row % p.seq_q);
-  const int b = int(bh / p.heads_q), h = int(bh % p.heads_q);
-  const int64_t o_base = b * p.o_stride_b + h * p.o_stride_h + int64_t(i) * p.o_stride_n;
-  const int64_t do_base = b * p.do_stride_b + h * p.do_stride_h + int64_t(i) * p.do_stride_n;
-  float acc = 0.0f;
-  for (int d = lane; d < p.head_dim; d += 32)
-    acc += load_scalar(p.out, p.dtype, o_base + d) * load_scalar(p.dout, p.dtype, do_base + d);
-  acc = warp_sum(acc);
-  if (lane == 0) p.delta[row] = acc - (p.dlse != nullptr ? p.dlse[row] : 0.0f);
-}
-
-}  // namespace attn
 
 namespace {
 
@@ -113,13 +91,8 @@ cudaError_t launch_attention_fwd(const AttnParams& p, cudaStream_t stream) {
 
 cudaError_t launch_attention_bwd(const AttnParams& p, cudaStream_t stream) {
   if (p.head_dim < 1 || p.head_dim > 256) return cudaErrorInvalidValue;
-  const int64_t rows = int64_t(p.batch) * p.heads_q * p.seq_q;
-  if (rows > 0) {
-    if (ceil_div(rows, 4) > 2147483647) return cudaErrorInvalidConfiguration;
-    attn::attn_bwd_preprocess_kernel<<<unsigned(ceil_div(rows, 4)), 128, 0, stream>>>(p);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
+  const cudaError_t err = attn::run_bwd_preprocess(p, stream);
+  if (err != cudaSuccess) return err;
   switch (p.dtype) {
     case DType::kFloat16:
       return dispatch_half(p, [&](auto hd) { return attn::run_bwd<__half, decltype(hd)::value>(p, stream); });

@@ -1,11 +1,15 @@
 // FlashAttention-2 style attention: the arguments of the kernels (no torch types).
 //
-// Per (batch b, query head h; key/value head h / group), with S = scale * Q K^T (Nq x Nk):
-//   query i sees key j iff j < Nk, key_padding_mask[b, j] (when given) and, when causal,
-//   j <= i + (Nk - Nq) (bottom-right aligned);
-//   P = softmax(S) over the visible keys, lse_i = log sum_j exp(S_ij); O = (P * Z / (1 - p)) V
-//   with Z the dropout keep-mask. A row that sees no key gets O = 0, lse = -inf, zero gradients.
+// Per (batch or packed sequence b, query head h; key/value head h / group), off = Nk - Nq:
+//   S_ij = scale * q_i.k_j; with softcap c > 0, S = c * tanh(S / c); with ALiBi, S_ij -= slope * |i + off - j|;
+//   query i sees key j iff j < Nk, key_padding_mask[b, j] (when given) and, with a band (causal or a
+//   window), i + off - left <= j <= i + off + right (bottom-right aligned; causal: right = 0);
+//   P = softmax(S) over the visible keys and the sink (when given), lse_i = log(sum_j exp(S_ij) + exp(sink_h));
+//   O = (P * Z / (1 - p)) V with Z the dropout keep-mask. A row that sees no key gets O = 0,
+//   lse = -inf (the sink's logit with sinks), zero gradients.
 // Tensors are addressed through (batch, head, row) strides in elements; the last dim is contiguous.
+// Packed sequences (cu_seqlens given): q, k, v are (total, H, D) with batch stride 0, each sequence's
+// rows start at cu_seqlens[b], and seq_q / seq_k are the longest sequences (the grid's extent).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,14 +36,35 @@ struct AttnParams {
   float* lse;  // (B, Hq, Nq) contiguous, natural log
   int64_t o_stride_b, o_stride_h, o_stride_n;
 
+  // lse, delta, dlse (and dsink_rows): contiguous rows, (B, Hq, Nq) or packed (Hq, total_q)
+  int64_t lse_stride_b, lse_stride_h;
+  int64_t lse_batches;  // B, or 1 packed
+  int64_t lse_rows;     // rows per head: Nq, or total_q packed
+
   // backward only
-  const void* dout;   // (B, Hq, Nq, D) upstream gradient of out
-  const float* dlse;  // (B, Hq, Nq) contiguous upstream gradient of lse, or nullptr
-  float* delta;       // (B, Hq, Nq) contiguous scratch: rowsum(dout * out) - dlse
-  void* dq;           // (B, Hq, Nq, D) contiguous output
-  void* dk;           // (B, Hkv, Nk, D) contiguous output
-  void* dv;           // (B, Hkv, Nk, D) contiguous output
+  const void* dout;   // like q: upstream gradient of out
+  const float* dlse;  // like lse: upstream gradient of lse, or nullptr
+  float* delta;       // like lse, scratch: rowsum(dout * out) - dlse
+  float* dsink_rows;  // like lse, with sinks: each row's share of dsink, -exp(sink - lse) * delta
+  void* dq;           // like q, contiguous output
+  void* dk;           // like k, contiguous output
+  void* dv;           // like v, contiguous output
   int64_t do_stride_b, do_stride_h, do_stride_n;
+  int64_t dq_stride_b, dq_stride_h, dq_stride_n;
+  int64_t dkv_stride_b, dkv_stride_h, dkv_stride_n;  // of dk and dv
+
+  // features (nullptr / false / 0: off)
+  const int* cu_seqlens_q;  // (B + 1,) int32 offsets of packed sequences; nullptr: padded batches
+  const int* cu_seqlens_k;
+  const float* alibi;       // float32 ALiBi slopes, (Hq,) or (B, Hq) contiguous
+  int64_t alibi_stride_b;   // 0 for (Hq,)
+  const float* sinks;       // (Hq,) float32 sink logits
+  bool band;                // causal or a window limits the keys around the diagonal
+  int window_left;          // with band: keys visible before the diagonal (unlimited: seq_q + seq_k)
+  int window_right;         // with band: keys visible after it (causal: 0)
+  float softcap;            // > 0: scores capped to softcap * tanh(s / softcap)
+  float softcap_in;         // scale / softcap: tanh's argument per unit of q.k
+  float softcap_out;        // softcap * log2(e): the capped score in base 2 per unit of tanh
 
   int batch;
   int heads_q;
@@ -53,10 +78,32 @@ struct AttnParams {
   float dropout_p;   // probability of dropping (0: no dropout)
   float keep_scale;  // 1 / (1 - dropout_p)
   uint64_t seed;     // Philox key of the dropout stream
-  bool causal;
   bool vec;  // q, k, v (and dout, out) rows start 16-byte aligned: tiles load with cp.async
   DType dtype;
 };
+
+// Sets band, window_left/right and the softcap terms from a call's arguments (seq_q, seq_k and scale
+// already set): causal is right = 0; a side of -1, or one beyond every key, is unlimited, which
+// seq_q + seq_k (farther than any key from any diagonal) stands for.
+inline void set_band_and_softcap(AttnParams& p, bool causal, int64_t window_left, int64_t window_right,
+                                 double softcap) {
+  const int64_t unlimited = int64_t(p.seq_q) + p.seq_k < INT32_MAX ? int64_t(p.seq_q) + p.seq_k : INT32_MAX;
+  const int64_t right = causal ? 0 : window_right;
+  p.band = causal || window_left >= 0 || window_right >= 0;
+  p.window_left = int(window_left >= 0 && window_left < unlimited ? window_left : unlimited);
+  p.window_right = int(right >= 0 && right < unlimited ? right : unlimited);
+  p.softcap = static_cast<float>(softcap);
+  p.softcap_in = softcap > 0.0 ? static_cast<float>(p.scale / softcap) : 0.0f;
+  p.softcap_out = static_cast<float>(softcap * 1.4426950408889634);  // log2(e)
+}
+
+// Sets the layout of lse (and delta, dlse, dsink_rows): (B, Hq, Nq), or packed (Hq, total_q).
+inline void set_row_layout(AttnParams& p, bool packed, int64_t total_q) {
+  p.lse_batches = packed ? 1 : p.batch;
+  p.lse_rows = packed ? total_q : p.seq_q;
+  p.lse_stride_b = packed ? 0 : int64_t(p.heads_q) * p.seq_q;
+  p.lse_stride_h = p.lse_rows;
+}
 
 // Launchers (attention_launch.cu): dispatch on dtype and head-dim bucket.
 cudaError_t launch_attention_fwd(const AttnParams& params, cudaStream_t stream);

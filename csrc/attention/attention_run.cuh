@@ -9,8 +9,8 @@
 namespace fastattn {
 namespace attn {
 
-// Launches kernel<<<blocks, threads, smem>>>, raising its dynamic shared-memory limit first when it
-// needs more than the default 48 KB.
+// Launches `kernel` on `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared memory,
+// raising the kernel's limit first when it needs more than the default 48 KB.
 template <class Kernel>
 cudaError_t launch(Kernel kernel, int64_t blocks, int threads, size_t smem, cudaStream_t stream, const AttnParams& p) {
   if (blocks == 0) return cudaSuccess;

@@ -67,27 +67,32 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
   const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
   const int h_kv = idx.h / p.group;
   const int start_m = idx.block * BM;
-  const float* q_head = static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
-  const float* k_head = static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
-  const float* v_head = static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
-  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const Sequence sq(p, idx.b);
+  if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
+  const float* q_head =
+      static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
+  const float* k_head =
+      static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
+  const float* v_head =
+      static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const float slope = alibi_slope_log2(p, idx.b, idx.h);
   const bool dropout = p.dropout_p > 0.0f;
-  const int end_n = key_end(p, start_m, BM);
+  const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
 
-  load_rows_f32<BM, HD>(qs, LDQ, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim);
+  load_rows_f32<BM, HD>(qs, LDQ, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim);
   float acc[R][DC] = {};
   float m_i[R], l_i[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    m_i[r] = -INFINITY;
-    l_i[r] = 0.0f;
+  for (int r = 0; r < R; ++r) {  // a sink starts the row: m = sink, l = exp2(sink - m) = 1
+    m_i[r] = p.sinks != nullptr ? p.sinks[idx.h] * kLog2e : -INFINITY;
+    l_i[r] = p.sinks != nullptr ? 1.0f : 0.0f;
   }
   const int row0 = start_m + warp * R;
 
-  for (int start_n = 0; start_n < end_n; start_n += BN) {
+  for (int start_n = begin_n; start_n < end_n; start_n += BN) {
     __syncthreads();  // every warp is done with the previous K, V (and Q is loaded)
-    load_rows_f32<BN, HD>(ks, LDK, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim);
-    load_rows_f32<BN, HD>(vs, LDV, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim);
+    load_rows_f32<BN, HD>(ks, LDK, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim);
+    load_rows_f32<BN, HD>(vs, LDV, v_head, p.v_stride_n, start_n, sq.seq_k, p.head_dim);
     __syncthreads();
 
     float s[R] = {};
@@ -99,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
     const int col = start_n + lane;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const float sr = visible(p, kpm_row, row0 + r, col) ? s[r] * p.scale_log2 : -INFINITY;
+      const float sr = visible(p, sq, row0 + r, col) ? score(p, sq, slope, s[r], row0 + r, col) : -INFINITY;
       const float m_new = fmaxf(m_i[r], warp_max(sr));
       const float m_safe = m_new == -INFINITY ? 0.0f : m_new;  // rows with no visible key yet
       const float alpha = exp2f(m_i[r] - m_safe);
@@ -123,11 +128,12 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
     __syncwarp();
   }
 
-  float* o_head = static_cast<float*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h;
+  float* o_head = static_cast<float*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h + sq.first_q * p.o_stride_n;
+  float* lse_row0 = p.lse + lse_head(p, sq, idx.b, idx.h);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int row = row0 + r;
-    if (row >= p.seq_q) continue;
+    if (row >= sq.seq_q) continue;
     const bool no_key = l_i[r] == 0.0f;
     const float inv = no_key ? 0.0f : (dropout ? p.keep_scale : 1.0f) / l_i[r];
 #pragma unroll
@@ -135,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
       const int d = lane + 32 * c;
       if (d < p.head_dim) o_head[int64_t(row) * p.o_stride_n + d] = acc[r][c] * inv;
     }
-    if (lane == 0) p.lse[idx.bh * p.seq_q + row] = no_key ? -INFINITY : (m_i[r] + log2f(l_i[r])) * kLn2;
+    if (lane == 0) lse_row0[row] = no_key ? -INFINITY : (m_i[r] + log2f(l_i[r])) * kLn2;
   }
 }
 
@@ -157,28 +163,35 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
   const int num_n_blocks = int(ceil_div(p.seq_k, BN));
   const BlockIndex idx(blockIdx.x, num_n_blocks, p.heads_kv);
   const int start_n = idx.block * BN;
-  const float* k_head = static_cast<const float*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h;
-  const float* v_head = static_cast<const float*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h;
-  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const Sequence sq(p, idx.b);
+  if (start_n >= sq.seq_k) return;  // a packed sequence shorter than the longest: the whole block leaves
+  const float* k_head =
+      static_cast<const float*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h + sq.first_k * p.k_stride_n;
+  const float* v_head =
+      static_cast<const float*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h + sq.first_k * p.v_stride_n;
   const bool dropout = p.dropout_p > 0.0f;
 
-  load_rows_f32<BN, HD>(ks, HD, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim);
-  load_rows_f32<BN, HD>(vs, HD, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim);
+  load_rows_f32<BN, HD>(ks, HD, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim);
+  load_rows_f32<BN, HD>(vs, HD, v_head, p.v_stride_n, start_n, sq.seq_k, p.head_dim);
   float acc_dk[R][DC] = {}, acc_dv[R][DC] = {};
   const int key0 = start_n + warp * R;
-  const int begin_m = query_begin(p, start_n, BM);
+  const int begin_m = query_begin(p, sq, start_n, BM), end_m = query_end(p, sq, start_n, BN);
 
   for (int gi = 0; gi < p.group; ++gi) {
     const int h = idx.h * p.group + gi;
     const int64_t bh = int64_t(idx.b) * p.heads_q + h;
-    const float* q_head = static_cast<const float*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h;
-    const float* do_head = static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h;
-    for (int start_m = begin_m; start_m < p.seq_q; start_m += BM) {
+    const float* q_head =
+        static_cast<const float*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h + sq.first_q * p.q_stride_n;
+    const float* do_head =
+        static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h + sq.first_q * p.do_stride_n;
+    const int64_t rows_h = lse_head(p, sq, idx.b, h);
+    const float slope = alibi_slope_log2(p, idx.b, h);
+    for (int start_m = begin_m; start_m < end_m; start_m += BM) {
       __syncthreads();
-      load_rows_f32<BM, HD>(qs, LD, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim);
-      load_rows_f32<BM, HD>(dos, LD, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim);
-      load_rows(lse_s, p.lse + bh * p.seq_q, start_m, BM, p.seq_q, kLog2e, threadIdx.x, kThreads);
-      load_rows(delta_s, p.delta + bh * p.seq_q, start_m, BM, p.seq_q, 1.0f, threadIdx.x, kThreads);
+      load_rows_f32<BM, HD>(qs, LD, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim);
+      load_rows_f32<BM, HD>(dos, LD, do_head, p.do_stride_n, start_m, sq.seq_q, p.head_dim);
+      load_rows(lse_s, p.lse + rows_h, start_m, BM, sq.seq_q, kLog2e, threadIdx.x, kThreads);
+      load_rows(delta_s, p.delta + rows_h, start_m, BM, sq.seq_q, 1.0f, threadIdx.x, kThreads);
       __syncthreads();
 
       // lane = query start_m + lane; rows r = keys key0 + r.
@@ -194,8 +207,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
       const int query = start_m + lane;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const bool vis = visible(p, kpm_row, query, key0 + r);
-        const float pr = vis ? exp2f(s[r] * p.scale_log2 - lse_s[lane]) : 0.0f;
+        const bool vis = visible(p, sq, query, key0 + r);
+        const float pr = vis ? exp2f(score(p, sq, slope, s[r], query, key0 + r) - lse_s[lane]) : 0.0f;
         float dpr = dp[r], pd = pr;
         if (dropout && vis) {
           if (dropout_keep(p.seed, uint32_t(bh), query, key0 + r, p.dropout_p)) {
@@ -207,7 +220,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
           }
         }
         ps[warp][r][lane] = pd;
-        dss[warp][r][lane] = vis ? pr * (dpr - delta_s[lane]) : 0.0f;  // a select: see attention_bwd.cuh
+        // a select: see attention_bwd.cuh
+        dss[warp][r][lane] = vis ? pr * (dpr - delta_s[lane]) * softcap_grad(p, s[r]) : 0.0f;
       }
       __syncwarp();
       for (int j = 0; j < BM; ++j) {
@@ -225,17 +239,18 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
     }
   }
 
-  const int64_t kv_head = (int64_t(idx.b) * p.heads_kv + idx.h) * p.seq_k;
+  const int64_t kv_head = idx.b * p.dkv_stride_b + idx.h * p.dkv_stride_h;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int key = key0 + r;
-    if (key >= p.seq_k) continue;
+    if (key >= sq.seq_k) continue;
+    const int64_t row = kv_head + (sq.first_k + key) * p.dkv_stride_n;
 #pragma unroll
     for (int c = 0; c < DC; ++c) {
       const int d = lane + 32 * c;
       if (d >= p.head_dim) continue;
-      static_cast<float*>(p.dk)[(kv_head + key) * p.head_dim + d] = acc_dk[r][c] * p.scale;
-      static_cast<float*>(p.dv)[(kv_head + key) * p.head_dim + d] = acc_dv[r][c];
+      static_cast<float*>(p.dk)[row + d] = acc_dk[r][c] * p.scale;
+      static_cast<float*>(p.dv)[row + d] = acc_dv[r][c];
     }
   }
 }
@@ -256,30 +271,37 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
   const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
   const int h_kv = idx.h / p.group;
   const int start_m = idx.block * BM;
-  const float* q_head = static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h;
-  const float* do_head = static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h;
-  const float* k_head = static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h;
-  const float* v_head = static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h;
-  const uint8_t* kpm_row = p.kpm != nullptr ? p.kpm + idx.b * p.kpm_stride_b : nullptr;
+  const Sequence sq(p, idx.b);
+  if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
+  const float* q_head =
+      static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
+  const float* do_head =
+      static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h + sq.first_q * p.do_stride_n;
+  const float* k_head =
+      static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
+  const float* v_head =
+      static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const float slope = alibi_slope_log2(p, idx.b, idx.h);
   const bool dropout = p.dropout_p > 0.0f;
-  const int end_n = key_end(p, start_m, BM);
+  const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
 
-  load_rows_f32<BM, HD>(qs, HD, q_head, p.q_stride_n, start_m, p.seq_q, p.head_dim);
-  load_rows_f32<BM, HD>(dos, HD, do_head, p.do_stride_n, start_m, p.seq_q, p.head_dim);
+  load_rows_f32<BM, HD>(qs, HD, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim);
+  load_rows_f32<BM, HD>(dos, HD, do_head, p.do_stride_n, start_m, sq.seq_q, p.head_dim);
   const int row0 = start_m + warp * R;
+  const int64_t rows_h = lse_head(p, sq, idx.b, idx.h);
   float lse2[R], delta[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const bool in = row0 + r < p.seq_q;
-    lse2[r] = in ? p.lse[idx.bh * p.seq_q + row0 + r] * kLog2e : 0.0f;
-    delta[r] = in ? p.delta[idx.bh * p.seq_q + row0 + r] : 0.0f;
+    const bool in = row0 + r < sq.seq_q;
+    lse2[r] = in ? p.lse[rows_h + row0 + r] * kLog2e : 0.0f;
+    delta[r] = in ? p.delta[rows_h + row0 + r] : 0.0f;
   }
   float acc[R][DC] = {};
 
-  for (int start_n = 0; start_n < end_n; start_n += BN) {
+  for (int start_n = begin_n; start_n < end_n; start_n += BN) {
     __syncthreads();
-    load_rows_f32<BN, HD>(ks, LD, k_head, p.k_stride_n, start_n, p.seq_k, p.head_dim);
-    load_rows_f32<BN, HD>(vs, LD, v_head, p.v_stride_n, start_n, p.seq_k, p.head_dim);
+    load_rows_f32<BN, HD>(ks, LD, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim);
+    load_rows_f32<BN, HD>(vs, LD, v_head, p.v_stride_n, start_n, sq.seq_k, p.head_dim);
     __syncthreads();
 
     float s[R] = {}, dp[R] = {};
@@ -294,12 +316,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
     const int col = start_n + lane;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const bool vis = visible(p, kpm_row, row0 + r, col);
-      const float pr = vis ? exp2f(s[r] * p.scale_log2 - lse2[r]) : 0.0f;
+      const bool vis = visible(p, sq, row0 + r, col);
+      const float pr = vis ? exp2f(score(p, sq, slope, s[r], row0 + r, col) - lse2[r]) : 0.0f;
       float dpr = dp[r];
       if (dropout && vis)
         dpr = dropout_keep(p.seed, uint32_t(idx.bh), row0 + r, col, p.dropout_p) ? dpr * p.keep_scale : 0.0f;
-      dss[warp][r][lane] = vis ? pr * (dpr - delta[r]) : 0.0f;
+      dss[warp][r][lane] = vis ? pr * (dpr - delta[r]) * softcap_grad(p, s[r]) : 0.0f;
     }
     __syncwarp();
     for (int j = 0; j < BN; ++j) {
@@ -316,11 +338,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int row = row0 + r;
-    if (row >= p.seq_q) continue;
+    if (row >= sq.seq_q) continue;
+    float* dq_row = static_cast<float*>(p.dq) + idx.b * p.dq_stride_b + idx.h * p.dq_stride_h +
+                    (sq.first_q + row) * p.dq_stride_n;
 #pragma unroll
     for (int c = 0; c < DC; ++c) {
       const int d = lane + 32 * c;
-      if (d < p.head_dim) static_cast<float*>(p.dq)[(idx.bh * p.seq_q + row) * p.head_dim + d] = acc[r][c] * p.scale;
+      if (d < p.head_dim) dq_row[d] = acc[r][c] * p.scale;
     }
   }
 }

@@ -116,14 +116,11 @@ def _features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
 
 # What the torch backend can express through scaled_dot_product_attention's mask.
 TORCH_FEATURES = ("window", "alibi_slopes")
-CUDA_FEATURES_MISSING = "not in the CUDA kernels yet"
 
 
 def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None) -> list[str]:
     """Why backend ``name`` cannot serve this attention call (empty: it can)."""
     reasons = backends.device_reasons(name, q.device)
-    if features and name == "cuda":
-        reasons.append(f"{', '.join(features)}: {CUDA_FEATURES_MISSING}")
     if features and name == "torch" and set(features) - set(TORCH_FEATURES):
         unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
         reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
@@ -326,20 +323,14 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def _refuse_cuda_features(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q) -> None:
-    used = [
-        name
-        for name, on in (
-            ("window", (window_left, window_right) != (-1, -1)),
-            ("softcap", softcap != 0.0),
-            ("alibi_slopes", alibi_slopes is not None),
-            ("sinks", sinks is not None),
-            ("packed sequences", cu_seqlens_q is not None),
-        )
-        if on
-    ]
-    if used:
-        raise NotImplementedError(f"{', '.join(used)}: {CUDA_FEATURES_MISSING}; use backend='triton'")
+def _cuda_features(alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k) -> tuple:
+    """The feature tensors as the C++ side takes them: float32 contiguous slopes and sinks, contiguous offsets."""
+    return (
+        alibi_slopes.to(torch.float32).contiguous() if alibi_slopes is not None else None,
+        sinks.to(torch.float32).contiguous() if sinks is not None else None,
+        cu_seqlens_q.contiguous() if cu_seqlens_q is not None else None,
+        cu_seqlens_k.contiguous() if cu_seqlens_k is not None else None,
+    )
 
 
 @torch.library.custom_op("fastattn::attention_fwd_cuda", mutates_args=())
@@ -367,9 +358,27 @@ def _attention_fwd_cuda(
     is only carried to the backward, whose CUDA kernels are deterministic either way (no atomics)."""
     from .. import _C
 
-    _refuse_cuda_features(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = _C.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed)
+    alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k = _cuda_features(alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k)
+    out, lse = _C.attention_fwd(
+        q,
+        k,
+        v,
+        key_padding_mask,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        window_left,
+        window_right,
+        softcap,
+        alibi_slopes,
+        sinks,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+    )
     return out, lse
 
 
@@ -400,13 +409,33 @@ def _attention_bwd_cuda(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from .. import _C
 
-    _refuse_cuda_features(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q)
     dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
-    dq, dk, dv = _C.attention_bwd(
-        dout, q, k, v, out, lse.contiguous(), dlse, key_padding_mask, causal, scale, dropout_p, seed
+    alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k = _cuda_features(alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k)
+    dq, dk, dv, dsinks = _C.attention_bwd(
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse.contiguous(),
+        dlse,
+        key_padding_mask,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        window_left,
+        window_right,
+        softcap,
+        alibi_slopes,
+        sinks,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
     )
-    return dq, dk, dv, torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
+    return dq, dk, dv, dsinks
 
 
 _register_fakes_and_autograd(_attention_fwd_cuda, _attention_bwd_cuda)
@@ -480,6 +509,7 @@ def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
     return out.to(q.dtype), lse
 
 
+_FUSED_FORWARD = {"cuda": _attention_fwd_cuda, "triton": _attention_fwd_triton}
 _IMPLEMENTATIONS = {
     "cuda": functools.partial(_attention_fused, _attention_fwd_cuda),
     "triton": functools.partial(_attention_fused, _attention_fwd_triton),
@@ -554,8 +584,8 @@ def attention(
         alibi_slopes: float32 ``(Hq,)`` or ``(B, Hq)``: adds ``-slope · |i + off - j|`` to the scores.
         sinks: ``(Hq,)``: each row's softmax denominator gains ``exp(sink_h)`` (probability mass with no
             value; the lse includes it; a row that sees no key has ``lse = sink_h``). Differentiable.
-            Window, softcap, ALiBi and sinks are applied in this order after the scale. ``triton``
-            and ``naive`` serve all four, ``torch`` window and ALiBi; the CUDA kernels none yet.
+            Window, softcap, ALiBi and sinks are applied in this order after the scale. ``cuda``,
+            ``triton`` and ``naive`` serve all four, ``torch`` window and ALiBi.
         deterministic: the backward gives bitwise-identical gradients run to run.
         return_lse: also return ``lse``, float32 ``(B, Hq, Nq)``: the natural-log sum of
             ``exp(scale · q·k)`` over the visible keys (differentiable).
@@ -637,8 +667,8 @@ def attention_varlen(
     Returns:
         ``out`` ``(total_q, Hq, D)``, or ``(out, lse)`` with ``lse`` float32 ``(Hq, total_q)``
         (FlashAttention-2's varlen layout). Each sequence attends only within itself. Served by the
-        ``triton`` kernels (no padding computed: each program reads its sequence's offsets) and the
-        ``naive`` reference; not by ``torch`` (SDPA has no packed layout) nor the CUDA kernels yet.
+        ``cuda`` and ``triton`` kernels (no padding computed: each block reads its sequence's offsets)
+        and the ``naive`` reference; not by ``torch`` (SDPA has no packed layout).
     """
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, Tensor) or tensor.dim() != 3:
@@ -658,18 +688,14 @@ def attention_varlen(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
     def reasons(candidate: str) -> list[str]:
-        if candidate in ("naive", "triton"):
-            return _backend_reasons(
-                candidate, q[None], k[None], v[None], deterministic=deterministic, return_lse=return_lse
-            )
-        return [
-            f"packed sequences (varlen): {'not in the CUDA kernels yet' if candidate == 'cuda' else 'no such option'}"
-        ]
+        if candidate == "torch":
+            return ["packed sequences (varlen): scaled_dot_product_attention has no packed layout"]
+        return _backend_reasons(candidate, q[None], k[None], v[None], deterministic=deterministic, return_lse=False)
 
     name = backends.select("attention_varlen", backend, reasons)
-    if name == "triton":
+    if name in _FUSED_FORWARD:
         seed = _dropout_seed(float(dropout_p))
-        out, lse = _attention_fwd_triton(
+        out, lse = _FUSED_FORWARD[name](
             q,
             k,
             v,

@@ -1,11 +1,15 @@
-// Host emulation of the CUDA features the norm and sampling kernels of csrc/ use, so that their
-// source runs unchanged on a CPU (the test rewrites each `kernel<<<grid, block, smem, stream>>>(args)`
-// into `fake_launch(kernel, grid, block, args)`).
+// Host emulation of the CUDA features the norm, sampling and fp32 attention kernels of csrc/ use, so
+// that their source runs unchanged on a CPU (the test rewrites each `kernel<<<grid, block, smem,
+// stream>>>(args)` into `fake_launch(kernel, grid, block, smem, args)`, and each `extern __shared__ T
+// name[];` into a pointer to the launch's dynamic shared memory).
 //
 // Emulated:
 //   - every CUDA thread of a block is a fiber (ucontext) on the calling OS thread; the fibers of a
 //     block take turns, each running until it waits at a barrier or returns;
 //   - __syncthreads: a barrier of the block's threads; threads that have returned drop out of it;
+//   - __syncwarp: a barrier of the warp's threads;
+//   - dynamic shared memory: one buffer of the launch's size, which the blocks reuse (a launch asking
+//     for more than an H100 block may have, 227 KiB, fails as on the GPU);
 //   - __shfl_xor_sync: a barrier of the warp's 32 lanes with an exchange of values (the mask is
 //     ignored: the kernels only shuffle with every lane of the warp taking part);
 //   - threadIdx / blockIdx / blockDim / gridDim, fp16 and bf16 conversions (round to nearest even),
@@ -16,7 +20,10 @@
 //     (shared memory keeps the previous block's values, where a GPU's would be undefined);
 //   - device math: log, exp etc. are the host's libm (not bit for bit libdevice's); ex2.approx and
 //     friends are not used by these kernels;
-//   - launch limits other than the block size, smem sizes, streams (the launch is synchronous).
+//   - launch limits other than the block size and the dynamic shared memory, streams (the launch is
+//     synchronous);
+//   - tensor-core and asynchronous-copy instructions (mma.sync, ldmatrix, cp.async): the kernels that
+//     use them compile here but cannot run.
 // A barrier that can never complete (threads waiting at different barriers) aborts with a message.
 #pragma once
 
@@ -27,6 +34,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -39,6 +47,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) alignas(n)
 
 using std::max;
 using std::min;
@@ -53,9 +62,24 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 using cudaError_t = int;
 using cudaStream_t = void*;
 constexpr cudaError_t cudaSuccess = 0;
+constexpr cudaError_t cudaErrorInvalidValue = 1;
 constexpr cudaError_t cudaErrorInvalidConfiguration = 9;
 inline cudaError_t g_last_error = cudaSuccess;
 inline cudaError_t cudaGetLastError() { return std::exchange(g_last_error, cudaSuccess); }
+constexpr size_t kMaxDynamicSharedBytes = 227 * 1024;  // an H100 block's opt-in limit
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <class Kernel>
+inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int bytes) {
+  return size_t(bytes) <= kMaxDynamicSharedBytes ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// Declared for headers that define device functions the emulated kernels never call (tensor-core
+// fragments, shared-memory addresses); a call would fail to link.
+struct __half2 { uint16_t x, y; };
+struct __nv_bfloat162 { uint16_t x, y; };
+__half2 __floats2half2_rn(float, float);
+__nv_bfloat162 __floats2bfloat162_rn(float, float);
+size_t __cvta_generic_to_shared(const void*);
 
 struct float4 { float x, y, z, w; };
 struct uint4 { unsigned x, y, z, w; };
@@ -200,6 +224,9 @@ inline void run_block(Block& block, dim3 block_dim, std::vector<std::unique_ptr<
 }  // namespace fakecuda
 
 inline void __syncthreads() { fakecuda::wait(fakecuda::g_block->block_barrier); }
+inline void __syncwarp(unsigned /*mask*/ = 0xFFFFFFFFu) {
+  fakecuda::wait(fakecuda::g_block->warp_barriers[fakecuda::linear_thread() / 32]);
+}
 
 template <class T>
 inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
@@ -215,15 +242,24 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
   return result;
 }
 
-// kernel<<<grid, block>>>(params), run to completion before it returns.
+namespace fakecuda {
+inline std::vector<std::max_align_t> g_dynamic_shared;  // the running launch's dynamic shared memory
+inline void* dynamic_shared() { return g_dynamic_shared.data(); }
+}  // namespace fakecuda
+
+// kernel<<<grid, block, smem>>>(params), run to completion before it returns.
 template <class Params>
-void fake_launch(void (*kernel)(Params), dim3 grid, dim3 block_dim, const Params& params) {
+void fake_launch(void (*kernel)(Params), dim3 grid, dim3 block_dim, size_t smem, const Params& params) {
   const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
   if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
-      grid.z > 65535) {
+      grid.z > 65535 || smem > kMaxDynamicSharedBytes) {
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  // Poisoned with all-ones bytes (NaN in every float type): a read before the kernel's write shows.
+  fakecuda::g_dynamic_shared.assign((smem + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t), {});
+  std::memset(static_cast<void*>(fakecuda::g_dynamic_shared.data()), 0xFF,
+              fakecuda::g_dynamic_shared.size() * sizeof(std::max_align_t));
   constexpr size_t kStackSize = 256 * 1024;  // the kernels' locals are a few KiB; libm needs little
   std::vector<std::unique_ptr<char[]>> stacks;
   for (unsigned t = 0; t < threads; ++t) stacks.emplace_back(new char[kStackSize]);

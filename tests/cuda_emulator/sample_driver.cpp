@@ -7,6 +7,7 @@
 // stdout: tokens (int64) and log-probs (float32) per row when `draw`, then the kept mask (int8, rows x vocab).
 #include <cstdio>
 
+#include "driver_io.h"
 #include "fakecuda.h"
 #include "sampling/sampling_launch.cu"  // the test's rewritten copy (its -I comes before csrc's)
 
@@ -17,19 +18,6 @@ namespace {
 struct SampleCase {
   int64_t rows, vocab, row_stride, dtype, draw;
 };
-
-template <class T>
-std::vector<T> read_values(int64_t count) {
-  std::vector<T> values(static_cast<size_t>(count));
-  if (std::fread(values.data(), sizeof(T), values.size(), stdin) != values.size())
-    fakecuda::fail("short read from stdin");
-  return values;
-}
-
-template <class T>
-void write_values(const std::vector<T>& values) {
-  std::fwrite(values.data(), sizeof(T), values.size(), stdout);
-}
 
 }  // namespace
 
