@@ -60,7 +60,7 @@ def alibi_bias(slopes: Tensor, batch: int, heads: int, nq: int, nk: int) -> Tens
     return -slopes[:, :, None, None] * distance
 
 
-def attention_probabilities(
+def attention_scores(
     q: Tensor,
     k: Tensor,
     *,
@@ -70,12 +70,9 @@ def attention_probabilities(
     window: tuple[int, int] | None = None,
     softcap: float = 0.0,
     alibi_slopes: Tensor | None = None,
-    sinks: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``(probs, lse)``: the attention probabilities ``(B, Hq, Nq, Nk)`` of :func:`attention` (before
-    dropout; a sink's mass is in the denominator, so a row sums to less than 1) and the natural-log
-    normalizer ``(B, Hq, Nq)``, both in the scores' dtype. Rows that see no key: zeros and -inf (the
-    sink's logit with ``sinks``)."""
+) -> Tensor:
+    """The scores ``(B, Hq, Nq, Nk)`` of :func:`attention` in q's dtype: scaled, capped, ALiBi-biased,
+    -inf where a key is invisible."""
     batch, heads_q, nq, head_dim = q.shape
     nk = k.shape[2]
     scale = head_dim**-0.5 if scale is None else scale
@@ -88,7 +85,22 @@ def attention_probabilities(
     visible = attention_visibility(
         batch, nq, nk, causal=causal, key_padding_mask=key_padding_mask, device=q.device, window=window
     )
-    scores = scores.masked_fill(~visible, float("-inf"))
+    return scores.masked_fill(~visible, float("-inf"))
+
+
+def attention_probabilities(
+    q: Tensor,
+    k: Tensor,
+    *,
+    sinks: Tensor | None = None,
+    **options,
+) -> tuple[Tensor, Tensor]:
+    """``(probs, lse)``: the attention probabilities ``(B, Hq, Nq, Nk)`` of :func:`attention` (before
+    dropout; a sink's mass is in the denominator, so a row sums to less than 1) and the natural-log
+    normalizer ``(B, Hq, Nq)``, both in the scores' dtype. Rows that see no key: zeros and -inf (the
+    sink's logit with ``sinks``). ``options``: those of :func:`attention_scores`."""
+    scores = attention_scores(q, k, **options)
+    batch, heads_q, nq, nk = scores.shape
     row_max = scores.amax(dim=-1, keepdim=True) if nk > 0 else scores.new_full((batch, heads_q, nq, 1), -torch.inf)
     if sinks is not None:
         sink = sinks.to(scores.dtype)[None, :, None, None].expand(batch, heads_q, nq, 1)  # (B, Hq, Nq, 1)

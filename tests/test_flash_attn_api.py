@@ -7,6 +7,7 @@ import torch
 
 import fastattn.flash_attn as flash_attn
 from fastattn import reference
+from fastattn.flash_attn import bert_padding, flash_attn_interface
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 
 COMMON = [
@@ -136,20 +137,58 @@ def test_varlen_functions_match_the_reference():
     )
 
 
+def normalized_as_flash_attention_2_tests_do(s_dmask, scores, lse, block_n):
+    """S_dmask's magnitudes turned into probabilities the way FlashAttention-2's tests do: the scores
+    are split into blocks of ``block_n`` keys, each block's running maximum m_j is max(its own max,
+    the log-sum-exp of the blocks before it), and block j of |S_dmask| is multiplied by exp(m_j - lse)."""
+    blocks = scores.split(block_n, dim=-1)
+    block_lse = torch.stack([torch.logsumexp(b, dim=-1) for b in blocks], dim=-1)
+    running_lse = torch.logcumsumexp(block_lse, dim=-1).unbind(dim=-1)
+    maxima = [blocks[0].amax(dim=-1)] + [
+        torch.maximum(b.amax(dim=-1), m) for b, m in zip(blocks[1:], running_lse, strict=False)
+    ]
+    parts = s_dmask.abs().split(block_n, dim=-1)
+    return torch.cat([part * torch.exp(m - lse)[..., None] for part, m in zip(parts, maxima, strict=True)], dim=-1)
+
+
 def test_s_dmask_encodes_the_dropout_pattern_out_was_made_with():
-    """With dropout, S_dmask holds the probabilities, negative where dropped: the output is the kept
-    probabilities, rescaled, times v."""
+    """With dropout, S_dmask holds FlashAttention-2's unnormalized probabilities exp(s - m), negative
+    where dropped: normalized as FlashAttention-2's tests normalize them (with _get_block_size_n) they
+    are the reference's probabilities, and the output is the kept ones, rescaled, times v."""
     torch.manual_seed(3)
     q, k, v = (torch.randn(2, 6, 2, 8) for _ in range(3))
     out, lse, s_dmask = flash_attn.flash_attn_func(q, k, v, dropout_p=0.3, causal=True, return_attn_probs=True)
     assert s_dmask.shape == (2, 2, 6, 6)
     assert (s_dmask < 0).any() and (s_dmask > 0).any(), "no dropped or no kept entry: a weak draw"
-    kept = s_dmask.clamp_min(0)
+    qt, kt = q.transpose(1, 2), k.transpose(1, 2)
+    probs, exact_lse = reference.attention_probabilities(qt, kt, causal=True)
+    torch.testing.assert_close(lse, exact_lse)
+    block_n = flash_attn_interface._get_block_size_n(q.device, 8, True, True)
+    scores = reference.attention_scores(qt, kt, causal=True)
+    normalized = normalized_as_flash_attention_2_tests_do(s_dmask, scores, lse, block_n)
+    torch.testing.assert_close(normalized, probs)
+    kept = torch.where(s_dmask >= 0, normalized, 0.0)
     expected = (kept / (1 - 0.3)) @ v.transpose(1, 2)  # (B, H, Nq, D)
     torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
-    probs, exact_lse = reference.attention_probabilities(q.transpose(1, 2), k.transpose(1, 2), causal=True)
-    torch.testing.assert_close(s_dmask.abs(), probs)
-    torch.testing.assert_close(lse, exact_lse)
+
+
+@pytest.mark.parametrize("unused", [False, True])
+def test_bert_padding_round_trip(unused):
+    """unpad_input packs the tokens of a padded batch as the varlen functions take them; pad_input
+    puts them back; gradients flow through both."""
+    x = torch.randn(3, 5, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    unused_mask = torch.zeros_like(mask)
+    unused_mask[0, 3] = unused
+    packed, indices, cu_seqlens, max_seqlen, used = bert_padding.unpad_input(x, mask, unused_mask)
+    assert cu_seqlens.tolist() == [0, 3 + unused, 8 + unused, 8 + unused] and cu_seqlens.dtype == torch.int32
+    assert max_seqlen == 5 and used.tolist() == [3, 5, 0]
+    assert torch.equal(packed, x.flatten(0, 1)[mask.flatten() | unused_mask.flatten()])
+    assert torch.equal(bert_padding.index_first_axis(x.flatten(0, 1), indices), packed)
+    padded = bert_padding.pad_input(packed, indices, 3, 5)
+    assert torch.equal(padded, torch.where((mask | unused_mask)[..., None], x, 0.0))
+    padded.sum().backward()
+    assert torch.equal(x.grad, (mask | unused_mask)[..., None].expand_as(x).float())
 
 
 def test_a_paged_kv_cache_is_refused_clearly():

@@ -1,4 +1,4 @@
-"""FlashAttention-2's Python API on fastattn: ``import fastattn.flash_attn as flash_attn``.
+"""FlashAttention-2's attention functions on fastattn (``flash_attn.flash_attn_interface``'s).
 
 The functions take FlashAttention-2's arguments, defaults and ``(batch, seqlen, heads, head_dim)``
 layout (``(total, heads, head_dim)`` for the varlen ones) and return what it returns: ``out`` in that
@@ -9,10 +9,12 @@ layout, and with ``return_attn_probs=True`` also ``softmax_lse`` (float32 ``(bat
 Deliberate differences from FlashAttention-2:
 
 - any device, float32 as well as float16/bfloat16, every head dim from 1 to 256;
-- ``S_dmask`` (only with ``dropout_p > 0``, else None, as there) holds the attention probabilities
-  ``exp(s - lse)`` of shape ``(batch, heads, seqlen_q, seqlen_k)`` (padded to the longest sequences for
-  varlen), not rounded up to FlashAttention's 128-wide tiles; a dropped entry is negative, as there. It
-  comes from a slow path that forms the whole matrix: it exists for testing;
+- ``S_dmask`` (only with ``dropout_p > 0``, else None, as there) is ``(batch, heads, seqlen_q,
+  seqlen_k)`` (padded to the longest sequences for varlen), not rounded up to FlashAttention's tiles.
+  As there, it holds the unnormalized probabilities ``exp(s - m)``, negative where dropped, with ``m``
+  the running row maximum at each block of :func:`_get_block_size_n` keys; our block spans the whole
+  row, so ``m`` is the row's maximum and ``S_dmask · exp(m - lse)`` the probabilities. It comes from
+  a slow path that forms the whole matrix: it exists for testing;
 - ``block_table`` (a paged KV cache) is not taken yet.
 """
 
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from .ops.attention import attention, attention_varlen
+from .. import reference
+from ..ops.attention import attention, attention_varlen
 
 
 def _features(window_size, softcap, alibi_slopes) -> dict:
@@ -30,16 +32,24 @@ def _features(window_size, softcap, alibi_slopes) -> dict:
     return dict(window=None if window == (-1, -1) else window, softcap=softcap, alibi_slopes=alibi_slopes)
 
 
+def _get_block_size_n(device, head_dim, is_dropout, is_causal):
+    """The keys per block of ``S_dmask``'s running maximum (FlashAttention-2's tests split the scores
+    by it to normalize ``S_dmask``): ours is the whole row, so any width beyond every sequence."""
+    return 2**31 - 1
+
+
 def _with_probs(q, k, v, dropout_p, scale, causal, features):
     """(out, lse, S_dmask) for (B, H, N, D) inputs with dropout, through the reference (the slow path
     that forms the probabilities): out is computed from the very keep pattern S_dmask encodes."""
     compute = torch.promote_types(q.dtype, torch.float32)
     q32, k32, v32 = (t.to(compute) for t in (q, k, v))
     options = dict(causal=causal, scale=scale, **features)
-    probs, lse = reference.attention_probabilities(q32, k32, **options)
-    keep = torch.rand(probs.shape, device=q.device) >= dropout_p
-    out = reference.attention(q32, k32, v32, dropout_p=dropout_p, dropout_keep=keep, **options)
-    s_dmask = torch.where(keep, probs, -probs).detach().to(q.dtype)  # FlashAttention-2: negative = dropped
+    scores = reference.attention_scores(q32, k32, **options)  # (B, H, Nq, Nk), -inf where invisible
+    keep = torch.rand(scores.shape, device=q.device) >= dropout_p
+    out, lse = reference.attention(q32, k32, v32, dropout_p=dropout_p, dropout_keep=keep, return_lse=True, **options)
+    row_max = scores.amax(dim=-1, keepdim=True) if scores.shape[-1] else scores.new_zeros((*scores.shape[:-1], 1))
+    unnormalized = torch.exp(scores - torch.where(row_max.isinf(), 0.0, row_max))  # exp(s - m); 0 where invisible
+    s_dmask = torch.where(keep, unnormalized, -unnormalized).detach().to(q.dtype)  # negative: dropped
     return out.to(q.dtype), lse.float(), s_dmask
 
 
@@ -255,13 +265,3 @@ def flash_attn_varlen_kvpacked_func(
     """q: (total_q, nheads, headdim); kv: (total_k, 2, nheads_k, headdim)."""
     k, v = kv.unbind(dim=1)
     return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **_common(locals()))
-
-
-__all__ = [
-    "flash_attn_func",
-    "flash_attn_kvpacked_func",
-    "flash_attn_qkvpacked_func",
-    "flash_attn_varlen_func",
-    "flash_attn_varlen_kvpacked_func",
-    "flash_attn_varlen_qkvpacked_func",
-]
