@@ -336,3 +336,110 @@ def test_output_attentions_returns_the_eager_weights(name):
         assert weights.shape == reference_weights.shape, (layer, weights.shape, reference_weights.shape)
         keys_taking_part = padding.bool()[:, None, None, :].expand_as(weights)
         torch.testing.assert_close(weights[keys_taking_part], reference_weights[keys_taking_part], atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- packed sequences
+def packed_families():
+    """Llama and Qwen2 (plain), and the feature families: each config once."""
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return {
+        "llama": transformers.LlamaConfig(**common),
+        "qwen2": transformers.Qwen2Config(**common),
+        **feature_models(),
+    }
+
+
+@pytest.mark.parametrize("name", list(packed_families()))
+def test_a_packed_row_equals_its_sequences_run_one_by_one(name, monkeypatch):
+    """One row holding three sequences back to back, position_ids restarting at 0 (transformers'
+    DataCollatorWithFlattening): each layer runs fastattn.attention_varlen, and the logits and the
+    gradients equal those of eager attention run on each sequence alone."""
+    config = packed_families()[name]
+    torch.manual_seed(0)
+    eager = transformers.AutoModelForCausalLM.from_config(
+        copy.deepcopy(config), attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    for module in eager.modules():
+        if hasattr(module, "sinks"):
+            torch.nn.init.normal_(module.sinks)
+    ours = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="fastattn").eval()
+    ours.load_state_dict(eager.state_dict())
+    calls = []
+    varlen = fastattn_hf.attention_varlen
+
+    def spy(*args, **kwargs):
+        calls.append(args[3].tolist())  # cu_seqlens_q
+        return varlen(*args, **kwargs)
+
+    monkeypatch.setattr(fastattn_hf, "attention_varlen", spy)
+    lengths = [6, 2, 3]  # the first longer than the sliding windows (4) of the feature families
+    ids = torch.randint(0, VOCAB, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    upstream = torch.randn(1, sum(lengths), VOCAB)
+
+    def separately(model):
+        pieces = [model(piece).logits for piece in ids.split(lengths, dim=1)]
+        return torch.cat(pieces, dim=1)
+
+    results = {}
+    for label, model, run in (
+        ("ref", copy.deepcopy(eager).double(), separately),
+        ("plain", eager, separately),
+        ("ours", ours, lambda model: model(ids, position_ids=positions).logits),
+    ):
+        logits = run(model)
+        (logits * upstream.to(logits.dtype)).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if n.endswith(("q_proj.weight", "v_proj.weight"))}
+        results[label] = (logits.detach(), grads)
+    assert calls == [[0, 6, 8, 11]] * 2, f"fastattn.attention_varlen calls (cu_seqlens): {calls}"
+    assert_close_to_reference(
+        f"{name} packed logits", results["ours"][0], results["ref"][0], results["plain"][0], factor=FORWARD_FACTOR
+    )
+    for n in results["ours"][1]:
+        got, exact, plain = (results[label][1][n] for label in ("ours", "ref", "plain"))
+        assert_close_to_reference(f"{name} d {n}", got, exact, plain, factor=GRADIENT_FACTOR)
+
+
+def test_packed_output_attentions_are_block_diagonal():
+    """output_attentions on a packed row: each query's weights cover its own sequence's keys only."""
+    _, ours = eager_and_fastattn("llama")
+    lengths = [4, 5]
+    ids = torch.randint(0, VOCAB, (1, 9))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        packed = ours(ids, position_ids=positions, output_attentions=True).attentions[0][0]  # (H, 9, 9)
+        alone = ours(ids[:, 4:], output_attentions=True).attentions[0][0]  # the second sequence
+    assert torch.equal(packed[:, 4:, :4], torch.zeros(4, 5, 4)) and torch.equal(packed[:, :4, 4:], torch.zeros(4, 4, 5))
+    torch.testing.assert_close(packed[:, 4:, 4:], alone)
+
+
+def test_the_collators_cu_seq_lens_keywords_select_the_sequences(monkeypatch):
+    """DataCollatorWithFlattening(return_flash_attn_kwargs=True) hands over cu_seq_lens_q/k and
+    max_length_q/k: they are what fastattn.attention_varlen gets."""
+    _, ours = eager_and_fastattn("llama")
+    calls = []
+    varlen = fastattn_hf.attention_varlen
+
+    def spy(*args, **kwargs):
+        calls.append((args[3].tolist(), args[5]))
+        return varlen(*args, **kwargs)
+
+    monkeypatch.setattr(fastattn_hf, "attention_varlen", spy)
+    ids = torch.randint(0, VOCAB, (1, 9))
+    collated = transformers.DataCollatorWithFlattening(return_flash_attn_kwargs=True)(
+        [{"input_ids": ids[0, :5].tolist()}, {"input_ids": ids[0, 5:].tolist()}]
+    )
+    keywords = {key: collated[key] for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+    with torch.no_grad():
+        packed = ours(collated["input_ids"], position_ids=collated["position_ids"], **keywords).logits
+        first = ours(ids[:, :5]).logits
+    assert calls == [([0, 5, 9], 5)] * 2
+    torch.testing.assert_close(packed[:, :5], first, atol=1e-5, rtol=1e-5)

@@ -21,7 +21,13 @@ How a call is served:
   on the device with the two patterns (a synchronization); under ``torch.compile`` it is not read
   and goes to :func:`fastattn.scaled_dot_product_attention`;
 - any other mask (sliding windows, float masks, ...): :func:`fastattn.scaled_dot_product_attention`,
-  which serves key-padding-shaped masks itself and hands the rest to torch.
+  which serves key-padding-shaped masks itself and hands the rest to torch;
+- packed sequences, as transformers' flattening collator (``DataCollatorWithFlattening``) makes them:
+  one row whose ``position_ids`` restart at 0 where each sequence begins (or the ``cu_seq_lens_q/k``
+  keywords), with no mask or the row-wide causal (sliding-window) one transformers builds without
+  knowing of the packing: :func:`fastattn.attention_varlen`, each sequence attending only within
+  itself, the path transformers' ``flash_attention_2`` takes. Reading ``position_ids`` is a
+  synchronization, done only for a single row of more than one query and no cache.
 
 GQA runs natively (key/value heads are never repeated). The backend follows ``backend="auto"``
 (:func:`fastattn.use_backend`, ``FASTATTN_BACKEND``).
@@ -49,7 +55,7 @@ except ImportError:  # releases that pass output_attentions to the attention fun
 
 from .. import reference
 from ..nn import RMSNorm
-from ..ops.attention import attention, scaled_dot_product_attention
+from ..ops.attention import attention, attention_varlen, scaled_dot_product_attention
 from ..patch import replacement_for, swap_modules
 
 logger = logging.getLogger(__name__)
@@ -91,13 +97,16 @@ def attention_forward(
         if kwargs.get(name) is not None:
             raise ValueError(f"attn_implementation={IMPLEMENTATION!r} does not support {feature} ({name}); use 'eager'")
     q_len, kv_len = query.shape[2], key.shape[2]
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    causal = bool(causal) and attention_mask is None and q_len > 1
+    module_causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    causal = module_causal and attention_mask is None and q_len > 1
     # Gemma 2's logit soft-capping and gpt-oss's sinks (s_aux): fastattn.attention's own keywords.
     features = {"softcap": kwargs.get("softcap") or 0.0, "sinks": kwargs.get("s_aux")}
     # transformers' sliding window: key j is visible to query i iff i - j < sliding_window (and j <= i).
     sliding_window = kwargs.get("sliding_window")
     window = (sliding_window - 1, 0) if sliding_window else None
+    packing = _packed_sequences(query, key, attention_mask, window, kwargs)
+    if packing is not None:
+        return _attention_packed(query, key, value, packing, module_causal, scaling, dropout, window, kwargs, features)
     weights = None
     if _weights_requested(kwargs):
         weights = _attention_weights(query, key, attention_mask, scaling, causal, **features)
@@ -140,6 +149,72 @@ def attention_forward(
             enable_gqa=query.shape[1] != key.shape[1],
         )
     return out.transpose(1, 2).contiguous(), weights  # (B, Nq, Hq, D)
+
+
+def _packed_sequences(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, window: tuple[int, int] | None, kwargs: dict
+):
+    """``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)`` when one row holds several
+    sequences back to back (the ``cu_seq_lens_*`` keywords, or ``position_ids`` that restart at 0
+    inside the row), else None. The row's mask must be absent or the plain causal (sliding-window)
+    pattern transformers builds for it without knowing of the packing, no padding."""
+    q_len = query.shape[2]
+    if query.shape[0] != 1 or q_len == 1 or key.shape[2] != q_len:
+        return None  # a batch of rows, decoding, or a cache of earlier tokens: nothing packed
+    if kwargs.get("cu_seq_lens_q") is not None and kwargs.get("cu_seq_lens_k") is not None:
+        cu_seqlens_q, cu_seqlens_k = (kwargs[name].to(torch.int32) for name in ("cu_seq_lens_q", "cu_seq_lens_k"))
+        packing = (cu_seqlens_q, cu_seqlens_k, int(kwargs["max_length_q"]), int(kwargs["max_length_k"]))
+    else:
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None or position_ids.numel() != q_len:
+            return None
+        starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten()  # a synchronization
+        if len(starts) < 2 or int(starts[0]) != 0:
+            return None
+        cu_seqlens = torch.cat((starts, starts.new_tensor([q_len]))).to(torch.int32)
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        packing = (cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+    if attention_mask is not None:
+        structure = _causal_key_padding(attention_mask, 1, q_len, q_len, window)
+        if structure is None or not structure[0] or not bool(structure[1].all()):
+            return None  # padding or a custom mask: the mask says what each query sees
+    return packing
+
+
+def _attention_packed(query, key, value, packing, causal, scaling, dropout, window, kwargs, features):
+    """The sequences packed in query's single row through :func:`fastattn.attention_varlen`:
+    ``((1, N, Hq, D) output, weights or None)``."""
+    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k = packing
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (N, H, D) views, no copy
+    out = attention_varlen(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        causal=causal,
+        scale=scaling,
+        dropout_p=dropout,
+        window=window if causal else None,
+        **features,
+    )
+    weights = None
+    if _weights_requested(kwargs):  # block-diagonal: a query sees the keys of its own sequence only
+        sequence_q = torch.bucketize(torch.arange(query.shape[2], device=query.device), cu_seqlens_q[1:], right=True)
+        sequence_k = torch.bucketize(torch.arange(key.shape[2], device=key.device), cu_seqlens_k[1:], right=True)
+        mask = sequence_q[:, None] == sequence_k[None, :]
+        if causal:
+            positions_q = torch.arange(query.shape[2], device=query.device) - cu_seqlens_q[sequence_q]
+            positions_k = torch.arange(key.shape[2], device=key.device) - cu_seqlens_k[sequence_k]
+            offset = (cu_seqlens_k[1:] - cu_seqlens_k[:-1] - (cu_seqlens_q[1:] - cu_seqlens_q[:-1]))[sequence_q]
+            diagonal = (positions_q + offset)[:, None]
+            mask &= positions_k[None, :] <= diagonal
+            if window is not None:
+                mask &= positions_k[None, :] >= diagonal - window[0]
+        weights = _attention_weights(query, key, mask[None, None], scaling, False, **features)
+    return out[None], weights
 
 
 def _weights_requested(kwargs: dict) -> bool:
