@@ -6,7 +6,9 @@ Attention (FlashAttention's convention): two matrix products per visible (query,
 2·D FLOPs, so the forward is ``4 · B · H · pairs · D`` with ``pairs = Nq · Nk`` without a mask; the
 backward does five products (dV, dP, dS, dQ, dK) against the forward's two: 2.5× the forward.
 With ``causal=True`` the pairs are counted exactly for the bottom-right mask (query ``i`` sees key
-``j`` iff ``j <= i + Nk - Nq``): ``N(N+1)/2`` for ``Nq == Nk`` (half the square plus the diagonal).
+``j`` iff ``j <= i + Nk - Nq``): ``N(N+1)/2`` for ``Nq == Nk`` (half the square plus the diagonal);
+with a sliding window, only the pairs inside it. Packed sequences count each sequence's own pairs
+(and so does the same batch padded: the padding is no work done for anyone).
 
 Norms are memory-bound: their measure is the bytes that must move between memory and the chip,
 each tensor read or written exactly once (the weight and bias once, not once per row).
@@ -20,8 +22,19 @@ from __future__ import annotations
 BACKWARD_OVER_FORWARD = 2.5  # five matrix products in the backward against two in the forward
 
 
-def visible_pairs(nq: int, nk: int, causal: bool) -> int:
-    """How many (query, key) pairs the mask lets through; bottom-right aligned when causal."""
+def visible_pairs(nq: int, nk: int, causal: bool, window: tuple[int, int] | None = None) -> int:
+    """How many (query, key) pairs the mask lets through; bottom-right aligned when causal. With
+    ``window=(left, right)`` (-1: unlimited; causal makes right 0) query ``i`` sees the keys
+    ``i + Nk - Nq - left .. i + Nk - Nq + right`` that exist, counted row by row."""
+    if window is not None and window != (-1, -1):
+        left, right = window[0], 0 if causal else window[1]
+        offset = nk - nq
+        pairs = 0
+        for i in range(nq):
+            first = 0 if left < 0 else max(0, i + offset - left)
+            last = nk - 1 if right < 0 else min(nk - 1, i + offset + right)
+            pairs += max(0, last - first + 1)
+        return pairs
     if not causal:
         return nq * nk
     # Query i sees min(i + Nk - Nq + 1, Nk) keys when that is positive: the queries from
@@ -32,9 +45,11 @@ def visible_pairs(nq: int, nk: int, causal: bool) -> int:
     return rows * (first_count + nk) // 2
 
 
-def attention_flops(batch: int, heads: int, nq: int, nk: int, head_dim: int, causal: bool, mode: str) -> float:
+def attention_flops(
+    batch: int, heads: int, nq: int, nk: int, head_dim: int, causal: bool, mode: str, window=None
+) -> float:
     """FLOPs of one attention call; ``mode`` is ``"fwd"``, ``"bwd"`` or ``"fwd+bwd"``."""
-    forward = 4.0 * batch * heads * visible_pairs(nq, nk, causal) * head_dim
+    forward = 4.0 * batch * heads * visible_pairs(nq, nk, causal, window) * head_dim
     factor = {"fwd": 1.0, "bwd": BACKWARD_OVER_FORWARD, "fwd+bwd": 1.0 + BACKWARD_OVER_FORWARD}[mode]
     return forward * factor
 
