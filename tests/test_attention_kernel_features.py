@@ -277,3 +277,24 @@ def test_opcheck_packed(device):
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     args = (q, k, v, None, False, 0.3, 0.0, 0, True, -1, -1, 0.0, None, None, cu_q, cu_k, 6, 6)
     torch.library.opcheck(torch.ops.fastattn.attention_fwd_triton.default, args)
+
+
+def test_the_kernels_tanh_is_within_two_ulp(device):
+    """Softcap's tanh (kernels/attention.py::_tanh) against float64, over the range scores take."""
+    if fastattn.backends.device_reasons("triton", torch.device(device)):
+        pytest.skip("triton cannot run here")
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def tanh_kernel(X, Y, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(Y + offsets, kernels._tanh(tl.load(X + offsets)))
+
+    x = torch.cat([torch.linspace(-12, 12, 2**14), torch.linspace(-1, 1, 2**14), torch.linspace(-1e-3, 1e-3, 2**14)])
+    x = x.to(device)
+    y = torch.empty_like(x)
+    tanh_kernel[(x.numel() // 1024,)](x, y, BLOCK=1024)
+    exact = torch.tanh(x.double())
+    ulps = (y.double() - exact).abs() / (torch.finfo(torch.float32).eps * exact.abs().clamp_min(1e-30))
+    assert ulps.max() <= 2.0, f"max error {ulps.max():.2f} ulp at x = {x[ulps.argmax()]:.6g}"
