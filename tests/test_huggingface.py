@@ -19,6 +19,16 @@ from fastattn.ops import attention as attention_ops  # noqa: E402
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference  # noqa: E402
 
 VOCAB, BATCH, SEQ = 101, 2, 9
+# A small decoder: GQA (4 query heads, 2 key/value heads), 2 layers.
+DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
 def gpt2_config():
@@ -49,15 +59,7 @@ def bert_config():
 
 def llama_config():
     """GQA (4 query heads, 2 key/value heads) and LlamaRMSNorm."""
-    return transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    return transformers.LlamaConfig(**DECODER)
 
 
 MODELS = {
@@ -259,22 +261,13 @@ def test_unsupported_features_raise():
 
 def feature_models():
     """Small models of the families known for a feature, each in eager and on fastattn, same weights."""
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
     return {
-        "mistral (sliding window)": transformers.MistralConfig(**common, sliding_window=4),
+        "mistral (sliding window)": transformers.MistralConfig(**DECODER, sliding_window=4),
         "gemma2 (softcap, sliding window)": transformers.Gemma2Config(
-            **common, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0, query_pre_attn_scalar=16
+            **DECODER, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0, query_pre_attn_scalar=16
         ),
         "gpt-oss (sinks, sliding window)": transformers.GptOssConfig(
-            **{**common, "intermediate_size": 32},
+            **{**DECODER, "intermediate_size": 32},
             head_dim=16,
             num_local_experts=4,
             num_experts_per_tok=2,
@@ -341,18 +334,9 @@ def test_output_attentions_returns_the_eager_weights(name):
 # ------------------------------------------------------------------------------- packed sequences
 def packed_families():
     """Llama and Qwen2 (plain), and the feature families: each config once."""
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
     return {
-        "llama": transformers.LlamaConfig(**common),
-        "qwen2": transformers.Qwen2Config(**common),
+        "llama": transformers.LlamaConfig(**DECODER),
+        "qwen2": transformers.Qwen2Config(**DECODER),
         **feature_models(),
     }
 
