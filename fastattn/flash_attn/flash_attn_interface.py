@@ -15,7 +15,8 @@ Deliberate differences from FlashAttention-2:
   the running row maximum at each block of :func:`_get_block_size_n` keys; our block spans the whole
   row, so ``m`` is the row's maximum and ``S_dmask · exp(m - lse)`` the probabilities. It comes from
   a slow path that forms the whole matrix: it exists for testing;
-- ``block_table`` (a paged KV cache) is not taken yet.
+- ``flash_attn_with_kvcache`` takes any paged block size that is a multiple of 16 (FlashAttention-2:
+  256), and contiguous caches as well; ``flash_attn_varlen_func``'s ``block_table`` is not taken yet.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from .. import reference
 from ..ops.attention import attention, attention_varlen
+from ..ops.kvcache import attention_with_kvcache
 
 
 def _features(window_size, softcap, alibi_slopes) -> dict:
@@ -265,3 +267,62 @@ def flash_attn_varlen_kvpacked_func(
     """q: (total_q, nheads, headdim); kv: (total_k, 2, nheads_k, headdim)."""
     k, v = kv.unbind(dim=1)
     return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **_common(locals()))
+
+
+def flash_attn_with_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_seqlens=None,
+    cache_batch_idx=None,
+    cache_leftpad=None,
+    block_table=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    rotary_interleaved=True,
+    alibi_slopes=None,
+    num_splits=0,
+    return_softmax_lse=False,
+):
+    """Decoding (and chunked prefill) against a KV cache, FlashAttention-2's semantics.
+
+    q: (batch, seqlen_q, nheads, headdim). k_cache, v_cache: (batch_cache, seqlen_cache, nheads_k,
+    headdim), or paged (num_blocks, block_size, nheads_k, headdim) with ``block_table`` int32 (batch,
+    max_blocks); the block size any multiple of 16. k, v: (batch, seqlen_new, nheads_k, headdim), written
+    into the cache in place after ``cache_seqlens`` (int or int32 (batch,); default: the cache full) and
+    attended to with it. rotary_cos, rotary_sin: (seqlen_ro, rotary_dim / 2), applied to the new k at
+    its positions and to q (at the positions after the cached ones when causal or windowed, else all at
+    the first). cache_batch_idx: the contiguous cache's row of each sequence; cache_leftpad: where each
+    sequence's keys start. Masks are aligned to each sequence's last key. ``num_splits`` (0: chosen
+    from the shapes) is how many parts the keys are split into; the result does not depend on it.
+
+    Returns out (batch, seqlen_q, nheads, headdim), and with ``return_softmax_lse`` also softmax_lse
+    float32 (batch, nheads, seqlen_q).
+    """
+    if not (isinstance(num_splits, int) and num_splits >= 0):
+        raise ValueError(f"num_splits must be an int >= 0 (0: chosen from the shapes), got {num_splits!r}")
+    features = _features(window_size, softcap, alibi_slopes)
+    out, lse = attention_with_kvcache(
+        q,
+        k_cache,
+        v_cache,
+        k,
+        v,
+        rotary_cos=rotary_cos,
+        rotary_sin=rotary_sin,
+        rotary_interleaved=rotary_interleaved,
+        cache_seqlens=cache_seqlens,
+        cache_batch_idx=cache_batch_idx,
+        cache_leftpad=cache_leftpad,
+        block_table=block_table,
+        scale=softmax_scale,
+        causal=causal,
+        **features,
+    )
+    return (out, lse) if return_softmax_lse else out

@@ -1,0 +1,240 @@
+"""Attention against a KV cache, contiguous or paged: the checks, the in-place append, the rotary
+embedding, and the attention over each sequence's cached keys (FlashAttention-2's
+``flash_attn_with_kvcache`` semantics; ``fastattn.flash_attn`` maps its arguments here).
+
+A cache is either contiguous, ``(B_cache, S_cache, Hkv, D)`` with sequence ``b`` in row
+``cache_batch_idx[b]``, or paged, ``(num_blocks, block_size, Hkv, D)`` with position ``p`` of sequence
+``b`` at ``[block_table[b, p // block_size], p % block_size]``. Sequence ``b`` holds positions
+``cache_leftpad[b] .. cache_seqlens[b]`` before the call and as many more as the new ``k`` brings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .attention import attention
+from .rotary import apply_rotary_emb
+
+PAGE_MULTIPLE = 16  # block sizes the paged cache takes: multiples of 16 (the kernels' smallest tile)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Where each sequence's keys live, checked: lengths before and after the append, first positions."""
+
+    paged: bool
+    capacity: int  # positions one sequence can hold
+    lengths: Tensor  # int64 (B,): cached positions before the call (cache_seqlens)
+    total: Tensor  # int64 (B,): after appending the new keys
+    first: Tensor  # int64 (B,): first position taking part (cache_leftpad)
+    rows: Tensor | None  # int64 (B,): the contiguous cache's row of each sequence
+    block_table: Tensor | None  # int64 (B, max_blocks): the pages of each sequence
+
+
+def _as_lengths(name: str, value, batch: int, device, default: int) -> Tensor:
+    """An int or ``(B,)`` integer tensor as int64 ``(B,)``; ``default`` where None."""
+    if value is None:
+        return torch.full((batch,), default, dtype=torch.int64, device=device)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return torch.full((batch,), value, dtype=torch.int64, device=device)
+    if not isinstance(value, Tensor) or value.dtype.is_floating_point or value.dim() != 1 or len(value) != batch:
+        got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be an int or an integer tensor of shape (batch,) = ({batch},), got {got}")
+    if value.device != device:
+        raise ValueError(f"{name} must be on {device}, got {value.device}")
+    return value.to(torch.int64)
+
+
+def check_cache(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Tensor | None,
+    v: Tensor | None,
+    cache_seqlens,
+    cache_batch_idx: Tensor | None,
+    cache_leftpad: Tensor | None,
+    block_table: Tensor | None,
+) -> CacheLayout:
+    """Raises a clear error for anything a kernel would read out of bounds; else the cache's layout.
+    Reads the lengths and the page table on the host (a synchronization)."""
+    for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(tensor, Tensor) or tensor.dim() != 4 or not tensor.is_floating_point():
+            raise ValueError(f"{name} must be a 4-D floating-point tensor, got {getattr(tensor, 'shape', tensor)}")
+    batch, new_q, heads_q, head_dim = q.shape
+    if k_cache.shape != v_cache.shape or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(
+            f"k_cache and v_cache must have one shape and q's dtype {q.dtype}, got "
+            f"{tuple(k_cache.shape)} {k_cache.dtype} and {tuple(v_cache.shape)} {v_cache.dtype}"
+        )
+    heads_kv = k_cache.shape[2]
+    if k_cache.shape[3] != head_dim or heads_kv == 0 or heads_q % heads_kv:
+        raise ValueError(
+            f"k_cache (.., Hkv, D) = {tuple(k_cache.shape)} must have q's head_dim {head_dim} and Hkv dividing "
+            f"q's {heads_q} heads"
+        )
+    if (k is None) != (v is None):
+        raise ValueError("k and v (the new keys and values) must be given together")
+    new_k = 0
+    if k is not None:
+        if k.shape != v.shape or k.dim() != 4 or k.shape[0] != batch or k.shape[2:] != k_cache.shape[2:]:
+            raise ValueError(
+                f"k and v must be (batch, seqlen_new, Hkv, D) = ({batch}, ., {heads_kv}, {head_dim}), "
+                f"got {tuple(k.shape)} and {tuple(v.shape)}"
+            )
+        if k.dtype != q.dtype or v.dtype != q.dtype:
+            raise TypeError(f"k and v must have q's dtype {q.dtype}, got {k.dtype} and {v.dtype}")
+        new_k = k.shape[1]
+    device = q.device
+    for name, tensor in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
+        if tensor is not None and tensor.device != device:
+            raise ValueError(f"{name} must be on q's device {device}, got {tensor.device}")
+
+    paged = block_table is not None
+    if paged:
+        if not isinstance(block_table, Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2:
+            raise TypeError(
+                "block_table must be an int32 (batch, max_blocks) tensor, "
+                f"got {getattr(block_table, 'dtype', block_table)}"
+            )
+        if block_table.shape[0] != batch or block_table.device != device:
+            raise ValueError(
+                f"block_table must be ({batch}, max_blocks) on {device}, "
+                f"got {tuple(block_table.shape)} on {block_table.device}"
+            )
+        block_size = k_cache.shape[1]
+        if block_size % PAGE_MULTIPLE:
+            raise ValueError(
+                f"the paged cache's block size (k_cache.shape[1]) must be a multiple of {PAGE_MULTIPLE}, "
+                f"got {block_size}"
+            )
+        if cache_batch_idx is not None or cache_leftpad is not None:
+            raise ValueError(
+                "cache_batch_idx and cache_leftpad apply to a contiguous cache, not a paged one (block_table)"
+            )
+        capacity = block_table.shape[1] * block_size
+    else:
+        capacity = k_cache.shape[1]
+    lengths = _as_lengths("cache_seqlens", cache_seqlens, batch, device, capacity - new_k)
+    first = _as_lengths("cache_leftpad", cache_leftpad, batch, device, 0)
+    total = lengths + new_k
+    lengths_host, first_host = lengths.tolist(), first.tolist()
+    for b, (length, start) in enumerate(zip(lengths_host, first_host, strict=True)):
+        if not 0 <= start <= length or length + new_k > capacity:
+            raise ValueError(
+                f"sequence {b}: cache_leftpad {start} and cache_seqlens {length} (+ {new_k} new) must satisfy "
+                f"0 <= leftpad <= seqlens and seqlens + new <= the cache's {capacity} positions"
+            )
+    rows = None
+    if not paged:
+        rows = _as_lengths("cache_batch_idx", cache_batch_idx, batch, device, 0)
+        if cache_batch_idx is None:
+            rows = torch.arange(batch, device=device)
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= k_cache.shape[0]):
+            raise ValueError(f"cache_batch_idx must index the cache's {k_cache.shape[0]} rows, got {rows.tolist()}")
+    table = None
+    if paged:
+        table = block_table.to(torch.int64)
+        used = (torch.arange(table.shape[1], device=device)[None, :] * k_cache.shape[1]) < total[:, None]
+        pages = table[used]
+        if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= k_cache.shape[0]):
+            raise ValueError(
+                f"block_table must point into the cache's {k_cache.shape[0]} blocks wherever a sequence has "
+                f"positions, got pages {int(pages.min())}..{int(pages.max())}"
+            )
+    return CacheLayout(paged, capacity, lengths, total, first, rows, table)
+
+
+def cache_slots(layout: CacheLayout, positions: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """(first index, second index) into the cache of ``positions`` (B, n) of each sequence."""
+    if layout.paged:
+        page = layout.block_table.gather(1, (positions // block_size).clamp_max(layout.block_table.shape[1] - 1))
+        return page, positions % block_size
+    return layout.rows[:, None].expand_as(positions), positions
+
+
+def append(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, layout: CacheLayout) -> None:
+    """Writes the new keys and values into the cache, in place, after each sequence's cached ones."""
+    positions = layout.lengths[:, None] + torch.arange(k.shape[1], device=k.device)[None, :]  # (B, n)
+    first, second = cache_slots(layout, positions, k_cache.shape[1])
+    k_cache[first, second] = k
+    v_cache[first, second] = v
+
+
+def gather(k_cache: Tensor, v_cache: Tensor, layout: CacheLayout) -> tuple[Tensor, Tensor, Tensor]:
+    """Each sequence's keys and values ``(B, Hkv, N, D)``, right-aligned (its last key in the last
+    column, so that bottom-right masks and ALiBi distances hold for every row), and the bool
+    ``(B, N)`` mask of the columns that hold a key."""
+    count = layout.total - layout.first  # keys per sequence
+    width = int(count.max()) if count.numel() else 0
+    positions = layout.total[:, None] - width + torch.arange(width, device=count.device)[None, :]  # (B, N)
+    holds_key = positions >= layout.first[:, None]
+    first, second = cache_slots(layout, positions.clamp_min(0), k_cache.shape[1])
+    keys = k_cache[first, second].transpose(1, 2)  # (B, Hkv, N, D)
+    values = v_cache[first, second].transpose(1, 2)
+    return keys, values, holds_key
+
+
+def attention_with_kvcache(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Tensor | None = None,
+    v: Tensor | None = None,
+    *,
+    rotary_cos: Tensor | None = None,
+    rotary_sin: Tensor | None = None,
+    rotary_interleaved: bool = True,
+    cache_seqlens=None,
+    cache_batch_idx: Tensor | None = None,
+    cache_leftpad: Tensor | None = None,
+    block_table: Tensor | None = None,
+    scale: float | None = None,
+    causal: bool = False,
+    window: tuple[int, int] | None = None,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Attention of ``q (B, Sq, Hq, D)`` against each sequence's cached keys (and the new ``k``, ``v``
+    ``(B, Sn, Hkv, D)``, appended in place first). Returns ``out (B, Sq, Hq, D)`` and float32 ``lse
+    (B, Hq, Sq)``. Masks are aligned to each sequence's last key (bottom-right). With ``rotary_cos``,
+    ``rotary_sin`` ``(seqlen_rotary, rotary_dim / 2)``, the new keys are rotated at their positions and
+    q at the positions after the cached ones (causal or windowed), or all at the first of them."""
+    layout = check_cache(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos and rotary_sin must be given together")
+    if rotary_cos is not None:
+        start = layout.lengths - layout.first  # the new tokens' first position, counted from the leftpad
+        if k is not None:
+            k = apply_rotary_emb(k, rotary_cos, rotary_sin, interleaved=rotary_interleaved, seqlen_offsets=start)
+        if causal or (window is not None and tuple(window) != (-1, -1)):
+            q = apply_rotary_emb(q, rotary_cos, rotary_sin, interleaved=rotary_interleaved, seqlen_offsets=start)
+        else:  # every query at the first new position: each one as a sequence of length 1
+            batch, new_q = q.shape[:2]
+            one_each = q.reshape(batch * new_q, 1, *q.shape[2:])
+            offsets = start.repeat_interleave(new_q)
+            q = apply_rotary_emb(
+                one_each, rotary_cos, rotary_sin, interleaved=rotary_interleaved, seqlen_offsets=offsets
+            )
+            q = q.reshape(batch, new_q, *q.shape[2:])
+    if k is not None:
+        append(k_cache, v_cache, k, v, layout)
+    keys, values, holds_key = gather(k_cache, v_cache, layout)
+    out, lse = attention(
+        q.transpose(1, 2),
+        keys,
+        values,
+        causal=causal,
+        scale=scale,
+        key_padding_mask=holds_key,
+        window=window,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        return_lse=True,
+        backend=backend,
+    )
+    return out.transpose(1, 2), lse
