@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fastattn import reference
+from fastattn import backends, reference
 from fastattn.flash_attn import flash_attn_with_kvcache
 from fastattn.flash_attn.layers.rotary import apply_rotary_emb
 from fastattn.testing import FORWARD_FACTOR, assert_close_to_reference
@@ -135,9 +135,18 @@ OPTIONS = {
 }
 
 
+@pytest.fixture(params=["triton", "naive"])
+def backend(request, device) -> str:
+    """The split-KV Triton kernel, and the gathered keys through fastattn.attention."""
+    reasons = backends.device_reasons(request.param, torch.device(device))
+    if reasons:
+        pytest.skip(f"{request.param}: {'; '.join(reasons)}")
+    return request.param
+
+
 @pytest.mark.parametrize("options_name", list(OPTIONS))
 @pytest.mark.parametrize("case_name", list(CASES))
-def test_matches_the_plain_per_sequence_attention(case_name, options_name):
+def test_matches_the_plain_per_sequence_attention(case_name, options_name, backend, monkeypatch):
     case, options = dict(CASES[case_name]), OPTIONS[options_name]
     new, q_len = case.pop("new"), case.pop("q_len", max(CASES[case_name]["new"], 1))
     cache = Cache(**case)
@@ -155,6 +164,7 @@ def test_matches_the_plain_per_sequence_attention(case_name, options_name):
         angles = torch.arange(400)[:, None] * (10000 ** (-torch.arange(6) / 6))[None, :]  # rotary_dim 12 < D
         rotary = (torch.cos(angles), torch.sin(angles), options.get("interleaved", True))
         keywords.update(rotary_cos=rotary[0], rotary_sin=rotary[1], rotary_interleaved=rotary[2])
+    monkeypatch.setenv("FASTATTN_BACKEND", backend)
     out, lse = flash_attn_with_kvcache(
         q,
         cache.k_cache,
@@ -269,3 +279,34 @@ def test_lse_of_a_sequence_with_no_key_is_minus_infinity():
     out, lse = flash_attn_with_kvcache(q, cache.k_cache, cache.v_cache, return_softmax_lse=True, **cache.keywords())
     assert torch.equal(out[0], torch.zeros_like(out[0])) and (lse[0] == -math.inf).all()
     assert lse[1].isfinite().all()
+
+
+def test_every_split_count_gives_the_same_result(device):
+    """The split-KV kernel's partial results merge exactly: 1 to 16 splits agree to float32 rounding,
+    on a paged cache with one long and two short sequences, GQA, causal with several queries."""
+    if backends.device_reasons("triton", torch.device(device)):
+        pytest.skip("triton cannot run here")
+    cache = Cache([700, 5, 300], capacity=720, block_size=16)
+    q = torch.randn(3, 3, HEADS_Q, HEAD_DIM)
+    results = {
+        splits: flash_attn_with_kvcache(
+            q, cache.k_cache, cache.v_cache, causal=True, num_splits=splits, return_softmax_lse=True, **cache.keywords()
+        )
+        for splits in (1, 2, 3, 7, 16)
+    }
+    one_out, one_lse = results[1]
+    exact, _ = expected(cache, q, None, None, torch.float64, causal=True)
+    plain, _ = expected(cache, q, None, None, torch.float32, causal=True)
+    for splits, (out, lse) in results.items():
+        assert_close_to_reference(f"{splits} splits", out, exact, plain, factor=FORWARD_FACTOR)
+        torch.testing.assert_close(out, one_out, atol=2e-6, rtol=1e-5, msg=f"{splits} splits against 1")
+        torch.testing.assert_close(lse, one_lse, atol=2e-6, rtol=1e-6, msg=f"{splits} splits against 1")
+
+
+def test_the_split_count_heuristic():
+    from fastattn.kernels.decode import num_splits_for
+
+    assert num_splits_for(programs=8, longest=32768, multiprocessors=132, block_n=64) == 33  # B=1, Hkv=8
+    assert num_splits_for(programs=512, longest=32768, multiprocessors=132, block_n=64) == 1  # B=64 fills it
+    assert num_splits_for(programs=8, longest=100, multiprocessors=132, block_n=64) == 1  # too few keys to split
+    assert num_splits_for(programs=1, longest=10**6, multiprocessors=132, block_n=64) == 128  # at most MAX_SPLITS

@@ -7,10 +7,10 @@ The real launchers are called on small CPU tensors with the interpreter switch o
 warps, stages, output dtypes, the constexpr flags); each launch is compiled for ``GPUTarget("cuda",
 ARCH, 32)`` by Triton's own binder (the same signature and specialization as on a GPU) instead of
 being run. The problems below reach every tile configuration of the attention kernels' table, both
-paths (row in registers, looped) of each norm kernel at its largest and smallest tiles, the sampling
-kernel's vocabulary and batched tiles, every dtype and every constexpr flag of every kernel, each at
-least once. The last line printed is a JSON object: the kernels the package defines, and the
-compiled variants.
+paths (row in registers, looped) of each norm kernel at its largest and smallest tiles, the split-KV
+decode kernels on paged and contiguous caches, the sampling kernel's vocabulary and batched tiles,
+every dtype and every constexpr flag of every kernel, each at least once. The last line printed is a
+JSON object: the kernels the package defines, and the compiled variants.
 """
 
 from __future__ import annotations
@@ -124,6 +124,39 @@ def attention_problems():
     attention.dropout_keep_mask(1, 2, 33, 47, 0.1, 7, "cpu")
 
 
+def decode_problems():
+    from fastattn.kernels import decode
+
+    # (dtype, paged, causal/window, softcap, ALiBi): each flag on in some problems and off in others
+    for dtype, paged, window, softcap, alibi in (
+        (torch.bfloat16, True, (64, 0), 30.0, False),
+        (torch.float16, False, None, 0.0, True),
+        (torch.float32, True, None, 0.0, False),
+    ):
+        q = torch.randn(2, 1, 8, 128, dtype=dtype)
+        if paged:
+            cache = torch.randn(8, 16, 2, 128, dtype=dtype)
+            rows, table = None, torch.arange(8, dtype=torch.int32).reshape(2, 4)
+        else:
+            cache = torch.randn(2, 64, 2, 128, dtype=dtype)
+            rows, table = torch.arange(2), None
+        decode.decode_attention(
+            q,
+            cache,
+            cache,
+            rows,
+            table,
+            torch.tensor([64, 30]),
+            torch.zeros(2, dtype=torch.int64),
+            scale=128**-0.5,
+            causal=window is not None,
+            window=window,
+            softcap=softcap,
+            alibi_slopes=torch.rand(8) if alibi else None,
+            num_splits=2,
+        )
+
+
 class NormProblem(NamedTuple):
     rows: int
     hidden: int  # up to 4096 both passes keep the row in registers; 16384 only the forward; beyond, both loop
@@ -204,7 +237,7 @@ def main(arch: int) -> int:
     from fastattn.kernels import interpreter
 
     interpreter.interpreted = lambda device: False  # choose as for a GPU
-    for problems in (attention_problems, norm_problems, sampling_problems, probe_problems):
+    for problems in (attention_problems, decode_problems, norm_problems, sampling_problems, probe_problems):
         try:
             problems()
         except Exception:

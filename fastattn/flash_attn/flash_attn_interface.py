@@ -323,6 +323,7 @@ def flash_attn_with_kvcache(
         block_table=block_table,
         scale=softmax_scale,
         causal=causal,
+        num_splits=num_splits,
         **features,
     )
     return (out, lse) if return_softmax_lse else out

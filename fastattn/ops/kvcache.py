@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attention import attention
+from .. import backends
+from .attention import FUSED_DTYPES, MAX_FUSED_HEAD_DIM, attention
 from .rotary import apply_rotary_emb
 
 PAGE_MULTIPLE = 16  # block sizes the paged cache takes: multiples of 16 (the kernels' smallest tile)
@@ -197,13 +198,16 @@ def attention_with_kvcache(
     window: tuple[int, int] | None = None,
     softcap: float = 0.0,
     alibi_slopes: Tensor | None = None,
+    num_splits: int = 0,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Attention of ``q (B, Sq, Hq, D)`` against each sequence's cached keys (and the new ``k``, ``v``
     ``(B, Sn, Hkv, D)``, appended in place first). Returns ``out (B, Sq, Hq, D)`` and float32 ``lse
     (B, Hq, Sq)``. Masks are aligned to each sequence's last key (bottom-right). With ``rotary_cos``,
     ``rotary_sin`` ``(seqlen_rotary, rotary_dim / 2)``, the new keys are rotated at their positions and
-    q at the positions after the cached ones (causal or windowed), or all at the first of them."""
+    q at the positions after the cached ones (causal or windowed), or all at the first of them.
+    ``num_splits``: the split-KV kernel's split count (0: chosen from the shapes); ``backend``: as in
+    :func:`fastattn.attention` (``torch`` and ``naive`` attend to each sequence's keys gathered)."""
     layout = check_cache(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
@@ -223,6 +227,26 @@ def attention_with_kvcache(
             q = q.reshape(batch, new_q, *q.shape[2:])
     if k is not None:
         append(k_cache, v_cache, k, v, layout)
+    name = backends.select("flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q))
+    if name == "triton":
+        from ..kernels import decode  # imported on first use: triton reads TRITON_INTERPRET then
+
+        table = layout.block_table.to(torch.int32).contiguous() if layout.paged else None
+        return decode.decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            layout.rows,
+            table,
+            layout.total,
+            layout.first,
+            scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
+            causal=causal,
+            window=window,
+            softcap=softcap,
+            alibi_slopes=alibi_slopes,
+            num_splits=num_splits,
+        )
     keys, values, holds_key = gather(k_cache, v_cache, layout)
     out, lse = attention(
         q.transpose(1, 2),
@@ -235,6 +259,20 @@ def attention_with_kvcache(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         return_lse=True,
-        backend=backend,
+        backend=name,
     )
     return out.transpose(1, 2), lse
+
+
+def _reasons(name: str, q: Tensor) -> list[str]:
+    """Why backend ``name`` cannot serve a KV-cache call: the split-KV kernel is Triton's for now; the
+    torch and naive backends run fastattn.attention on each sequence's keys gathered."""
+    reasons = backends.device_reasons(name, q.device)
+    if name == "cuda":
+        reasons.append("the split-KV decode kernel is not in the CUDA kernels yet")
+    if name == "triton":
+        if q.dtype not in FUSED_DTYPES:
+            reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
+        if q.shape[-1] > MAX_FUSED_HEAD_DIM:
+            reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
+    return reasons
