@@ -29,6 +29,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("softcap") = 0.0, arg("alibi_slopes") = pybind11::none(), arg("sinks") = pybind11::none(),
         arg("cu_seqlens_q") = pybind11::none(), arg("cu_seqlens_k") = pybind11::none(), arg("max_seqlen_q") = 0,
         arg("max_seqlen_k") = 0);
+  m.def("attention_decode", &fastattn::attention_decode, "split-KV attention against a KV cache", arg("q"),
+        arg("k_cache"), arg("v_cache"), arg("cache_rows"), arg("block_table"), arg("cache_total"), arg("cache_first"),
+        arg("longest"), arg("scale"), arg("causal"), arg("window_left"), arg("window_right"), arg("softcap"),
+        arg("alibi_slopes"), arg("num_splits"), arg("split_size"));
   m.def("attention_shared_memory", &fastattn::attention_shared_memory,
         "(forward, backward) shared memory per block of the attention kernels, in bytes", arg("dtype"),
         arg("head_dim"));

@@ -61,6 +61,19 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
                                       const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                                       int64_t max_seqlen_k);
 
+// Split-KV attention of q (B, Sq, Hq, D) against a KV cache: contiguous (B_cache, S, Hkv, D) with
+// cache_rows int32 (B,), or paged (num_blocks, block_size, Hkv, D) with block_table int32 (B, max_blocks);
+// sequence b holds positions cache_first[b] .. cache_total[b] (int32 (B,)), longest the most keys of one.
+// The values are not checked here (the op layer checks them). Returns {out (B, Sq, Hq, D), lse float32
+// (B, Hq, Sq)}; num_splits parts of split_size keys each (a multiple of 32) per (sequence, kv head).
+std::vector<at::Tensor> attention_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                         const std::optional<at::Tensor>& cache_rows,
+                                         const std::optional<at::Tensor>& block_table, const at::Tensor& cache_total,
+                                         const at::Tensor& cache_first, int64_t longest, double scale, bool causal,
+                                         int64_t window_left, int64_t window_right, double softcap,
+                                         const std::optional<at::Tensor>& alibi_slopes, int64_t num_splits,
+                                         int64_t split_size);
+
 // {forward, backward} dynamic shared memory per block of the attention kernels for (dtype, head_dim),
 // in bytes, to compare with the device's opt-in limit.
 std::vector<int64_t> attention_shared_memory(at::ScalarType dtype, int64_t head_dim);

@@ -31,7 +31,7 @@ from .attention import LN2, LOG2E, MAX_HEAD_DIM, MIN_BLOCK, _cast, _dot, _scores
 # keys x D=128 x 2 bytes = 16 KB per tile and operand, 2 stages of K and V in 64 KB of shared memory.
 # Not tuned on a GPU yet. Under the interpreter the cost is the number of tiles, so tiles are large.
 _GPU_BLOCK_N, _INTERPRETER_BLOCK_N = 64, 128
-MAX_SPLITS = 128
+MAX_SPLITS = 128  # the merge kernel's BLOCK_S
 
 
 @triton.jit
@@ -203,29 +203,6 @@ def _block_m(rows: int) -> int:
     return min(64, max(MIN_BLOCK, triton.next_power_of_2(rows)))
 
 
-def num_splits_for(programs: int, longest: int, multiprocessors: int, block_n: int) -> int:
-    """The split count when the caller leaves it to us (``num_splits=0``).
-
-    The model: decode is memory-bound, each program streams its keys at about one SM's share of the
-    bandwidth, and an SM needs 2 resident programs to hide the latency of its loads; so a grid of
-    ``programs`` (sequence, kv head, row block) programs reaches full bandwidth from 2 programs per SM
-    on. Splitting multiplies the programs, at the price of writing and merging one partial output per
-    split (``Sq · Hq · D · 4`` bytes each, against ``Nk · Hkv · D · 2`` bytes of K and V read: small
-    while every split keeps at least 2 tiles of keys, which also bounds the count). Example: B = 1,
-    Hkv = 8 on 132 SMs (H100) -> 33 splits; 32k keys allow up to 256, so 33. B = 64: 512 programs
-    already fill the GPU -> 1.
-    """
-    wanted = -(-2 * multiprocessors // max(programs, 1))  # ceil: programs * splits >= 2 per SM
-    most = max(1, longest // (2 * block_n))
-    return max(1, min(wanted, most, MAX_SPLITS))
-
-
-def _multiprocessors(device: torch.device) -> int:
-    if interpreter.interpreted(device):
-        return 1  # the interpreter runs one program at a time: splitting only adds work
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def decode_attention(
     q: Tensor,
     k_cache: Tensor,
@@ -246,7 +223,8 @@ def decode_attention(
 
     ``rows`` (contiguous cache) or ``block_table`` (paged) locate them; the caller has checked that
     every position and page is in range. Returns out ``(B, Sq, Hq, D)`` contiguous in q's dtype and
-    float32 lse ``(B, Hq, Sq)``; ``num_splits=0`` picks the count (:func:`num_splits_for`).
+    float32 lse ``(B, Hq, Sq)``. The keys are cut into ``num_splits`` parts of whole tiles (fewer
+    when there are not enough keys for that many).
     """
     batch, seq_q, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
@@ -261,8 +239,6 @@ def decode_attention(
     block_m = _block_m(seq_q * group)
     num_m_blocks = triton.cdiv(seq_q * group, block_m)
     longest = int((total - first).max())
-    if num_splits == 0:
-        num_splits = num_splits_for(batch * heads_kv * num_m_blocks, longest, _multiprocessors(q.device), block_n)
     num_splits = max(1, min(num_splits, MAX_SPLITS))
     split_size = triton.cdiv(triton.cdiv(max(longest, 1), num_splits), block_n) * block_n
     left, right = window if window is not None else (-1, -1)

@@ -46,10 +46,11 @@ REWRITTEN_SOURCES = (
     "attention/attention_run.cuh",
     "attention/attention_preprocess.cuh",
     "attention/attention_simt.cuh",
+    "attention/attention_decode.cuh",
     "attention/attention_fwd.cuh",  # declared, not run: their tensor-core instructions are not emulated
     "attention/attention_bwd.cuh",
 )
-DRIVERS = ("norm_driver", "sample_driver", "philox_driver", "attention_driver")
+DRIVERS = ("norm_driver", "sample_driver", "philox_driver", "attention_driver", "decode_driver")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/types.h
 ABSENT = -1  # the drivers' dtype code of a tensor the case has not
 
@@ -669,3 +670,134 @@ def test_attention_fp32(drivers, case):
     for name, got, ref, pla in zip(names, emulated, exact, plain, strict=False):
         factor = 2.0 if name in ("out", "lse") else 3.0
         assert_close_to_reference(f"{case} {name}", got, ref, pla, factor=factor)
+
+
+# ------------------------------------------------------------------------------ split-KV decode
+@dataclasses.dataclass(frozen=True)
+class DecodeCase:
+    """One problem for the emulated split-KV decode kernels (decode_driver.cpp), any dtype."""
+
+    label: str
+    dtype: torch.dtype = torch.float16
+    lengths: tuple[int, ...] = (70, 0, 33)  # positions each sequence holds
+    first: tuple[int, ...] = (0, 0, 0)  # cache_leftpad
+    seq_q: int = 1
+    heads: tuple[int, int] = (8, 2)
+    head_dim: int = 40
+    block_size: int | None = 16  # None: a contiguous cache
+    num_splits: int = 3
+    causal: bool = True
+    window: tuple[int, int] = (-1, -1)
+    softcap: float = 0.0
+    alibi: bool = False
+
+    def __str__(self) -> str:
+        return self.label
+
+
+DECODE_CASES = [
+    DecodeCase("paged fp16, a sequence with no key, 3 splits"),
+    DecodeCase("paged bf16, 3 queries, window, 1 split", dtype=torch.bfloat16, seq_q=3, window=(20, 0), num_splits=1),
+    DecodeCase(
+        "contiguous fp32, leftpad, softcap, ALiBi, 7 splits",
+        dtype=torch.float32,
+        block_size=None,
+        first=(5, 0, 30),
+        softcap=3.0,
+        alibi=True,
+        num_splits=7,
+    ),
+    DecodeCase(
+        "contiguous bf16, D 128, MQA, not causal",
+        dtype=torch.bfloat16,
+        block_size=None,
+        heads=(4, 1),
+        head_dim=128,
+        causal=False,
+        lengths=(100, 64, 1),
+    ),
+]
+
+
+def decode_reference(case: DecodeCase, q, keys, values, alibi, dtype):
+    """Each sequence's queries on its keys from its first position (fastattn.reference.attention)."""
+    outs, lses = [], []
+    for b, (length, start) in enumerate(zip(case.lengths, case.first, strict=True)):
+        kb, vb = keys[b][start:length], values[b][start:length]
+        slopes = None if alibi is None else alibi[b]
+        out, lse = reference.attention(
+            q[b].transpose(0, 1)[None].to(dtype),
+            kb.transpose(0, 1)[None].to(dtype),
+            vb.transpose(0, 1)[None].to(dtype),
+            causal=case.causal,
+            window=case.window,
+            softcap=case.softcap,
+            alibi_slopes=slopes,
+            return_lse=True,
+        )
+        outs.append(out[0].transpose(0, 1))
+        lses.append(lse[0])
+    return torch.stack(outs), torch.stack(lses)
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=str)
+def test_decode(drivers, case):
+    """The split-KV kernels (every dtype: no tensor cores) against the float64 reference, per sequence."""
+    batch, (hq, hkv), d = len(case.lengths), case.heads, case.head_dim
+    capacity = 112
+    keys = [torch.randn(capacity, hkv, d).to(case.dtype) for _ in range(batch)]
+    values = [torch.randn(capacity, hkv, d).to(case.dtype) for _ in range(batch)]
+    q = torch.randn(batch, case.seq_q, hq, d).to(case.dtype)
+    if case.block_size is None:
+        rows = torch.randperm(batch + 1)[:batch].to(torch.int32)
+        cache_k, cache_v = (torch.randn(batch + 1, capacity, hkv, d).to(case.dtype) for _ in range(2))
+        for b in range(batch):
+            cache_k[rows[b]], cache_v[rows[b]] = keys[b], values[b]
+        locate, cache_shape, max_blocks = rows, cache_k.shape, 0
+    else:
+        max_blocks = capacity // case.block_size
+        table = torch.randperm(batch * max_blocks + 2)[: batch * max_blocks].reshape(batch, max_blocks).to(torch.int32)
+        cache_k, cache_v = (
+            torch.randn(batch * max_blocks + 2, case.block_size, hkv, d).to(case.dtype) for _ in range(2)
+        )
+        for b in range(batch):
+            cache_k[table[b].long()] = keys[b].reshape(max_blocks, case.block_size, hkv, d)
+            cache_v[table[b].long()] = values[b].reshape(max_blocks, case.block_size, hkv, d)
+        locate, cache_shape = table, cache_k.shape
+    alibi = torch.rand(batch, hq) if case.alibi else None
+    longest = max(n - f for n, f in zip(case.lengths, case.first, strict=True))
+    split_size = max(32, math.ceil(math.ceil(longest / case.num_splits) / 32) * 32)  # a multiple of the tile
+    header = struct.pack(
+        "<17q2d",
+        batch,
+        case.seq_q,
+        hq,
+        hkv,
+        d,
+        DTYPE_CODES[case.dtype],
+        cache_shape[0],
+        cache_shape[1],
+        int(case.block_size is not None),
+        max_blocks,
+        longest,
+        int(case.causal),
+        *case.window,
+        0 if alibi is None else 2,
+        case.num_splits,
+        split_size,
+        d**-0.5,
+        case.softcap,
+    )
+    lengths = torch.tensor(case.lengths, dtype=torch.int32)
+    first = torch.tensor(case.first, dtype=torch.int32)
+    parts = [header, raw(q), raw(cache_k), raw(cache_v), raw(locate), raw(lengths), raw(first)]
+    if alibi is not None:
+        parts.append(raw(alibi))
+    result = Unpacker(run_driver(drivers["decode_driver"], b"".join(parts)))
+    out, lse = result.take(case.dtype, *q.shape), result.take(torch.float32, batch, hq, case.seq_q)
+    exact, exact_lse = decode_reference(case, q, keys, values, alibi, torch.float64)
+    plain, _ = decode_reference(case, q, keys, values, alibi, case.dtype)
+    assert_close_to_reference(f"{case} out", out, exact, plain, factor=2.0)
+    finite = exact_lse.isfinite()
+    assert torch.equal(lse.isfinite(), finite), "lse is -inf exactly where a query sees no key"
+    torch.testing.assert_close(lse[finite].double(), exact_lse[finite], atol=1e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ EXTENSION_FUNCTIONS = (
     "norm_fwd",
     "norm_bwd",
     "sample",
+    "attention_decode",
     "attention_shared_memory",
     "kernel_image_error",
 )
@@ -187,6 +188,29 @@ def _attention_bwd_args(**changes):
     return args
 
 
+def _decode_args(**changes):
+    args = dict(
+        q=torch.randn(2, 1, 4, 8),
+        k_cache=torch.randn(4, 16, 2, 8),
+        v_cache=torch.randn(4, 16, 2, 8),
+        cache_rows=None,
+        block_table=torch.tensor([[0, 1], [2, 3]], dtype=torch.int32),
+        cache_total=torch.tensor([20, 3], dtype=torch.int32),
+        cache_first=torch.zeros(2, dtype=torch.int32),
+        longest=20,
+        scale=0.35,
+        causal=True,
+        window_left=-1,
+        window_right=-1,
+        softcap=0.0,
+        alibi_slopes=None,
+        num_splits=2,
+        split_size=32,
+    )
+    args.update(changes)
+    return args
+
+
 def _norm_args(**changes):
     args = dict(
         x=torch.randn(6, 16),
@@ -240,6 +264,7 @@ CPU_TENSORS = [
     ("norm_fwd", _norm_args, "x must be a CUDA tensor, got cpu"),
     ("norm_bwd", _norm_bwd_args, "x must be a CUDA tensor, got cpu"),
     ("sample", _sample_args, "logits must be a CUDA tensor, got cpu"),
+    ("attention_decode", _decode_args, "q must be a CUDA tensor, got cpu"),
 ]
 
 
@@ -366,6 +391,15 @@ BAD_ARGUMENTS = [
         ),
         "packed sequences take no key_padding_mask",
     ),
+    ("attention_decode", _decode_args(cache_rows=torch.zeros(2, dtype=torch.int32)), "give exactly one of"),
+    ("attention_decode", _decode_args(block_table=torch.zeros(2, 2)), "block_table must be Int, got Float"),
+    (
+        "attention_decode",
+        _decode_args(cache_total=torch.zeros(3, dtype=torch.int32)),
+        r"cache_total must have shape \[2\]",
+    ),
+    ("attention_decode", _decode_args(split_size=48), "split_size a positive multiple of 32"),
+    ("attention_decode", _decode_args(k_cache=torch.randn(4, 16, 3, 8)), "k_cache and v_cache must have one shape"),
     ("norm_fwd", _norm_args(x=torch.randn(6)), r"x must be 2-D \(rows, normalized size\), got shape \[6\]"),
     ("norm_fwd", _norm_args(residual=torch.randn(6, 15)), r"residual must have shape \[6, 16\], got \[6, 15\]"),
     ("norm_fwd", _norm_args(weight=torch.ones(15)), r"weight must have shape \[16\], got \[15\]"),

@@ -135,9 +135,9 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(params=["triton", "naive"])
+@pytest.fixture(params=["cuda", "triton", "naive"])
 def backend(request, device) -> str:
-    """The split-KV Triton kernel, and the gathered keys through fastattn.attention."""
+    """The split-KV kernels, and the gathered keys through fastattn.attention."""
     reasons = backends.device_reasons(request.param, torch.device(device))
     if reasons:
         pytest.skip(f"{request.param}: {'; '.join(reasons)}")
@@ -304,9 +304,9 @@ def test_every_split_count_gives_the_same_result(device):
 
 
 def test_the_split_count_heuristic():
-    from fastattn.kernels.decode import num_splits_for
+    from fastattn.ops.kvcache import num_splits_for
 
-    assert num_splits_for(programs=8, longest=32768, multiprocessors=132, block_n=64) == 33  # B=1, Hkv=8
-    assert num_splits_for(programs=512, longest=32768, multiprocessors=132, block_n=64) == 1  # B=64 fills it
-    assert num_splits_for(programs=8, longest=100, multiprocessors=132, block_n=64) == 1  # too few keys to split
-    assert num_splits_for(programs=1, longest=10**6, multiprocessors=132, block_n=64) == 128  # at most MAX_SPLITS
+    assert num_splits_for(programs=8, longest=32768, multiprocessors=132) == 33  # B=1, Hkv=8
+    assert num_splits_for(programs=512, longest=32768, multiprocessors=132) == 1  # B=64 fills the GPU
+    assert num_splits_for(programs=8, longest=100, multiprocessors=132) == 1  # too few keys to split
+    assert num_splits_for(programs=1, longest=10**6, multiprocessors=132) == 128  # at most MAX_SPLITS

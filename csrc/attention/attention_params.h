@@ -66,6 +66,20 @@ struct AttnParams {
   float softcap_in;         // scale / softcap: tanh's argument per unit of q.k
   float softcap_out;        // softcap * log2(e): the capped score in base 2 per unit of tanh
 
+  // decode against a KV cache (attention_decode.cuh). q is (B, Sq, Hq, D): q_stride_n is along Sq.
+  // k, v are the cache: contiguous (B_cache, S_cache, Hkv, D), or paged (num_blocks, block_size, Hkv,
+  // D); k_stride_b steps a cache row or a page, k_stride_n a position or a slot.
+  const int* cache_rows;      // (B,): each sequence's row of a contiguous cache; nullptr when paged
+  const int* block_table;     // (B, max_blocks) pages of a paged cache; nullptr when contiguous
+  int64_t block_table_stride;  // between the sequences' rows of block_table
+  int page_size;               // positions per page
+  const int* cache_total;      // (B,): positions each sequence holds
+  const int* cache_first;      // (B,): its first position taking part (cache_leftpad)
+  int num_splits;              // parts the keys of each (sequence, kv head) are cut into
+  int split_size;              // keys per part, a multiple of the key tile
+  float* out_part;             // (B, Hq, num_splits, Sq, D) float32 partial outputs, normalized
+  float* lse_part;             // (B, Hq, num_splits, Sq) float32 partial lse (-inf: no key)
+
   int batch;
   int heads_q;
   int heads_kv;
@@ -108,6 +122,7 @@ inline void set_row_layout(AttnParams& p, bool packed, int64_t total_q) {
 // Launchers (attention_launch.cu): dispatch on dtype and head-dim bucket.
 cudaError_t launch_attention_fwd(const AttnParams& params, cudaStream_t stream);
 cudaError_t launch_attention_bwd(const AttnParams& params, cudaStream_t stream);
+cudaError_t launch_attention_decode(const AttnParams& params, cudaStream_t stream);  // attention_decode.cu
 
 // Dynamic shared memory per block of the kernels for (dtype, head_dim), in bytes: the forward kernel's,
 // and the larger of the two backward kernels'. The op layer compares them with the device's limit.

@@ -20,6 +20,9 @@ from .attention import FUSED_DTYPES, MAX_FUSED_HEAD_DIM, attention
 from .rotary import apply_rotary_emb
 
 PAGE_MULTIPLE = 16  # block sizes the paged cache takes: multiples of 16 (the kernels' smallest tile)
+MAX_SPLITS = 128  # the most parts the split-KV kernels cut a sequence's keys into
+SPLIT_TILE = 64  # keys per tile of the split-KV kernels on a GPU (the CUDA kernel's 32 divides it)
+ROWS_PER_PROGRAM = 16  # (query, head) rows of one split-KV program (CUDA; Triton's at least as many)
 
 
 @dataclass(frozen=True)
@@ -228,25 +231,8 @@ def attention_with_kvcache(
     if k is not None:
         append(k_cache, v_cache, k, v, layout)
     name = backends.select("flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q))
-    if name == "triton":
-        from ..kernels import decode  # imported on first use: triton reads TRITON_INTERPRET then
-
-        table = layout.block_table.to(torch.int32).contiguous() if layout.paged else None
-        return decode.decode_attention(
-            q,
-            k_cache,
-            v_cache,
-            layout.rows,
-            table,
-            layout.total,
-            layout.first,
-            scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
-            causal=causal,
-            window=window,
-            softcap=softcap,
-            alibi_slopes=alibi_slopes,
-            num_splits=num_splits,
-        )
+    if name in ("cuda", "triton"):
+        return _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits)
     keys, values, holds_key = gather(k_cache, v_cache, layout)
     out, lse = attention(
         q.transpose(1, 2),
@@ -264,13 +250,90 @@ def attention_with_kvcache(
     return out.transpose(1, 2), lse
 
 
-def _reasons(name: str, q: Tensor) -> list[str]:
-    """Why backend ``name`` cannot serve a KV-cache call: the split-KV kernel is Triton's for now; the
-    torch and naive backends run fastattn.attention on each sequence's keys gathered."""
-    reasons = backends.device_reasons(name, q.device)
-    if name == "cuda":
-        reasons.append("the split-KV decode kernel is not in the CUDA kernels yet")
+def _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits):
+    """The fused split-KV kernels of backend ``name``: (out, lse)."""
+    batch, seq_q, heads_q, _ = q.shape
+    heads_kv = k_cache.shape[2]
+    longest = int((layout.total - layout.first).max()) if batch else 0
+    row_blocks = -(-seq_q * (heads_q // heads_kv) // ROWS_PER_PROGRAM)
+    if num_splits == 0:
+        num_splits = num_splits_for(batch * heads_kv * row_blocks, longest, _multiprocessors(q.device))
+    num_splits = max(1, min(num_splits, MAX_SPLITS, 65535 // max(row_blocks, 1)))  # the CUDA grid's limit
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    table = layout.block_table.to(torch.int32).contiguous() if layout.paged else None
+    rows = None if layout.paged else layout.rows.to(torch.int32)
     if name == "triton":
+        from ..kernels import decode  # imported on first use: triton reads TRITON_INTERPRET then
+
+        return decode.decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            rows,
+            table,
+            layout.total,
+            layout.first,
+            scale=scale,
+            causal=causal,
+            window=window,
+            softcap=softcap,
+            alibi_slopes=alibi_slopes,
+            num_splits=num_splits,
+        )
+    from .. import _C
+
+    left, right = window if window is not None else (-1, -1)
+    split_size = -(-max(longest, 1) // num_splits)
+    split_size = -(-split_size // 32) * 32  # whole 32-key tiles
+    alibi = alibi_slopes.to(torch.float32).contiguous() if alibi_slopes is not None else None
+    out, lse = _C.attention_decode(
+        q if q.stride(-1) == 1 else q.contiguous(),
+        k_cache,
+        v_cache,
+        rows,
+        table,
+        layout.total.to(torch.int32),
+        layout.first.to(torch.int32),
+        longest,
+        scale,
+        causal,
+        left,
+        right,
+        float(softcap),
+        alibi,
+        num_splits,
+        split_size,
+    )
+    return out, lse
+
+
+def num_splits_for(programs: int, longest: int, multiprocessors: int) -> int:
+    """The split count when the caller leaves it to us (``num_splits=0``).
+
+    The model: decoding is memory-bound; each program streams its keys at about one SM's share of the
+    bandwidth, and an SM needs 2 resident programs to hide the latency of its loads, so a grid of
+    ``programs`` (sequence, kv head, row block) programs reaches full bandwidth from 2 programs per SM
+    on. Splitting multiplies the programs, at the price of writing and merging one partial output per
+    split (``Sq · Hq · D · 4`` bytes each, against ``Nk · Hkv · D · 2 · 2`` bytes of K and V read):
+    small while every split keeps at least 2 tiles of keys, which also bounds the count. Examples on
+    132 SMs (H100): B = 1, Hkv = 8, 32k keys -> 33 splits; B = 64 (512 programs) -> 1; 100 keys -> 1.
+    """
+    wanted = -(-2 * multiprocessors // max(programs, 1))  # ceil: programs * splits >= 2 per SM
+    most = max(1, longest // (2 * SPLIT_TILE))
+    return max(1, min(wanted, most, MAX_SPLITS))
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """SMs of a GPU; 1 elsewhere (the CPU and Triton's interpreter run one program at a time there:
+    splitting would only add work)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _reasons(name: str, q: Tensor) -> list[str]:
+    """Why backend ``name`` cannot serve a KV-cache call; the torch and naive backends run
+    fastattn.attention on each sequence's keys gathered."""
+    reasons = backends.device_reasons(name, q.device)
+    if name in ("cuda", "triton"):
         if q.dtype not in FUSED_DTYPES:
             reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
         if q.shape[-1] > MAX_FUSED_HEAD_DIM:
