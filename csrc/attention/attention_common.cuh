@@ -114,6 +114,38 @@ __device__ __forceinline__ int query_end(const AttnParams& p, const Sequence& sq
   return int(end < 0 ? 0 : (end < sq.seq_q ? end : sq.seq_q));
 }
 
+// One key tile of the online softmax for a row whose keys are spread over a warp (lane j: key j),
+// from the lane's base-2 score `s` (-inf if invisible): updates the running max `m` and sum `l`, sets
+// `alpha`, the factor that rescales what was accumulated, and returns the lane's exp2(s - m). A row
+// with no visible key so far keeps m = -inf and is exponentiated against 0, never -inf - (-inf).
+__device__ __forceinline__ float online_softmax_step(float s, float& m, float& l, float& alpha) {
+  const float m_new = fmaxf(m, warp_max(s));
+  const float m_safe = m_new == -INFINITY ? 0.0f : m_new;
+  alpha = exp2f(m - m_safe);
+  const float pr = exp2f(s - m_safe);
+  l = l * alpha + warp_sum(pr);
+  m = m_new;
+  return pr;
+}
+
+// acc[r][c] += sum_j p[r][j] v[j][lane + 32c]: a warp's R rows times a BN-key tile of V in shared
+// memory (row stride ld), each lane owning head-dim columns lane + 32c. Between two __syncwarp: the
+// warp's lanes wrote p.
+template <int R, int DC, int BN>
+__device__ __forceinline__ void accumulate_pv(float (&acc)[R][DC], const float (&p)[R][BN], const float* v, int ld,
+                                              int lane) {
+  __syncwarp();
+  for (int j = 0; j < BN; ++j) {
+#pragma unroll
+    for (int c = 0; c < DC; ++c) {
+      const float vj = v[j * ld + lane + 32 * c];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r][c] = fmaf(p[r][j], vj, acc[r][c]);
+    }
+  }
+  __syncwarp();
+}
+
 // Row 0 of (b, h) in lse, delta and dlse.
 __device__ __forceinline__ int64_t lse_head(const AttnParams& p, const Sequence& sq, int b, int h) {
   return b * p.lse_stride_b + h * p.lse_stride_h + sq.first_q;

@@ -126,26 +126,12 @@ __global__ void __launch_bounds__(kThreads) attn_decode_split_kernel(const AttnP
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const float sr = visible(p, sq, query[r], col) ? score(p, sq, slope[r], s[r], query[r], col) : -INFINITY;
-      const float m_new = fmaxf(m_i[r], warp_max(sr));
-      const float m_safe = m_new == -INFINITY ? 0.0f : m_new;  // rows with no visible key yet
-      const float alpha = exp2f(m_i[r] - m_safe);
-      const float pr = exp2f(sr - m_safe);
-      l_i[r] = l_i[r] * alpha + warp_sum(pr);
-      m_i[r] = m_new;
-      ps[warp][r][lane] = pr;
+      float alpha;
+      ps[warp][r][lane] = online_softmax_step(sr, m_i[r], l_i[r], alpha);
 #pragma unroll
       for (int c = 0; c < DC; ++c) acc[r][c] *= alpha;
     }
-    __syncwarp();
-    for (int j = 0; j < BN; ++j) {
-#pragma unroll
-      for (int c = 0; c < DC; ++c) {
-        const float vj = vs[j * HD + lane + 32 * c];
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r][c] = fmaf(ps[warp][r][j], vj, acc[r][c]);
-      }
-    }
-    __syncwarp();
+    accumulate_pv<R, DC, BN>(acc, ps[warp], vs, HD, lane);
   }
 
 #pragma unroll

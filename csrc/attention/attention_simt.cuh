@@ -105,27 +105,14 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const float sr = visible(p, sq, row0 + r, col) ? score(p, sq, slope, s[r], row0 + r, col) : -INFINITY;
-      const float m_new = fmaxf(m_i[r], warp_max(sr));
-      const float m_safe = m_new == -INFINITY ? 0.0f : m_new;  // rows with no visible key yet
-      const float alpha = exp2f(m_i[r] - m_safe);
-      float pr = exp2f(sr - m_safe);
-      l_i[r] = l_i[r] * alpha + warp_sum(pr);
+      float alpha;
+      float pr = online_softmax_step(sr, m_i[r], l_i[r], alpha);
       if (dropout && !dropout_keep(p.seed, uint32_t(idx.bh), row0 + r, col, p.dropout_p)) pr = 0.0f;
-      m_i[r] = m_new;
       ps[warp][r][lane] = pr;
 #pragma unroll
       for (int c = 0; c < DC; ++c) acc[r][c] *= alpha;
     }
-    __syncwarp();
-    for (int j = 0; j < BN; ++j) {
-#pragma unroll
-      for (int c = 0; c < DC; ++c) {
-        const float vj = vs[j * LDV + lane + 32 * c];
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r][c] = fmaf(ps[warp][r][j], vj, acc[r][c]);
-      }
-    }
-    __syncwarp();
+    accumulate_pv<R, DC, BN>(acc, ps[warp], vs, LDV, lane);
   }
 
   float* o_head = static_cast<float*>(p.out) + idx.b * p.o_stride_b + idx.h * p.o_stride_h + sq.first_q * p.o_stride_n;
