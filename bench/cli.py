@@ -16,9 +16,9 @@ import torch
 from fastattn.usage import UsageError
 
 # Shares of --budget, in that order; a target's unused time passes on to the ones after it.
-BUDGET_WEIGHTS = {"attention": 45, "norm": 20, "sampling": 10, "models": 15, "overhead": 5, "memory": 5}
+BUDGET_WEIGHTS = {"attention": 40, "decode": 10, "norm": 15, "sampling": 10, "models": 15, "overhead": 5, "memory": 5}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-THROUGHPUT_TARGETS = ("attention", "norm", "sampling")
+THROUGHPUT_TARGETS = ("attention", "decode", "norm", "sampling")
 
 NO_GPU_MESSAGE = """\
 No CUDA GPU on this machine. What can be measured here: the dispatch overhead of fastattn's backend
@@ -85,7 +85,7 @@ def run(args) -> int:
     kernels crashed, else 0."""
     from fastattn.__main__ import BENCH_TARGETS
 
-    from . import attention, memory, models, norm, overhead, plot, report, sampling
+    from . import attention, decode, memory, models, norm, overhead, plot, report, sampling
     from .harness import (
         Section,
         choose_providers,
@@ -99,7 +99,7 @@ def run(args) -> int:
 
     targets = list(dict.fromkeys(args.targets)) or list(BENCH_TARGETS)
     device = default_device()
-    op_modules = {"attention": attention, "norm": norm, "sampling": sampling}
+    op_modules = {"attention": attention, "decode": decode, "norm": norm, "sampling": sampling}
     _check_provider_names(args, targets, op_modules, device)
     on_gpu = device.type == "cuda"
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)

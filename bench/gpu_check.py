@@ -123,6 +123,7 @@ def _commands(stage: Stage, python: str, results: Path, scratch: Path, limit_s: 
             + [
                 "bench",
                 "attention",
+                "decode",
                 "norm",
                 "sampling",
                 "models",

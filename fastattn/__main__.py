@@ -130,7 +130,7 @@ def command_bench(args: argparse.Namespace) -> int:
     return cli.run(args)
 
 
-BENCH_TARGETS = ("attention", "norm", "sampling", "models", "overhead", "memory")
+BENCH_TARGETS = ("attention", "decode", "norm", "sampling", "models", "overhead", "memory")
 
 
 def _bench_target(name: str) -> str:
@@ -204,7 +204,10 @@ liger-kernel, apex, flashinfer); a provider that cannot run says why. In bracket
 the best PyTorch provider of the same case.
 
 targets (all when none is named):
-  attention  TFLOP/s, forward and backward: B = 16384/N, H = 2048/D, N 512..16384, D 64/128/256
+  attention  TFLOP/s, forward and backward: B = 16384/N, H = 2048/D, N 512..16384, D 64/128/256; then
+             sliding window, softcap, sinks, packed against padded at the shapes of the models using them
+  decode     GB/s of K and V read: one query against a KV cache, B 1/8/64, cache 1k..32k, contiguous and
+             paged (blocks of 16 and 256), Hq/Hkv 32/8, D 128
   norm       GB/s of the bytes that must move: LayerNorm, RMSNorm, with the residual add, backward
   sampling   µs per batch: V 32000 / 128256, B 1 / 64 / 512, top-k 50 + top-p 0.9
   models     GPT train step and generation in tokens/s on each backend (fastattn.models)
@@ -233,8 +236,8 @@ examples:
         "--plot",
         type=output_file,
         metavar="PATH",
-        help="draw a PNG: TFLOP/s vs N (attention), GB/s vs hidden size (norms), µs vs batch "
-        "(sampling), with the measured ceilings",
+        help="draw a PNG: TFLOP/s vs N (attention), GB/s vs cache length (decode) and vs hidden size "
+        "(norms), µs vs batch (sampling), with the measured ceilings",
     )
     bench.add_argument(
         "--record",
