@@ -11,6 +11,7 @@ token ``fastattn.sample``; each model takes a ``backend`` and passes it to all o
 (:mod:`fastattn.models.train`).
 """
 
+from . import paged
 from .bert import BERT, BERTConfig, mask_tokens
 from .generate import KVCache
 from .gpt import GPT, GPTConfig
@@ -29,5 +30,6 @@ __all__ = [
     "VAEConfig",
     "VAEOutput",
     "mask_tokens",
+    "paged",
     "sinusoidal_positional_encoding",
 ]

@@ -23,6 +23,7 @@ class KVCache(nn.Module):
     """The keys and values of one attention layer for the positions decoded so far.
 
     Buffers ``keys`` and ``values``: ``(B, Hkv, max_seq_len, D)``, not part of the ``state_dict``.
+    A layer given a cache calls its :meth:`attend` (:mod:`fastattn.models.paged` has a paged one).
     """
 
     def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype=None, device=None):
@@ -43,6 +44,32 @@ class KVCache(nn.Module):
         self.keys[:batch, :, start_pos:end] = k
         self.values[:batch, :, start_pos:end] = v
         return self.keys[:batch, :, :end], self.values[:batch, :, :end]
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, causal: bool, key_padding_mask, backend: str
+    ) -> Tensor:
+        """Writes the new keys and values at ``start_pos ..`` and returns the attention of ``q``
+        ``(B, Hq, N, D)`` over every cached position up to theirs (bottom-right causal)."""
+        k, v = self.update(start_pos, k, v)  # (B, Hkv, start_pos + N, D)
+        return fastattn.attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, backend=backend)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def sequence_seeds(seed: int, sequences, steps, device) -> Tensor:
+    """The sampling seed of each draw: a hash (splitmix64) of ``seed``, the sequence's index and the
+    step, as an int64 ``(B,)`` tensor; so a sequence's tokens depend on the seed and its index, not on
+    the batch it is drawn in (the contiguous and the paged, continuously batched, paths agree)."""
+    mixed = [
+        _splitmix64(_splitmix64(_splitmix64(seed & 0xFFFFFFFFFFFFFFFF) ^ index) ^ step) >> 1
+        for index, step in zip(sequences, steps, strict=True)
+    ]
+    return torch.tensor(mixed, dtype=torch.int64, device=device)
 
 
 def make_caches(blocks: nn.ModuleList, batch_size: int, max_seq_len: int, *, dtype, device) -> nn.ModuleList:
@@ -92,7 +119,9 @@ def generate(
     """Extends ``prompt`` ``(B, N)`` by up to ``max_new_tokens`` tokens; returns ``(B, N + T)``.
 
     Every token is drawn by :func:`fastattn.sample` with ``temperature`` (0 = greedy), ``top_k``,
-    ``top_p`` and ``min_p``; ``seed`` makes the draw repeatable (the same tokens on every backend).
+    ``top_p`` and ``min_p``; ``seed`` makes the draw repeatable (the same tokens on every backend, and
+    in :func:`fastattn.models.paged.generate`): row ``b``'s draw at step ``t`` has the seed
+    :func:`sequence_seeds` gives ``(seed, b, t)``.
     With ``eos_id``, a row that has drawn it keeps repeating it, and decoding stops once every row has.
     ``context`` goes to ``model.forward_with_cache`` (the encoder's output, for a decoder).
 
@@ -107,14 +136,15 @@ def generate(
         batch, prompt_len = prompt.shape
         window = model.max_seq_len
         model.setup_caches(batch, min(window, prompt_len + max_new_tokens))
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        rows = range(batch)
         tokens = prompt
         logits = prefill(model, tokens[:, -window:], **context)  # (B, V)
         position = min(prompt_len, window)
         finished = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
         for step in range(max_new_tokens):
-            next_token = fastattn.sample(logits, **sampling, backend=model.backend)  # (B,)
+            seeds = None if seed is None else sequence_seeds(seed, rows, [step] * batch, logits.device)
+            next_token = fastattn.sample(logits, **sampling, seed=seeds, backend=model.backend)  # (B,)
             if eos_id is not None:
                 next_token = torch.where(finished, torch.full_like(next_token, eos_id), next_token)
                 finished |= next_token == eos_id

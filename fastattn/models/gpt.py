@@ -4,6 +4,7 @@ with a KV cache for generation (gpt-fast's ``prefill`` / ``decode_one_token`` / 
     model = GPT(GPTConfig(vocab_size=65))
     logits, loss = model(idx, targets)                            # (B, N, V), scalar
     out = model.generate(prompt, 200, temperature=0.8, top_k=40, seed=0)
+    outs = fastattn.models.paged.generate(model, [p1, p2, p3], 200, seed=0)  # prompts of any lengths
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ class GPT(nn.Module):
         if self.kv_caches is None:
             raise RuntimeError("call setup_caches(batch_size, max_seq_len) before forward_with_cache")
         return self._run(idx, start_pos=start_pos)
+
+    def forward_paged(self, idx: Tensor, positions: Tensor, caches: list) -> Tensor:
+        """idx ``(B, N)`` at ``positions`` ``(B, N)`` (each token its own), every block attending through
+        its cache of ``caches`` (a paged pool's layers, :mod:`fastattn.models.paged`): a packed prefill
+        or a decode step. Returns the logits ``(B, N, V)``."""
+        x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, N, C)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block(x, causal=True, kv_cache=cache)
+        return self.lm_head(self.final_norm(x))  # (B, N, V)
 
     def _run(self, idx: Tensor, start_pos: int | None) -> Tensor:
         batch, n = idx.shape

@@ -60,28 +60,31 @@ class MultiHeadAttention(nn.Module):
         memory_keys_values: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x: ``(B, Nq, C)``; memory: ``(B, Nk, C)`` or None; key_padding_mask: bool ``(B, Nk)``, True =
-        the key takes part. With ``kv_cache`` (a :class:`fastattn.models.generate.KVCache`), the new keys
-        and values are written at positions ``start_pos ..`` and the queries attend to every cached
-        position up to theirs (bottom-right causal: ``Nq < Nk``). ``memory_keys_values``: the
-        :meth:`keys_values` of ``memory``, computed once for every step of a decoding. Returns
-        ``(B, Nq, C)``."""
+        the key takes part. With ``kv_cache`` (a :class:`fastattn.models.generate.KVCache`, or a paged
+        cache's layer), the new keys and values are written at positions ``start_pos ..`` and the
+        queries attend to every cached position up to theirs (bottom-right causal: ``Nq < Nk``).
+        ``memory_keys_values``: the :meth:`keys_values` of ``memory``, computed once for every step of a
+        decoding. Returns ``(B, Nq, C)``."""
         batch, nq, channels = x.shape
         q = self.query(x).view(batch, nq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Nq, D)
         if memory_keys_values is not None:
             k, v = memory_keys_values
         else:
             k, v = self.keys_values(x if memory is None else memory)  # 2 × (B, Hkv, Nk, D)
-        if kv_cache is not None:
-            k, v = kv_cache.update(start_pos, k, v)  # (B, Hkv, start_pos + Nk, D)
-        y = fastattn.attention(
-            q,
-            k,
-            v,
-            causal=causal,
-            key_padding_mask=key_padding_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            backend=self.backend,
-        )  # (B, H, Nq, D)
+        if kv_cache is not None:  # decoding: the cache writes the new keys and attends over its positions
+            y = kv_cache.attend(
+                q, k, v, start_pos=start_pos, causal=causal, key_padding_mask=key_padding_mask, backend=self.backend
+            )
+        else:
+            y = fastattn.attention(
+                q,
+                k,
+                v,
+                causal=causal,
+                key_padding_mask=key_padding_mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                backend=self.backend,
+            )  # (B, H, Nq, D)
         return self.out(y.transpose(1, 2).reshape(batch, nq, channels))
 
     def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
