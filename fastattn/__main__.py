@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastattn {env,verify,bench,train,attention-graph,demo}`` (``--help`` on each)."""
+"""Command line: ``python -m fastattn {env,verify,bench,train,generate,attention-graph,demo}`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from .usage import UsageError, output_file, positive_number
+from .usage import UsageError, output_file, positive_number, whole_number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +143,55 @@ def command_train(args: argparse.Namespace) -> int:
     from .models import train
 
     return train.run(args)
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .models import paged
+    from .viz import graph
+
+    try:
+        model, tokenizer, task_name = graph.load_char_model(args.model)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"argument --model: {error}") from None
+    if task_name != "gpt":
+        raise UsageError(f"argument --model: a gpt checkpoint is needed, {args.model} holds a {task_name} one")
+    prompts = []
+    for text in args.prompt:
+        unknown = sorted(set(text) - set(tokenizer.chars))
+        if unknown:
+            raise UsageError(f"argument --prompt: characters not in the model's vocabulary: {''.join(unknown)!r}")
+        prompts.append(tokenizer.encode(text))
+    room = model.config.block_size - max(len(prompt) for prompt in prompts)
+    max_new_tokens = room if args.max_new_tokens is None else args.max_new_tokens
+    if not 1 <= max_new_tokens <= room:
+        raise UsageError(
+            f"argument --max-new-tokens: the longest prompt leaves room for 1 to {room} new tokens in the "
+            f"model's {model.config.block_size} positions, got {max_new_tokens}"
+        )
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=args.no_progress, file=sys.stderr)
+    try:
+        outputs = paged.generate(
+            model,
+            prompts,
+            max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            max_batch=args.max_batch,
+            page_size=args.page_size,
+            continuous=args.continuous,
+            on_finish=lambda index, tokens: bar.update(),
+        )
+    except ValueError as error:  # a page size that is no multiple of 16
+        raise UsageError(f"argument --page-size: {error}") from None
+    finally:
+        bar.close()
+    for index, tokens in enumerate(outputs):
+        print(f"--- prompt {index + 1} ---\n{tokenizer.decode(tokens)}")
+    return 0
 
 
 def command_attention_graph(args: argparse.Namespace) -> int:
@@ -332,6 +381,45 @@ examples:
         help="initial threshold: links with a weight not above it are hidden (default: 0.05)",
     )
     attention_graph.set_defaults(run=command_attention_graph)
+
+    generate = commands.add_parser(
+        "generate",
+        help="continue prompts with a trained gpt, many at once from a paged KV cache",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Continues each --prompt with a checkpoint of `python -m fastattn train gpt --save PATH`, serving up to
+--max-batch prompts at once from a paged KV cache (pages of --page-size positions): the prompts
+admitted together are prefilled in one packed row, every running one decodes a token per step, and
+with --continuous (the default) a finished sequence's slot goes to the next waiting prompt at once.
+The tokens depend on --seed and each prompt's place in the list only, not on the batching.""",
+        epilog="""\
+examples:
+  python -m fastattn train gpt --save runs/gpt.pt
+  python -m fastattn generate --model runs/gpt.pt --prompt "ROMEO:" --prompt "JULIET:" --seed 0""",
+    )
+    generate.add_argument(
+        "--model", required=True, metavar="CHECKPOINT", help="a gpt checkpoint written by `train gpt --save`"
+    )
+    generate.add_argument(
+        "--prompt", action="append", required=True, help="a prompt in the model's characters; repeatable"
+    )
+    generate.add_argument(
+        "--max-new-tokens", type=whole_number(1), default=200, help="tokens per prompt (default: 200)"
+    )
+    generate.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
+    generate.add_argument("--top-k", type=whole_number(1), help="keep the k most likely tokens")
+    generate.add_argument("--top-p", type=float, help="keep the smallest set of tokens with this much probability")
+    generate.add_argument("--seed", type=whole_number(0), default=0, help="the draws' seed (default: 0)")
+    generate.add_argument("--max-batch", type=whole_number(1), default=8, help="sequences served at once (default: 8)")
+    generate.add_argument("--page-size", type=whole_number(1), default=16, help="positions per page, a multiple of 16")
+    generate.add_argument(
+        "--continuous",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give a finished sequence's slot to a waiting prompt at once (default), or wait for the batch",
+    )
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    generate.set_defaults(run=command_generate)
 
     demo = commands.add_parser("demo", help="a short tour of the fused ops on this machine")
     demo.set_defaults(run=command_demo)

@@ -515,3 +515,34 @@ def test_train_command_rejects_a_checkpoint_of_another_model(tmp_path, capsys):
         main(["train", "seq2seq", "--load", str(checkpoint), "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "holds a vae checkpoint, not seq2seq" in capsys.readouterr().err
+
+
+def test_generate_command_serves_prompts_from_a_paged_cache(tmp_path, capsys):
+    """`generate` continues every prompt; the text does not depend on the batching, and bad flags are
+    one-line errors."""
+    from fastattn.__main__ import main
+
+    checkpoint = tmp_path / "gpt.pt"
+    train = ["train", "gpt", "--steps", "2", "--backend", "torch", "--save", str(checkpoint), "--out", str(tmp_path)]
+    assert main(train) == 0
+    capsys.readouterr()
+    prompts = ["ROMEO:", "JULIET: O", "A"]
+    common = ["generate", "--model", str(checkpoint), "--max-new-tokens", "12", "--seed", "5", "--no-progress"]
+    for prompt in prompts:
+        common += ["--prompt", prompt]
+    assert main(common) == 0
+    together = capsys.readouterr().out
+    assert main([*common, "--max-batch", "1", "--no-continuous"]) == 0
+    assert capsys.readouterr().out == together
+    blocks = together.split("--- prompt ")[1:]
+    assert len(blocks) == 3 and all(
+        block.split("\n", 1)[1].startswith(p) for block, p in zip(blocks, prompts, strict=True)
+    )
+    for flags, flag in (
+        (["--max-new-tokens", "100"], "--max-new-tokens"),
+        (["--page-size", "12"], "--page-size"),
+        (["--prompt", "§"], "--prompt"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, *flags])
+        assert exit_info.value.code == 2 and flag in capsys.readouterr().err

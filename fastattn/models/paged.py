@@ -131,10 +131,12 @@ def generate(
     max_batch: int = 8,
     page_size: int = 16,
     continuous: bool = True,
+    on_finish=None,
 ) -> list[Tensor]:
     """Continues each prompt (1-D int64 tensors of any lengths) by up to ``max_new_tokens`` tokens,
     serving at most ``max_batch`` at a time from a paged cache (see the module docstring); returns
-    one tensor per prompt, prompt then tokens (ending at ``eos_id`` when drawn).
+    one tensor per prompt, prompt then tokens (ending at ``eos_id`` when drawn). ``on_finish(index,
+    tokens)`` is called as each sequence finishes (in the order they do).
 
     ``model`` is a :class:`fastattn.models.GPT`; a prompt and its tokens must fit its context
     (``block_size``) positions: the paged path has no sliding context.
@@ -190,6 +192,8 @@ def generate(
                 if sequence.done:
                     pool.release(sequence.pages)
                     results[sequence.index] = torch.tensor(sequence.tokens, device=weight.device)
+                    if on_finish is not None:
+                        on_finish(sequence.index, results[sequence.index])
             running = [s for s in running if not s.done]
         return results
     finally:
