@@ -3,11 +3,13 @@
 The model is ``fastattn.models.GPT`` (config ``GPTConfig``; ``forward(idx, targets) -> (logits, loss)``;
 ``generate(prompt, max_new_tokens)``), run under ``fastattn.use_backend(name)`` for each backend that
 runs here. A training step is forward, backward and an AdamW step on a batch of random tokens;
-generation is a prompt of 16 tokens continued by ``max_new_tokens`` tokens.
+generation is a prompt of 16 tokens continued by ``max_new_tokens`` tokens, then a batch of prompts
+served from the contiguous cache (``generate``) and from the paged one with continuous batching
+(``fastattn.models.paged.generate``), the same prompts, tokens and seed.
 
 On a GPU: GPT-2 small (12 layers, 12 heads, width 768, context 1024, vocabulary 50,304) under bf16
-autocast, training on 8 × 1024 tokens, generating 128 tokens for one prompt. On a CPU: a 2-layer,
-width-128 model, training on 2 × 64 tokens, generating 16 tokens.
+autocast, training on 8 × 1024 tokens, generating 128 tokens for one prompt and for 16. On a CPU: a
+2-layer, width-128 model, training on 2 × 64 tokens, generating 16 tokens for one prompt and for 4.
 
 Times are host-timed runs that end with a device synchronization (a step takes milliseconds), the
 median and 20/80 percentiles over the runs that fit the budget.
@@ -39,6 +41,7 @@ CPU_CONFIG = {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 128, "voca
 GPU_TRAIN, CPU_TRAIN = (8, 1024), (2, 64)  # (batch, tokens per sequence)
 PROMPT_TOKENS = 16
 GPU_NEW_TOKENS, CPU_NEW_TOKENS = 128, 16
+GPU_PROMPTS, CPU_PROMPTS = 16, 4  # the batched generation rows: contiguous against paged
 GPU_BUDGET_S, CPU_BUDGET_S = 3.0, 1.0  # per (case, backend)
 MIN_RUNS, MAX_RUNS = 3, 20  # a GPT-2 generation of 128 tokens takes about a second
 
@@ -69,9 +72,28 @@ def cases(config, device: torch.device) -> list[Case]:
             "targets": torch.randint(0, vocab, (batch, length), device=device),
         }
 
-    def generate_inputs():
-        return {"prompt": torch.randint(0, vocab, (1, PROMPT_TOKENS), device=device)}
+    prompts = GPU_PROMPTS if device.type == "cuda" else CPU_PROMPTS
 
+    def generate_inputs(count=1):
+        return lambda: {"prompt": torch.randint(0, vocab, (count, PROMPT_TOKENS), device=device)}
+
+    batched = [
+        Case(
+            "gpt",
+            f"generate, {cache} cache",
+            dtype,
+            f"B={prompts} prompt={PROMPT_TOKENS} new={new_tokens}",
+            {**shape, "batch": prompts, "prompt": PROMPT_TOKENS, "new_tokens": new_tokens, "cache": cache},
+            "",
+            0,
+            "generate",
+            "tokens/s",
+            float(prompts * new_tokens),
+            generate_inputs(prompts),
+            0,
+        )
+        for cache in ("contiguous", "paged")
+    ]
     return [
         Case(
             "gpt",
@@ -98,9 +120,10 @@ def cases(config, device: torch.device) -> list[Case]:
             "generate",
             "tokens/s",
             float(new_tokens),
-            generate_inputs,
+            generate_inputs(),
             0,
         ),
+        *batched,
     ]
 
 
@@ -118,13 +141,18 @@ def _train_step(model, device, inputs):
     return step
 
 
-def _generation(model, device, inputs, new_tokens):
+def _generation(model, device, inputs, new_tokens, cache):
+    from fastattn.models import paged
+
     model.eval()
     prompt = inputs["prompt"]
 
     def generate():
         with torch.no_grad(), _autocast(device):
-            model.generate(prompt, new_tokens)
+            if cache == "paged":
+                paged.generate(model, list(prompt), new_tokens, seed=0, max_batch=len(prompt))
+            else:
+                model.generate(prompt, new_tokens, seed=0)
 
     return generate
 
@@ -140,7 +168,7 @@ def providers(gpt, config, device: torch.device) -> list[Provider]:
             if case.series == "train":
                 call = _train_step(model, device, inputs)
             else:
-                call = _generation(model, device, inputs, case.params["new_tokens"])
+                call = _generation(model, device, inputs, case.params["new_tokens"], case.params.get("cache"))
 
             def run():
                 with fastattn.use_backend(name):

@@ -139,7 +139,8 @@ def generate(
     tokens)`` is called as each sequence finishes (in the order they do).
 
     ``model`` is a :class:`fastattn.models.GPT`; a prompt and its tokens must fit its context
-    (``block_size``) positions: the paged path has no sliding context.
+    (``block_size``) positions: the paged path has no sliding context. Its backend must serve packed
+    sequences (``cuda``, ``triton``, ``naive``; ``torch`` has none, and says so).
     """
     if max_new_tokens < 1:
         return [prompt.clone() for prompt in prompts]
