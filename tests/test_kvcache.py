@@ -91,14 +91,14 @@ def expected(cache, q, new_k, new_v, dtype, *, causal, window=None, softcap=0.0,
             kb = new_k[b]
             if rotary is not None:
                 cos, sin, interleaved = rotary
-                kb = rotate_plainly(kb, cos, sin, torch.arange(len(kb)) + length - start, interleaved)
+                kb = rotate_plainly(kb, cos, sin, torch.arange(len(kb)) + length, interleaved)
             keys, values = torch.cat((keys, kb)), torch.cat((values, new_v[b]))
         if rotary is not None:
             cos, sin, interleaved = rotary
             if causal or window is not None:
-                positions = torch.arange(len(qb)) + length - start
+                positions = torch.arange(len(qb)) + length
             else:
-                positions = torch.full((len(qb),), length - start)
+                positions = torch.full((len(qb),), length)
             qb = rotate_plainly(qb, cos, sin, positions, interleaved)
         keys, values = keys[start:], values[start:]
         slopes = None if alibi is None else (alibi[b] if alibi.dim() == 2 else alibi)
@@ -211,7 +211,7 @@ def test_matches_the_plain_per_sequence_attention(case_name, options_name, backe
         if new:
             expected_k = new_k[b]
             if rotary is not None:
-                positions = torch.arange(new) + length - cache.leftpad[b]
+                positions = torch.arange(new) + length
                 expected_k = rotate_plainly(expected_k, rotary[0], rotary[1], positions, rotary[2])
             torch.testing.assert_close(keys[length:], expected_k, atol=1e-6, rtol=1e-6)
             torch.testing.assert_close(values[length:], new_v[b], atol=0, rtol=0)

@@ -207,15 +207,16 @@ def attention_with_kvcache(
     """Attention of ``q (B, Sq, Hq, D)`` against each sequence's cached keys (and the new ``k``, ``v``
     ``(B, Sn, Hkv, D)``, appended in place first). Returns ``out (B, Sq, Hq, D)`` and float32 ``lse
     (B, Hq, Sq)``. Masks are aligned to each sequence's last key (bottom-right). With ``rotary_cos``,
-    ``rotary_sin`` ``(seqlen_rotary, rotary_dim / 2)``, the new keys are rotated at their positions and
-    q at the positions after the cached ones (causal or windowed), or all at the first of them.
+    ``rotary_sin`` ``(seqlen_rotary, rotary_dim / 2)``, the new keys are rotated at their positions in
+    the cache (``cache_seqlens ..``, left padding included, as FlashAttention-2 does) and q at the
+    positions after the cached ones (causal or windowed), or all at the first of them.
     ``num_splits``: the split-KV kernel's split count (0: chosen from the shapes); ``backend``: as in
     :func:`fastattn.attention` (``torch`` and ``naive`` attend to each sequence's keys gathered)."""
     layout = check_cache(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None:
-        start = layout.lengths - layout.first  # the new tokens' first position, counted from the leftpad
+        start = layout.lengths  # the new tokens' first position in the cache (FlashAttention-2: leftpad included)
         if k is not None:
             k = apply_rotary_emb(k, rotary_cos, rotary_sin, interleaved=rotary_interleaved, seqlen_offsets=start)
         if causal or (window is not None and tuple(window) != (-1, -1)):
