@@ -191,7 +191,24 @@ def test_bert_padding_round_trip(unused):
     assert torch.equal(x.grad, (mask | unused_mask)[..., None].expand_as(x).float())
 
 
-def test_a_paged_kv_cache_is_refused_clearly():
-    q, k, v, cu_q, cu_k = varlen_inputs([2], [2])
-    with pytest.raises(NotImplementedError, match="block_table"):
-        flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 2, 2, block_table=torch.zeros(1, 1, dtype=torch.int32))
+def test_varlen_with_a_block_table_reads_the_keys_from_the_pages():
+    """k and v as pages: the same output as the packed keys they hold, and a clear error for a table
+    that points past the pages or cannot hold a sequence's keys."""
+    q, k, v, cu_q, cu_k = varlen_inputs([3, 5], [20, 7])
+    pages_k, pages_v = torch.randn(6, 16, *k.shape[1:]), torch.randn(6, 16, *v.shape[1:])
+    table = torch.tensor([[4, 1], [5, 0]], dtype=torch.int32)
+    for b, (start, end) in enumerate(zip(cu_k.tolist(), cu_k.tolist()[1:], strict=False)):
+        for position in range(end - start):
+            page, slot = table[b, position // 16], position % 16
+            pages_k[page, slot], pages_v[page, slot] = k[start + position], v[start + position]
+    expected = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 5, 20, causal=True)
+    got = flash_attn.flash_attn_varlen_func(q, pages_k, pages_v, cu_q, cu_k, 5, 20, causal=True, block_table=table)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="block_table must point into the 6 blocks"):
+        flash_attn.flash_attn_varlen_func(
+            q, pages_k, pages_v, cu_q, cu_k, 5, 20, block_table=torch.tensor([[4, 9], [5, 0]], dtype=torch.int32)
+        )
+    with pytest.raises(
+        RuntimeError, match="sequence 0 has 20 keys; the block_table's max_blocks x block_size holds 16"
+    ):
+        flash_attn.flash_attn_varlen_func(q, pages_k, pages_v, cu_q, cu_k, 5, 20, block_table=table[:, :1].contiguous())

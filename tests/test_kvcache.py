@@ -242,7 +242,11 @@ def test_rotary_matches_the_complex_rotation():
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (dict(cache_seqlens=torch.tensor([40, 3], dtype=torch.int32)), ValueError, "seqlens \\+ new <= the cache's 32"),
+        (
+            dict(cache_seqlens=torch.tensor([40, 3], dtype=torch.int32)),
+            RuntimeError,  # and a ValueError: FlashAttention-2 raises a RuntimeError naming the block_table
+            "seqlens \\+ new <= the block_table's max_blocks x block_size 32 positions",
+        ),
         (
             dict(block_table=torch.tensor([[9, 0], [1, 2]], dtype=torch.int32)),
             ValueError,

@@ -16,7 +16,8 @@ Deliberate differences from FlashAttention-2:
   row, so ``m`` is the row's maximum and ``S_dmask · exp(m - lse)`` the probabilities. It comes from
   a slow path that forms the whole matrix: it exists for testing;
 - ``flash_attn_with_kvcache`` takes any paged block size that is a multiple of 16 (FlashAttention-2:
-  256), and contiguous caches as well; ``flash_attn_varlen_func``'s ``block_table`` is not taken yet.
+  256), and contiguous caches as well; ``flash_attn_varlen_func`` with a ``block_table`` gathers the
+  pages into a packed copy before attending.
 """
 
 from __future__ import annotations
@@ -25,13 +26,19 @@ import torch
 
 from .. import reference
 from ..ops.attention import attention, attention_varlen
-from ..ops.kvcache import attention_with_kvcache
+from ..ops.kvcache import attention_with_kvcache, packed_from_pages
 
 
 def _features(window_size, softcap, alibi_slopes) -> dict:
     """FlashAttention-2's window, softcap and ALiBi as fastattn.attention's keywords."""
     window = tuple(window_size)
-    return dict(window=None if window == (-1, -1) else window, softcap=softcap, alibi_slopes=alibi_slopes)
+    unlimited = len(window) == 2 and all(not isinstance(side, bool) and side == -1 for side in window)
+    return dict(window=None if unlimited else window, softcap=softcap, alibi_slopes=alibi_slopes)
+
+
+# FlashAttention-2 names the build that runs its AMD Triton kernels with this flag (its tests skip what
+# only its CUDA extension checks): ours is neither.
+USE_TRITON_ROCM = False
 
 
 def _get_block_size_n(device, head_dim, is_dropout, is_causal):
@@ -224,9 +231,12 @@ def flash_attn_varlen_func(
 ):
     """q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim); cu_seqlens_q/k int32
     (batch + 1,). Returns out (total_q, nheads, headdim), and with ``return_attn_probs`` also
-    (softmax_lse (nheads, total_q), S_dmask). Each sequence attends only within itself."""
+    (softmax_lse (nheads, total_q), S_dmask). Each sequence attends only within itself. With
+    ``block_table`` int32 (batch, max_blocks), k and v are pages (num_blocks, block_size, nheads_k,
+    headdim) and sequence b's keys are the first cu_seqlens_k[b + 1] - cu_seqlens_k[b] positions of
+    its pages (gathered into a packed copy first)."""
     if block_table is not None:
-        raise NotImplementedError("flash_attn_varlen_func: block_table (a paged KV cache) is not supported yet")
+        k, v = packed_from_pages(k, v, cu_seqlens_k, block_table)
     return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **_common(locals()))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -75,13 +76,27 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _window_sides(window) -> tuple[int, int] | None:
+    """``window``'s two sides as ints: a pair of integers (Python, NumPy, or 0-d integer tensors, as
+    FlashAttention-2's tests pass them) >= -1; None if it is not one."""
+    try:
+        left, right = window
+        sides = (operator.index(left), operator.index(right))
+    except (TypeError, ValueError):
+        return None
+    if isinstance(left, bool) or isinstance(right, bool) or min(sides) < -1:
+        return None
+    return sides
+
+
 def _features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
     """The window, softcap, ALiBi and sinks of a call, checked; only those in use (none: ``{}``)."""
     features = {}
     if window is not None:
-        if not (isinstance(window, (tuple, list)) and len(window) == 2 and all(_is_int(w) and w >= -1 for w in window)):
+        sides = _window_sides(window) if not isinstance(window, (str, bytes)) else None
+        if sides is None:
             raise ValueError(f"window must be None or (left, right), two ints >= -1 (-1: unlimited), got {window!r}")
-        left, right = window
+        left, right = sides
         right = 0 if causal else right
         if (left, right) != (-1, -1):
             features["window"] = (left, right)

@@ -25,6 +25,11 @@ SPLIT_TILE = 64  # keys per tile of the split-KV kernels on a GPU (the CUDA kern
 ROWS_PER_PROGRAM = 16  # (query, head) rows of one split-KV program (CUDA; Triton's at least as many)
 
 
+class CacheBoundsError(ValueError, RuntimeError):
+    """Lengths, offsets or pages that would make a kernel read or write outside the cache. A
+    ``ValueError``, and a ``RuntimeError`` as FlashAttention-2 raises for the same inputs."""
+
+
 @dataclass(frozen=True)
 class CacheLayout:
     """Where each sequence's keys live, checked: lengths before and after the append, first positions."""
@@ -128,9 +133,10 @@ def check_cache(
     lengths_host, first_host = lengths.tolist(), first.tolist()
     for b, (length, start) in enumerate(zip(lengths_host, first_host, strict=True)):
         if not 0 <= start <= length or length + new_k > capacity:
-            raise ValueError(
+            room = "block_table's max_blocks x block_size" if paged else "cache's"
+            raise CacheBoundsError(
                 f"sequence {b}: cache_leftpad {start} and cache_seqlens {length} (+ {new_k} new) must satisfy "
-                f"0 <= leftpad <= seqlens and seqlens + new <= the cache's {capacity} positions"
+                f"0 <= leftpad <= seqlens and seqlens + new <= the {room} {capacity} positions"
             )
     rows = None
     if not paged:
@@ -138,18 +144,53 @@ def check_cache(
         if cache_batch_idx is None:
             rows = torch.arange(batch, device=device)
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= k_cache.shape[0]):
-            raise ValueError(f"cache_batch_idx must index the cache's {k_cache.shape[0]} rows, got {rows.tolist()}")
+            raise CacheBoundsError(
+                f"cache_batch_idx must index the cache's {k_cache.shape[0]} rows, got {rows.tolist()}"
+            )
     table = None
     if paged:
         table = block_table.to(torch.int64)
         used = (torch.arange(table.shape[1], device=device)[None, :] * k_cache.shape[1]) < total[:, None]
         pages = table[used]
         if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= k_cache.shape[0]):
-            raise ValueError(
+            raise CacheBoundsError(
                 f"block_table must point into the cache's {k_cache.shape[0]} blocks wherever a sequence has "
                 f"positions, got pages {int(pages.min())}..{int(pages.max())}"
             )
     return CacheLayout(paged, capacity, lengths, total, first, rows, table)
+
+
+def packed_from_pages(k_cache: Tensor, v_cache: Tensor, cu_seqlens_k: Tensor, block_table: Tensor):
+    """The keys and values of packed sequences held in pages, packed ``(total_k, Hkv, D)``: sequence
+    ``b`` has ``cu_seqlens_k[b + 1] - cu_seqlens_k[b]`` positions in the pages of ``block_table[b]``
+    (FlashAttention-2's varlen call with a ``block_table``). Checked like :func:`check_cache`."""
+    if not isinstance(block_table, Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2:
+        got = getattr(block_table, "dtype", block_table)
+        raise TypeError(f"block_table must be an int32 (batch, max_blocks) tensor, got {got}")
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.shape[1] % PAGE_MULTIPLE:
+        raise ValueError(
+            f"with a block_table, k and v must be pages (num_blocks, block_size, Hkv, D) of one shape with a block "
+            f"size a multiple of {PAGE_MULTIPLE}, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    batch, block_size = block_table.shape[0], k_cache.shape[1]
+    if not isinstance(cu_seqlens_k, Tensor) or cu_seqlens_k.dim() != 1 or len(cu_seqlens_k) != batch + 1:
+        raise ValueError(f"cu_seqlens_k must be (batch + 1,) = ({batch + 1},) with a block_table")
+    lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).to(torch.int64)  # keys per sequence
+    capacity = block_table.shape[1] * block_size
+    for b, length in enumerate(lengths.tolist()):
+        if not 0 <= length <= capacity:
+            raise CacheBoundsError(
+                f"sequence {b} has {length} keys; the block_table's max_blocks x block_size holds {capacity}"
+            )
+    table = block_table.long()
+    used = (torch.arange(table.shape[1], device=table.device)[None, :] * block_size) < lengths[:, None]
+    pages = table[used]
+    if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= k_cache.shape[0]):
+        raise CacheBoundsError(f"block_table must point into the {k_cache.shape[0]} blocks of k and v")
+    sequence = torch.repeat_interleave(torch.arange(batch, device=table.device), lengths)  # (total_k,)
+    position = torch.arange(len(sequence), device=table.device) - cu_seqlens_k[sequence].long()
+    page, slot = table[sequence, position // block_size], position % block_size
+    return k_cache[page, slot], v_cache[page, slot]
 
 
 def cache_slots(layout: CacheLayout, positions: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
