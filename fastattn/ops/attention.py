@@ -140,10 +140,7 @@ def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None)
         unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
         reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
     if name in ("cuda", "triton"):
-        if q.dtype not in FUSED_DTYPES:
-            reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
-        if q.shape[-1] > MAX_FUSED_HEAD_DIM:
-            reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
+        reasons += fused_input_reasons(q)
         if name == "cuda" and not reasons:  # the kernels' shared memory is known for the served shapes only
             needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
             reasons += shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
@@ -152,6 +149,16 @@ def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None)
             reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
         if deterministic and q.device.type == "cuda":
             reasons.append("deterministic=True: scaled_dot_product_attention's CUDA backward is not guaranteed to be")
+    return reasons
+
+
+def fused_input_reasons(q: Tensor) -> list[str]:
+    """Why the fused kernels cannot take ``q``'s dtype or head dim (empty: they can)."""
+    reasons = []
+    if q.dtype not in FUSED_DTYPES:
+        reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
+    if q.shape[-1] > MAX_FUSED_HEAD_DIM:
+        reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
     return reasons
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from .attention import FUSED_DTYPES, MAX_FUSED_HEAD_DIM, attention
+from .attention import attention, fused_input_reasons
 from .rotary import apply_rotary_emb
 
 PAGE_MULTIPLE = 16  # block sizes the paged cache takes: multiples of 16 (the kernels' smallest tile)
@@ -376,8 +376,5 @@ def _reasons(name: str, q: Tensor) -> list[str]:
     fastattn.attention on each sequence's keys gathered."""
     reasons = backends.device_reasons(name, q.device)
     if name in ("cuda", "triton"):
-        if q.dtype not in FUSED_DTYPES:
-            reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
-        if q.shape[-1] > MAX_FUSED_HEAD_DIM:
-            reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
+        reasons += fused_input_reasons(q)
     return reasons
