@@ -211,6 +211,7 @@ def decode_attention(
     block_table: Tensor | None,
     total: Tensor,
     first: Tensor,
+    longest: int,
     *,
     scale: float,
     causal: bool,
@@ -221,8 +222,9 @@ def decode_attention(
 ) -> tuple[Tensor, Tensor]:
     """Attention of ``q (B, Sq, Hq, D)`` on each sequence's cached keys ``first[b] .. total[b]``.
 
-    ``rows`` (contiguous cache) or ``block_table`` (paged) locate them; the caller has checked that
-    every position and page is in range. Returns out ``(B, Sq, Hq, D)`` contiguous in q's dtype and
+    ``rows`` (contiguous cache) or ``block_table`` (paged) locate them, and ``longest`` is the most
+    keys of one sequence, ``max(total - first)``; the caller has checked that every position and page
+    is in range. Returns out ``(B, Sq, Hq, D)`` contiguous in q's dtype and
     float32 lse ``(B, Hq, Sq)``. The keys are cut into ``num_splits`` parts of whole tiles (fewer
     when there are not enough keys for that many).
     """
@@ -238,7 +240,6 @@ def decode_attention(
     block_n = _block_n(q.device)
     block_m = _block_m(seq_q * group)
     num_m_blocks = triton.cdiv(seq_q * group, block_m)
-    longest = int((total - first).max())
     num_splits = max(1, min(num_splits, MAX_SPLITS))
     split_size = triton.cdiv(triton.cdiv(max(longest, 1), num_splits), block_n) * block_n
     left, right = window if window is not None else (-1, -1)

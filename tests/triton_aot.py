@@ -148,6 +148,7 @@ def decode_problems():
             table,
             torch.tensor([64, 30]),
             torch.zeros(2, dtype=torch.int64),
+            64,
             scale=128**-0.5,
             causal=window is not None,
             window=window,

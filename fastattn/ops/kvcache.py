@@ -41,6 +41,7 @@ class CacheLayout:
     first: Tensor  # int64 (B,): first position taking part (cache_leftpad)
     rows: Tensor | None  # int64 (B,): the contiguous cache's row of each sequence
     block_table: Tensor | None  # int64 (B, max_blocks): the pages of each sequence
+    longest: int  # the most keys one sequence attends to (total - first), read on the host with the checks
 
 
 def _as_lengths(name: str, value, batch: int, device, default: int) -> Tensor:
@@ -150,14 +151,21 @@ def check_cache(
     table = None
     if paged:
         table = block_table.to(torch.int64)
-        used = (torch.arange(table.shape[1], device=device)[None, :] * k_cache.shape[1]) < total[:, None]
-        pages = table[used]
-        if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= k_cache.shape[0]):
-            raise CacheBoundsError(
-                f"block_table must point into the cache's {k_cache.shape[0]} blocks wherever a sequence has "
-                f"positions, got pages {int(pages.min())}..{int(pages.max())}"
-            )
-    return CacheLayout(paged, capacity, lengths, total, first, rows, table)
+        _check_pages(table, total, k_cache.shape[1], k_cache.shape[0], f"the cache's {k_cache.shape[0]} blocks")
+    longest = max((length + new_k - start for length, start in zip(lengths_host, first_host, strict=True)), default=0)
+    return CacheLayout(paged, capacity, lengths, total, first, rows, table, longest)
+
+
+def _check_pages(table: Tensor, lengths: Tensor, block_size: int, num_blocks: int, blocks: str) -> None:
+    """Raises unless every page holding one of a sequence's ``lengths`` positions is in 0..num_blocks - 1
+    (unused entries of the table may hold anything); ``blocks`` names them in the message."""
+    used = (torch.arange(table.shape[1], device=table.device)[None, :] * block_size) < lengths[:, None]
+    pages = table[used]
+    if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= num_blocks):
+        raise CacheBoundsError(
+            f"block_table must point into {blocks} wherever a sequence has positions, "
+            f"got pages {int(pages.min())}..{int(pages.max())}"
+        )
 
 
 def packed_from_pages(k_cache: Tensor, v_cache: Tensor, cu_seqlens_k: Tensor, block_table: Tensor):
@@ -183,10 +191,7 @@ def packed_from_pages(k_cache: Tensor, v_cache: Tensor, cu_seqlens_k: Tensor, bl
                 f"sequence {b} has {length} keys; the block_table's max_blocks x block_size holds {capacity}"
             )
     table = block_table.long()
-    used = (torch.arange(table.shape[1], device=table.device)[None, :] * block_size) < lengths[:, None]
-    pages = table[used]
-    if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= k_cache.shape[0]):
-        raise CacheBoundsError(f"block_table must point into the {k_cache.shape[0]} blocks of k and v")
+    _check_pages(table, lengths, block_size, k_cache.shape[0], f"the {k_cache.shape[0]} blocks of k and v")
     sequence = torch.repeat_interleave(torch.arange(batch, device=table.device), lengths)  # (total_k,)
     position = torch.arange(len(sequence), device=table.device) - cu_seqlens_k[sequence].long()
     page, slot = table[sequence, position // block_size], position % block_size
@@ -213,9 +218,8 @@ def gather(k_cache: Tensor, v_cache: Tensor, layout: CacheLayout) -> tuple[Tenso
     """Each sequence's keys and values ``(B, Hkv, N, D)``, right-aligned (its last key in the last
     column, so that bottom-right masks and ALiBi distances hold for every row), and the bool
     ``(B, N)`` mask of the columns that hold a key."""
-    count = layout.total - layout.first  # keys per sequence
-    width = int(count.max()) if count.numel() else 0
-    positions = layout.total[:, None] - width + torch.arange(width, device=count.device)[None, :]  # (B, N)
+    width = layout.longest
+    positions = layout.total[:, None] - width + torch.arange(width, device=layout.total.device)[None, :]  # (B, N)
     holds_key = positions >= layout.first[:, None]
     first, second = cache_slots(layout, positions.clamp_min(0), k_cache.shape[1])
     keys = k_cache[first, second].transpose(1, 2)  # (B, Hkv, N, D)
@@ -296,7 +300,7 @@ def _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap,
     """The fused split-KV kernels of backend ``name``: (out, lse)."""
     batch, seq_q, heads_q, _ = q.shape
     heads_kv = k_cache.shape[2]
-    longest = int((layout.total - layout.first).max()) if batch else 0
+    longest = layout.longest
     row_blocks = -(-seq_q * (heads_q // heads_kv) // ROWS_PER_PROGRAM)
     if num_splits == 0:
         num_splits = num_splits_for(batch * heads_kv * row_blocks, longest, _multiprocessors(q.device))
@@ -315,6 +319,7 @@ def _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap,
             table,
             layout.total,
             layout.first,
+            layout.longest,
             scale=scale,
             causal=causal,
             window=window,
