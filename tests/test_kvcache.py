@@ -176,30 +176,9 @@ def test_matches_the_plain_per_sequence_attention(case_name, options_name, backe
         **keywords,
         **cache.keywords(),
     )
-    exact, exact_lse = expected(
-        cache,
-        q,
-        new_k,
-        new_v,
-        torch.float64,
-        causal=options["causal"],
-        window=window,
-        softcap=keywords["softcap"],
-        alibi=alibi,
-        rotary=rotary,
-    )
-    plain, _ = expected(
-        cache,
-        q,
-        new_k,
-        new_v,
-        torch.float32,
-        causal=options["causal"],
-        window=window,
-        softcap=keywords["softcap"],
-        alibi=alibi,
-        rotary=rotary,
-    )
+    semantics = dict(causal=options["causal"], window=window, softcap=keywords["softcap"], alibi=alibi, rotary=rotary)
+    exact, exact_lse = expected(cache, q, new_k, new_v, torch.float64, **semantics)
+    plain, _ = expected(cache, q, new_k, new_v, torch.float32, **semantics)
     assert out.shape == q.shape and lse.shape == (batch, HEADS_Q, q_len)
     assert_close_to_reference(f"{case_name}, {options_name}", out, exact, plain, factor=FORWARD_FACTOR)
     finite = exact_lse.isfinite()
