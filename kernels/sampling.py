@@ -17,24 +17,24 @@ with it (same v) is kept with it. Both thresholds are "the largest element value
 target", for a weight W non-increasing in t: W = count and target = k for top-k, W = F and target =
 p · Z_k for top-p.
 
-Selection without sorting. Floats are compared through their ordered integer key (the float32 bits,
-with the magnitude bits flipped for negatives, so int32 order = float order; -0.0 is made +0.0 first):
-every threshold is one of the row's own values, so the kept set is decided by exact integer comparisons
-and ties are kept by construction. Each search keeps a bracket [lo, hi) of keys with W(>= lo) >= target
-> W(>= hi), lo a key of the row (it starts at the row's smallest key, or at t_k for top-p; hi at
-key(m) + 1). A pass over the row measures, at PIVOTS keys spread evenly over (lo, hi), the weight W at
-or above each pivot, the smallest key at or above it and the largest key below it (one
-(ROWS, BLOCK_V, PIVOTS) compare per chunk). The bracket then becomes the bucket between the last pivot
-that reaches the target and the first that does not, snapped to the keys that actually occur in it: at
-least PIVOTS times narrower, and once it holds a single key, that key is the threshold. Any float32
-bracket closes within ceil(32 / log2(PIVOTS)) = 8 passes; with the snapping, random float32 or bfloat16
-logits at V = 32000 or 128256 take 4-5 passes for top-k = 50, 4-6 for top-p = 0.9 alone and 2 more for
-top-p after top-k (a simulation of the same steps). The top-k counts are int32, exact; the top-p masses
-are float64 sums of float64 exponentials, as in the reference, so the two agree except when a
-cumulative mass lies within float64 rounding (~1e-16 relative) of p · Z_k. Chunks holding no key above
+Selection without sorting. Floats are compared through their ordered integer key (the float32 bits, with
+the magnitude bits flipped for negatives, so int32 order = float order; -0.0 is made +0.0 first): every
+threshold is one of the row's own values, so the kept set is decided by exact integer comparisons and
+ties are kept by construction. Each search keeps a bracket [lo, hi) of keys with W(>= lo) >= target >
+W(>= hi), lo a key of the row (it starts at the row's smallest key, or at t_k for top-p; hi at key(m) +
+1). A pass over the row measures, at PIVOTS keys spread evenly over (lo, hi), the weight W at or above
+each pivot, the smallest key at or above it and the largest key below it (one (ROWS, BLOCK_V, PIVOTS)
+compare per chunk). The bracket then becomes the bucket between the last pivot that reaches the target
+and the first that does not, snapped to the keys that actually occur in it: at least PIVOTS times
+narrower, and once it holds a single key, that key is the threshold. Any float32 bracket closes within
+ceil(32 / log2(PIVOTS)) = 8 passes; with the snapping, random float32 or bfloat16 logits at V = 32000 or
+128256 take 4-5 passes for top-k = 50, 4-6 for top-p = 0.9 alone and 2 more for top-p after top-k (a
+simulation of the same steps). The top-k counts are exact (int32 in a chunk, summed in float64); the
+top-p masses are float64 sums of float64 exponentials, as in the reference, so the two agree except when
+a cumulative mass lies within float64 rounding (~1e-16 relative) of p · Z_k. Chunks holding no key above
 the bracket's floor skip the compare. Passes over the logits: one for m, argmax, NaN/inf counts and the
-smallest key; the top-k passes (only when k < V); the top-p passes (only when p < 1); one to draw.
-Plain temperature sampling reads the row twice.
+smallest key; the top-k passes (only when k < V); the top-p passes (only when p < 1); one to draw. Plain
+temperature sampling reads the row twice.
 
 The draw is exact Gumbel-max (argmax of log-probability plus independent Gumbel noise is distributed as
 the softmax): the draw's distribution is the renormalized softmax over the kept set, up to float32
@@ -61,11 +61,25 @@ Layout: one program handles ROWS rows (ROWS = 1 for long rows on a GPU; many sho
 under the interpreter, whose cost is per program and per operation) and streams each row in chunks of
 BLOCK_V; row offsets are int64 (row · stride), so logits beyond 2^31 elements are addressed safely.
 
-Split-V (not built): at B = 1 one program on one SM streams the whole row per pass; for V = 128k and
-~10 passes that is of the order of 100 µs, above the 50 µs target. Every pass is a reduction over the
-row followed by a tiny decision on a few per-row values (bracket, best score), so a split-V path maps
-onto it directly: a (B, SPLITS) grid per pass writing partial counts / masses / best scores per split,
-and the decision step run at the start of the next launch.
+Split rows (``splits`` > 1): at small batch one program a row leaves most SMs idle while it streams the
+whole row on every pass (at B = 1 and V = 128k, ~10 passes on one SM; each top-p pass costs a float64
+exp per token, ~128k x 20 FP64 operations at 64 a clock on an H100 SM, ~25 µs). Every pass is a
+reduction over the row followed by a tiny decision on a few per-row values, so the split path cuts each
+row into ``splits`` slices of whole chunks, one program each, and runs each pass as one launch over (row
+blocks, splits): the programs write per-slice partials (counts or float64 masses at the pivots, up and
+down, in a workspace); the next launch's programs each sum the partials of their row in split order (the
+same bracket in every program), narrow the bracket, and measure their slice at the new pivots. Launches:
+one for the statistics (max, argmax, smallest key, NaN and +inf counts), SEARCH_STEPS = 8 for top-k and
+8 for top-p (enough for any float32 bracket, see SEARCH_STEPS; a program whose row's bracket has closed
+reads nothing), one for min-p and the draw over each slice, one to merge the slices' best scores (the
+lowest token on equal scores, as one program's first maximum). A fixed sequence of 19 launches with no
+host synchronization: CUDA-graph capturable (without a graph, their launch latency, ~19 x 3 µs, is the
+floor of this path; the split rows of ``python -m fastattn bench sampling`` measure both). The thresholds are the
+same keys (the unique largest key meeting each target), so the kept set and the tokens are the single
+program's; the top-p masses are summed in another order, which could change a decision only where a
+cumulative mass lies within float64 rounding of p · Z_k (as between the Triton and CUDA kernels), and
+log-probs agree to float32 rounding of the kept mass. ``split_count`` picks the number of slices per row
+from the batch, the vocabulary and the SM count.
 """
 
 from __future__ import annotations
@@ -91,6 +105,14 @@ GPU_TILE = 512  # ROWS · BLOCK_V on a GPU
 GPU_NUM_WARPS = 8
 INTERPRETER_TILE = 65536  # ROWS · BLOCK_V under the interpreter
 MIN_BLOCK_V = 2  # smallest chunk, so V = 1 still gets a well-formed tile
+# The split path (see the module docstring). Each search closes within 8 passes of 16 pivots: a bracket
+# of w <= 2^32 keys is at most ceil((w - 1) / 16) wide after a pass, 2^32 -> 2^28 -> ... -> 2^4 -> 1.
+SEARCH_STEPS = 8
+# Every program reads all its row's partials at each step: 32 splits x 16 pivots x 16 bytes = 8 KB a
+# program, L2-resident (128 splits would read 4 MB a step, 8x the 512 KB of a 128k float32 row). A split
+# of >= 4096 tokens is >= 8 chunks of GPU_TILE, so the per-program work still outweighs that read.
+MAX_SPLITS = 32
+MIN_SPLIT_TOKENS = 4096
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -178,7 +200,200 @@ def _gumbel(
     return -tl.log(exponential.to(tl.float32))
 
 
-# ------------------------------------------------------------------------------------------- kernel
+# ------------------------------------------------------------------------------------------- passes
+# One pass over the tokens [begin, end) of ROWS rows each: the single-row kernel runs them on whole rows,
+# the split kernels on one slice of a row per program, so both paths share every line that touches logits.
+@triton.jit
+def _stats_pass(
+    logits_ptr,
+    row_offsets,  # (ROWS,) int64
+    row_ok,  # (ROWS,) rows < B
+    temperature,  # (ROWS,) float32
+    greedy,  # (ROWS,) T == 0
+    begin,  # first token of the slice
+    end,  # one past its last token, <= V
+    vocab,  # V: the index sentinel
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """(max z, its first index, smallest key, NaN count, +inf count) of each row's slice."""
+    chunk = tl.arange(0, BLOCK_V)
+    z_max = tl.full((ROWS,), -float("inf"), tl.float32)
+    arg_max = tl.zeros((ROWS,), tl.int32)
+    key_min = tl.full((ROWS,), KEY_CEIL, tl.int32)
+    n_nan = tl.zeros((ROWS,), tl.int32)
+    n_posinf = tl.zeros((ROWS,), tl.int32)
+    for start in range(begin, end, BLOCK_V):
+        cols = start + chunk
+        in_bounds = row_ok[:, None] & (cols < end)[None, :]
+        z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
+        is_nan = z != z
+        n_nan += tl.sum((is_nan & in_bounds).to(tl.int32), 1)
+        n_posinf += tl.sum(((z == float("inf")) & in_bounds).to(tl.int32), 1)
+        numbers = in_bounds & ~is_nan
+        z_num = tl.where(numbers, z, -float("inf"))
+        chunk_max = tl.max(z_num, 1)
+        chunk_arg = tl.min(tl.where(numbers & (z_num == chunk_max[:, None]), cols[None, :], vocab), 1)
+        arg_max = tl.where(chunk_max > z_max, chunk_arg, arg_max)  # strict: the first maximum wins
+        z_max = tl.maximum(z_max, chunk_max)
+        key_min = tl.minimum(key_min, tl.min(tl.where(numbers, _ordered_key(z), KEY_CEIL), 1))
+    return z_max, arg_max, key_min, n_nan, n_posinf
+
+
+@triton.jit
+def _row_flags(z_max, n_nan, n_posinf, row_ok, greedy):
+    """(valid, has_posinf, searched, key_max, z_shift) of the rows' statistics: searched rows need
+    thresholds; z_shift is m for them and 0 elsewhere (no inf - inf)."""
+    valid = row_ok & (n_nan == 0) & (z_max > -float("inf"))
+    has_posinf = n_posinf > 0
+    searched = valid & ~greedy & ~has_posinf
+    return valid, has_posinf, searched, _ordered_key(z_max), tl.where(searched, z_max, 0.0)
+
+
+@triton.jit
+def _top_k_bracket(searched, key_min, key_max, top_k, vocab):
+    """The top-k search's first bracket. Off (k = V): closed at the smallest key. Rows not searched get
+    the empty bracket [0, 1)."""
+    lo = tl.where(searched, key_min, 0)
+    return lo, tl.where(searched & (top_k < vocab), key_max + 1, lo + 1)
+
+
+@triton.jit
+def _search_pass(
+    logits_ptr,
+    row_offsets,
+    row_ok,
+    temperature,
+    greedy,
+    begin,
+    end,
+    lo,  # (ROWS,) int32 bracket floor
+    hi,  # (ROWS,) int32 bracket ceiling
+    floor,  # (ROWS,) int32 smallest key measured: lo + 1 (keys <= lo reach no pivot), or t_k in top-p's first pass
+    z_shift64,  # (ROWS,) float64 m (MASS)
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    PIVOTS: tl.constexpr,
+    MASS: tl.constexpr,  # weigh each token by its float64 exp(z - m) (top-p), else by 1 (top-k)
+):
+    """A search pass: (the weight at or above each pivot (ROWS, PIVOTS), the weight at or above ``floor``
+    (ROWS,), up, down), weights in float64 (counts below 2^31 are exact); rows whose bracket is closed
+    read nothing."""
+    chunk = tl.arange(0, BLOCK_V)
+    pivots = _pivots(lo, hi, PIVOTS)
+    weights = tl.zeros((ROWS, PIVOTS), tl.float64)
+    floor_weight = tl.zeros((ROWS,), tl.float64)
+    up = tl.full((ROWS, PIVOTS), KEY_CEIL, tl.int32)
+    down = tl.full((ROWS, PIVOTS), KEY_FLOOR, tl.int32)
+    active = hi.to(tl.int64) - lo.to(tl.int64) > 1
+    for start in range(begin, end, BLOCK_V):
+        cols = start + chunk
+        in_bounds = (row_ok & active)[:, None] & (cols < end)[None, :]
+        z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
+        key = _ordered_key(z)
+        key = tl.where(in_bounds & (key >= floor[:, None]), key, KEY_FLOOR)
+        if tl.max(key) > KEY_FLOOR:
+            above, up, down = _snap(key, pivots, up, down)  # (ROWS, BLOCK_V, PIVOTS)
+            if MASS:
+                e = tl.where(key > KEY_FLOOR, tl.exp(z.to(tl.float64) - z_shift64[:, None]), 0.0)
+                floor_weight += tl.sum(e, 1)
+                weights += tl.sum(tl.where(above, e[:, :, None], 0.0), 1)
+            else:  # int32 within the chunk, then float64
+                floor_weight += tl.sum((key > KEY_FLOOR).to(tl.int32), 1).to(tl.float64)
+                weights += tl.sum(above.to(tl.int32), 1).to(tl.float64)
+    return weights, floor_weight, up, down
+
+
+@triton.jit
+def _draw_pass(
+    logits_ptr,
+    row_offsets,
+    row_ok,
+    temperature,
+    greedy,
+    begin,
+    end,
+    vocab,
+    rows,  # (ROWS,) row indices (for the mask)
+    valid,  # (ROWS,) rows with no NaN and a finite or +inf maximum
+    has_posinf,  # (ROWS,) rows drawing among their +inf entries
+    arg_max,  # (ROWS,) the greedy rows' token (for the mask)
+    threshold,  # (ROWS,) int32 key max(t_k, t_p)
+    min_p,  # (ROWS,) float64
+    z_shift,  # (ROWS,) float32 m
+    seed,  # (ROWS,) int64
+    mask_ptr,  # (B, V) int8 out (WRITE_MASK)
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    DRAW: tl.constexpr,
+    RETURN_LOGPROBS: tl.constexpr,
+    WRITE_MASK: tl.constexpr,
+):
+    """min-p, then Gumbel-max over the kept tokens of the slice: (best score, its first token (-1: none),
+    the token's z - m, Σ_kept exp(z - m)); the kept set to ``mask_ptr``."""
+    chunk = tl.arange(0, BLOCK_V)
+    z_shift64 = z_shift.to(tl.float64)
+    drawn = valid & ~greedy
+    best = tl.full((ROWS,), -float("inf"), tl.float32)
+    token = tl.full((ROWS,), -1, tl.int32)
+    best_d = tl.zeros((ROWS,), tl.float32)  # log(prob / max prob) of the token
+    kept_sum = tl.zeros((ROWS,), tl.float32)
+    for start in range(begin, end, BLOCK_V):
+        cols = start + chunk
+        in_bounds = row_ok[:, None] & (cols < end)[None, :]
+        z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
+        key = _ordered_key(z)
+        candidate = tl.where(has_posinf[:, None], z == float("inf"), (key >= threshold[:, None]) & (z > -float("inf")))
+        candidate = candidate & in_bounds & drawn[:, None]
+        kept = candidate & False
+        if tl.max(candidate.to(tl.int32)) > 0:
+            ratio = tl.exp(tl.where(candidate, z.to(tl.float64) - z_shift64[:, None], 0.0))  # prob / max prob
+            kept = candidate & (has_posinf[:, None] | (ratio >= min_p[:, None]))
+            d = tl.where(has_posinf[:, None], 0.0, z - z_shift[:, None])
+            if DRAW:
+                score = tl.where(kept, d + _gumbel(seed, cols, ROWS), -float("inf"))
+                chunk_best = tl.max(score, 1)
+                chunk_arg = tl.min(tl.where(kept & (score == chunk_best[:, None]), cols[None, :], vocab), 1)
+                chunk_d = tl.sum(tl.where(cols[None, :] == chunk_arg[:, None], d, 0.0), 1)
+                better = chunk_best > best  # strict: the first maximum wins
+                token = tl.where(better, chunk_arg, token)
+                best_d = tl.where(better, chunk_d, best_d)
+                best = tl.maximum(best, chunk_best)
+            if RETURN_LOGPROBS:
+                kept_sum += tl.sum(tl.where(kept, tl.exp(d), 0.0), 1)
+        if WRITE_MASK:
+            kept = kept | (greedy[:, None] & valid[:, None] & (cols[None, :] == arg_max[:, None]))
+            mask_offsets = rows.to(tl.int64)[:, None] * vocab + cols[None, :]
+            tl.store(mask_ptr + mask_offsets, kept.to(tl.int8), mask=in_bounds)
+    return best, token, best_d, kept_sum
+
+
+@triton.jit
+def _store_draw(
+    token_ptr,
+    logprob_ptr,
+    rows,
+    row_ok,
+    greedy,
+    valid,
+    arg_max,
+    token,
+    best_d,
+    kept_sum,
+    RETURN_LOGPROBS: tl.constexpr,
+):
+    """The rows' tokens (greedy: the first argmax; -1 for invalid rows) and log-probs (0 for greedy rows,
+    NaN for invalid ones)."""
+    token = tl.where(greedy, arg_max, token)
+    token = tl.where(valid, token, -1)
+    tl.store(token_ptr + rows, token.to(tl.int64), mask=row_ok)
+    if RETURN_LOGPROBS:
+        logprob = tl.where(greedy, 0.0, best_d - tl.log(tl.where(kept_sum > 0.0, kept_sum, 1.0)))
+        logprob = tl.where(valid, logprob, float("nan"))
+        tl.store(logprob_ptr + rows, logprob, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------- one row, one program
 @triton.jit
 def _sample_kernel(
     logits_ptr,  # (B, V) float16 / bfloat16 / float32, last dimension contiguous
@@ -207,56 +422,33 @@ def _sample_kernel(
     greedy = temperature == 0.0
     top_k = tl.load(top_k_ptr + rows, mask=row_ok, other=1)
     top_p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
-    min_p = tl.load(min_p_ptr + rows, mask=row_ok, other=0.0)
-    chunk = tl.arange(0, BLOCK_V)
 
-    # Pass 1: max and first argmax of z, NaN and +inf counts, smallest key.
-    z_max = tl.full((ROWS,), -float("inf"), tl.float32)
-    arg_max = tl.zeros((ROWS,), tl.int32)
-    key_min = tl.full((ROWS,), KEY_CEIL, tl.int32)
-    n_nan = tl.zeros((ROWS,), tl.int32)
-    n_posinf = tl.zeros((ROWS,), tl.int32)
-    for start in range(0, vocab, BLOCK_V):
-        cols = start + chunk
-        in_bounds = row_ok[:, None] & (cols < vocab)[None, :]
-        z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
-        is_nan = z != z
-        n_nan += tl.sum((is_nan & in_bounds).to(tl.int32), 1)
-        n_posinf += tl.sum(((z == float("inf")) & in_bounds).to(tl.int32), 1)
-        numbers = in_bounds & ~is_nan
-        z_num = tl.where(numbers, z, -float("inf"))
-        chunk_max = tl.max(z_num, 1)
-        chunk_arg = tl.min(tl.where(numbers & (z_num == chunk_max[:, None]), cols[None, :], vocab), 1)
-        arg_max = tl.where(chunk_max > z_max, chunk_arg, arg_max)  # strict: the first maximum wins
-        z_max = tl.maximum(z_max, chunk_max)
-        key_min = tl.minimum(key_min, tl.min(tl.where(numbers, _ordered_key(z), KEY_CEIL), 1))
-    valid = row_ok & (n_nan == 0) & (z_max > -float("inf"))
-    has_posinf = n_posinf > 0
-    searched = valid & ~greedy & ~has_posinf  # rows whose kept set needs thresholds
-    key_max = _ordered_key(z_max)
-    z_shift = tl.where(searched, z_max, 0.0)  # m for the rows that use it; no inf - inf elsewhere
+    z_max, arg_max, key_min, n_nan, n_posinf = _stats_pass(
+        logits_ptr, row_offsets, row_ok, temperature, greedy, 0, vocab, vocab, ROWS, BLOCK_V
+    )
+    valid, has_posinf, searched, key_max, z_shift = _row_flags(z_max, n_nan, n_posinf, row_ok, greedy)
     z_shift64 = z_shift.to(tl.float64)
-    seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
 
-    # Top-k: the largest key t with count(key >= t) >= k. Off (k = V): the smallest key. Rows not
-    # searched get the empty bracket [0, 1).
-    lo = tl.where(searched, key_min, 0)
-    hi = tl.where(searched & (top_k < vocab), key_max + 1, lo + 1)
+    # Top-k: the largest key t with count(key >= t) >= k.
+    lo, hi = _top_k_bracket(searched, key_min, key_max, top_k, vocab)
     while tl.max(hi.to(tl.int64) - lo.to(tl.int64), 0) > 1:
-        pivots = _pivots(lo, hi, PIVOTS)
-        counts = tl.zeros((ROWS, PIVOTS), tl.int32)
-        up = tl.full((ROWS, PIVOTS), KEY_CEIL, tl.int32)
-        down = tl.full((ROWS, PIVOTS), KEY_FLOOR, tl.int32)
-        active = hi.to(tl.int64) - lo.to(tl.int64) > 1
-        for start in range(0, vocab, BLOCK_V):
-            cols = start + chunk
-            in_bounds = (row_ok & active)[:, None] & (cols < vocab)[None, :]
-            z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
-            key = _ordered_key(z)
-            key = tl.where(in_bounds & (key > lo[:, None]), key, KEY_FLOOR)  # keys <= lo reach no pivot
-            if tl.max(key) > KEY_FLOOR:
-                above, up, down = _snap(key, pivots, up, down)  # (ROWS, BLOCK_V, PIVOTS)
-                counts += tl.sum(above.to(tl.int32), 1)
+        counts, _, up, down = _search_pass(
+            logits_ptr,
+            row_offsets,
+            row_ok,
+            temperature,
+            greedy,
+            0,
+            vocab,
+            lo,
+            hi,
+            lo + 1,
+            z_shift64,
+            ROWS,
+            BLOCK_V,
+            PIVOTS,
+            False,
+        )
         lo, hi = _narrow(lo, hi, counts >= top_k[:, None], up, down)
     key_k = lo
 
@@ -264,70 +456,380 @@ def _sample_kernel(
     hi = tl.where(searched & (top_p < 1.0), key_max + 1, key_k + 1)
     target = tl.full((ROWS,), -1.0, tl.float64)  # p · Z_k, measured in the first pass
     while tl.max(hi.to(tl.int64) - lo.to(tl.int64), 0) > 1:
-        pivots = _pivots(lo, hi, PIVOTS)
-        masses = tl.zeros((ROWS, PIVOTS), tl.float64)
-        mass_k = tl.zeros((ROWS,), tl.float64)  # F(t_k) = Z_k (used from the first pass only)
-        up = tl.full((ROWS, PIVOTS), KEY_CEIL, tl.int32)
-        down = tl.full((ROWS, PIVOTS), KEY_FLOOR, tl.int32)
         floor = tl.where(target < 0.0, key_k, lo + 1)  # the first pass also measures Z_k
-        active = hi.to(tl.int64) - lo.to(tl.int64) > 1
-        for start in range(0, vocab, BLOCK_V):
-            cols = start + chunk
-            in_bounds = (row_ok & active)[:, None] & (cols < vocab)[None, :]
-            z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
-            key = _ordered_key(z)
-            key = tl.where(in_bounds & (key >= floor[:, None]), key, KEY_FLOOR)
-            if tl.max(key) > KEY_FLOOR:
-                e = tl.where(key > KEY_FLOOR, tl.exp(z.to(tl.float64) - z_shift64[:, None]), 0.0)
-                mass_k += tl.sum(e, 1)
-                above, up, down = _snap(key, pivots, up, down)  # (ROWS, BLOCK_V, PIVOTS)
-                masses += tl.sum(tl.where(above, e[:, :, None], 0.0), 1)
+        masses, mass_k, up, down = _search_pass(
+            logits_ptr,
+            row_offsets,
+            row_ok,
+            temperature,
+            greedy,
+            0,
+            vocab,
+            lo,
+            hi,
+            floor,
+            z_shift64,
+            ROWS,
+            BLOCK_V,
+            PIVOTS,
+            True,
+        )
         target = tl.where(target < 0.0, top_p * mass_k, target)
         lo, hi = _narrow(lo, hi, masses >= target[:, None], up, down)
-    threshold = lo  # max(t_k, t_p): the top-p search starts at t_k
 
-    # Last pass: min-p, then Gumbel-max over the kept set; the kept set's mass for the log-prob.
-    drawn = valid & ~greedy
-    best = tl.full((ROWS,), -float("inf"), tl.float32)
-    token = tl.full((ROWS,), -1, tl.int32)
-    best_d = tl.zeros((ROWS,), tl.float32)  # log(prob / max prob) of the token
-    kept_sum = tl.zeros((ROWS,), tl.float32)  # Σ_kept exp(z - m)
-    for start in range(0, vocab, BLOCK_V):
-        cols = start + chunk
-        in_bounds = row_ok[:, None] & (cols < vocab)[None, :]
-        z = _load_scaled(logits_ptr, row_offsets, cols, in_bounds, temperature, greedy)
-        key = _ordered_key(z)
-        candidate = tl.where(has_posinf[:, None], z == float("inf"), (key >= threshold[:, None]) & (z > -float("inf")))
-        candidate = candidate & in_bounds & drawn[:, None]
-        kept = candidate & False
-        if tl.max(candidate.to(tl.int32)) > 0:
-            ratio = tl.exp(tl.where(candidate, z.to(tl.float64) - z_shift64[:, None], 0.0))  # prob / max prob
-            kept = candidate & (has_posinf[:, None] | (ratio >= min_p[:, None]))
-            d = tl.where(has_posinf[:, None], 0.0, z - z_shift[:, None])
-            if DRAW:
-                score = tl.where(kept, d + _gumbel(seed, cols, ROWS), -float("inf"))
-                chunk_best = tl.max(score, 1)
-                chunk_arg = tl.min(tl.where(kept & (score == chunk_best[:, None]), cols[None, :], vocab), 1)
-                chunk_d = tl.sum(tl.where(cols[None, :] == chunk_arg[:, None], d, 0.0), 1)
-                better = chunk_best > best  # strict: the first maximum wins
-                token = tl.where(better, chunk_arg, token)
-                best_d = tl.where(better, chunk_d, best_d)
-                best = tl.maximum(best, chunk_best)
-            if RETURN_LOGPROBS:
-                kept_sum += tl.sum(tl.where(kept, tl.exp(d), 0.0), 1)
-        if WRITE_MASK:
-            kept = kept | (greedy[:, None] & valid[:, None] & (cols[None, :] == arg_max[:, None]))
-            mask_offsets = rows.to(tl.int64)[:, None] * vocab + cols[None, :]
-            tl.store(mask_ptr + mask_offsets, kept.to(tl.int8), mask=in_bounds)
-
+    # Last pass: min-p, then Gumbel-max over the kept set (the threshold is max(t_k, t_p): the top-p
+    # search starts at t_k); the kept set's mass for the log-prob.
+    min_p = tl.load(min_p_ptr + rows, mask=row_ok, other=0.0)
+    seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
+    best, token, best_d, kept_sum = _draw_pass(
+        logits_ptr,
+        row_offsets,
+        row_ok,
+        temperature,
+        greedy,
+        0,
+        vocab,
+        vocab,
+        rows,
+        valid,
+        has_posinf,
+        arg_max,
+        lo,
+        min_p,
+        z_shift,
+        seed,
+        mask_ptr,
+        ROWS,
+        BLOCK_V,
+        DRAW,
+        RETURN_LOGPROBS,
+        WRITE_MASK,
+    )
     if DRAW:
-        token = tl.where(greedy, arg_max, token)
-        token = tl.where(valid, token, -1)
-        tl.store(token_ptr + rows, token.to(tl.int64), mask=row_ok)
-        if RETURN_LOGPROBS:
-            logprob = tl.where(greedy, 0.0, best_d - tl.log(tl.where(kept_sum > 0.0, kept_sum, 1.0)))
-            logprob = tl.where(valid, logprob, float("nan"))
-            tl.store(logprob_ptr + rows, logprob, mask=row_ok)
+        _store_draw(
+            token_ptr, logprob_ptr, rows, row_ok, greedy, valid, arg_max, token, best_d, kept_sum, RETURN_LOGPROBS
+        )
+
+
+# ------------------------------------------------------------------------------ one row, many programs
+# The split path's workspace, per row r and split s (parity q = step mod 2 double-buffers what one launch
+# reads while it writes the next):
+#   stats_z (B, S) float32 max z; stats_i (B, S, 4) int32 first argmax, smallest key, NaN and +inf counts
+#   weights (2, B, S, PIVOTS + 1) float64: counts or masses at each pivot, and the mass at or above the floor
+#   bounds (2, B, S, 2 · PIVOTS) int32: up, then down
+#   bracket (2, B, 2) int32 lo, hi; target (2, B) float64 p · Z_k (-1: not measured yet)
+#   draw_f (B, S, 3) float32 best score, its z - m, kept mass; draw_i (B, S) int32 its token
+NO_PASS = tl.constexpr(0)  # what a launch's previous step measured: nothing (the first step),
+COUNT_PASS = tl.constexpr(1)  # top-k counts,
+MASS_PASS = tl.constexpr(2)  # top-p masses
+
+
+@triton.jit
+def _split_coordinates(n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS: tl.constexpr):
+    """(rows, row_ok, row_offsets, split, begin, end, temperature, greedy) of this program's slice."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    split = tl.program_id(1)
+    begin = split * split_len
+    end = tl.minimum(begin + split_len, vocab)
+    temperature = tl.load(temperature_ptr + rows, mask=row_ok, other=1.0)
+    return rows, row_ok, rows.to(tl.int64) * stride_row, split, begin, end, temperature, temperature == 0.0
+
+
+@triton.jit
+def _row_stats(stats_z_ptr, stats_i_ptr, rows, row_ok, vocab, SPLITS: tl.constexpr):
+    """The rows' (max z, first argmax, smallest key, NaN count, +inf count) from their splits' statistics.
+    The splits hold ascending slices, so the lowest index among the splits holding the max is the first."""
+    slot = rows[:, None] * SPLITS + tl.arange(0, SPLITS)[None, :]  # (ROWS, SPLITS)
+    ok = row_ok[:, None]
+    z = tl.load(stats_z_ptr + slot, mask=ok, other=-float("inf"))
+    z_max = tl.max(z, 1)
+    arg = tl.load(stats_i_ptr + slot * 4, mask=ok, other=0)
+    arg_max = tl.min(tl.where(z == z_max[:, None], arg, vocab), 1)
+    key_min = tl.min(tl.load(stats_i_ptr + slot * 4 + 1, mask=ok, other=KEY_CEIL), 1)
+    n_nan = tl.sum(tl.load(stats_i_ptr + slot * 4 + 2, mask=ok, other=0), 1)
+    n_posinf = tl.sum(tl.load(stats_i_ptr + slot * 4 + 3, mask=ok, other=0), 1)
+    return z_max, arg_max, key_min, n_nan, n_posinf
+
+
+@triton.jit
+def _advance(
+    weights_ptr,
+    bounds_ptr,
+    bracket_ptr,
+    target_ptr,
+    rows,
+    row_ok,
+    n_rows,
+    parity,  # the previous step's buffers
+    top_k,  # (ROWS,) int32
+    top_p,  # (ROWS,) float64
+    SPLITS: tl.constexpr,
+    PIVOTS: tl.constexpr,
+    PREVIOUS: tl.constexpr,  # COUNT_PASS or MASS_PASS
+):
+    """(lo, hi, target): the previous step's bracket narrowed by its splits' partials, summed in split
+    order (every program of a launch computes the same bracket)."""
+    state = parity * n_rows + rows  # (ROWS,)
+    lo = tl.load(bracket_ptr + state * 2, mask=row_ok, other=0)
+    hi = tl.load(bracket_ptr + state * 2 + 1, mask=row_ok, other=1)
+    target = tl.load(target_ptr + state, mask=row_ok, other=-1.0)
+    part = state[:, None] * SPLITS + tl.arange(0, SPLITS)[None, :]  # (ROWS, SPLITS)
+    pivot = tl.arange(0, PIVOTS)[None, None, :]
+    ok = row_ok[:, None, None]
+    weights = tl.sum(tl.load(weights_ptr + part[:, :, None] * (PIVOTS + 1) + pivot, mask=ok, other=0.0), 1)
+    bounds = bounds_ptr + part[:, :, None] * (2 * PIVOTS) + pivot
+    up = tl.min(tl.load(bounds, mask=ok, other=KEY_CEIL), 1)
+    down = tl.max(tl.load(bounds + PIVOTS, mask=ok, other=KEY_FLOOR), 1)
+    if PREVIOUS == COUNT_PASS:
+        reached = weights >= top_k[:, None].to(tl.float64)  # counts < 2^31: exact in float64
+    else:
+        floor_mass = tl.sum(tl.load(weights_ptr + part * (PIVOTS + 1) + PIVOTS, mask=row_ok[:, None], other=0.0), 1)
+        target = tl.where(target < 0.0, top_p * floor_mass, target)
+        reached = weights >= target[:, None]
+    lo, hi = _narrow(lo, hi, reached, up, down)
+    return lo, hi, target
+
+
+@triton.jit
+def _split_stats_kernel(
+    logits_ptr,
+    stride_row,
+    temperature_ptr,
+    stats_z_ptr,  # (B, SPLITS) float32 out
+    stats_i_ptr,  # (B, SPLITS, 4) int32 out
+    n_rows,
+    vocab,
+    split_len,  # tokens per split, a multiple of BLOCK_V
+    SPLITS: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    rows, row_ok, row_offsets, split, begin, end, temperature, greedy = _split_coordinates(
+        n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
+    )
+    z_max, arg_max, key_min, n_nan, n_posinf = _stats_pass(
+        logits_ptr, row_offsets, row_ok, temperature, greedy, begin, end, vocab, ROWS, BLOCK_V
+    )
+    slot = rows * SPLITS + split
+    tl.store(stats_z_ptr + slot, z_max, mask=row_ok)
+    tl.store(stats_i_ptr + slot * 4, arg_max, mask=row_ok)
+    tl.store(stats_i_ptr + slot * 4 + 1, key_min, mask=row_ok)
+    tl.store(stats_i_ptr + slot * 4 + 2, n_nan, mask=row_ok)
+    tl.store(stats_i_ptr + slot * 4 + 3, n_posinf, mask=row_ok)
+
+
+@triton.jit
+def _split_search_kernel(
+    logits_ptr,
+    stride_row,
+    temperature_ptr,
+    top_k_ptr,
+    top_p_ptr,
+    stats_z_ptr,
+    stats_i_ptr,
+    weights_ptr,  # (2, B, SPLITS, PIVOTS + 1) float64: read at parity 1 - step % 2, written at step % 2
+    bounds_ptr,  # (2, B, SPLITS, 2 · PIVOTS) int32: likewise
+    bracket_ptr,  # (2, B, 2) int32: likewise, written by split 0
+    target_ptr,  # (2, B) float64: likewise
+    n_rows,
+    vocab,
+    split_len,
+    step,  # 0 .. 2 · SEARCH_STEPS - 1
+    SPLITS: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    PIVOTS: tl.constexpr,
+    PREVIOUS: tl.constexpr,  # what the previous step measured (NO_PASS at step 0)
+    MEASURE: tl.constexpr,  # COUNT_PASS (top-k) or MASS_PASS (top-p)
+):
+    """One search step: narrow the bracket with the previous step's partials, then measure this split's
+    slice at the new pivots. The first top-p step (PREVIOUS = COUNT_PASS, MEASURE = MASS_PASS) closes
+    top-k (t_k = lo) and opens the top-p bracket at t_k, measuring Z_k with it."""
+    rows, row_ok, row_offsets, split, begin, end, temperature, greedy = _split_coordinates(
+        n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
+    )
+    top_k = tl.load(top_k_ptr + rows, mask=row_ok, other=1)
+    top_p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
+    z_max, arg_max, key_min, n_nan, n_posinf = _row_stats(stats_z_ptr, stats_i_ptr, rows, row_ok, vocab, SPLITS)
+    valid, has_posinf, searched, key_max, z_shift = _row_flags(z_max, n_nan, n_posinf, row_ok, greedy)
+    if PREVIOUS == NO_PASS:
+        lo, hi = _top_k_bracket(searched, key_min, key_max, top_k, vocab)
+        target = tl.full((ROWS,), -1.0, tl.float64)
+    else:
+        lo, hi, target = _advance(
+            weights_ptr,
+            bounds_ptr,
+            bracket_ptr,
+            target_ptr,
+            rows,
+            row_ok,
+            n_rows,
+            1 - step % 2,
+            top_k,
+            top_p,
+            SPLITS,
+            PIVOTS,
+            PREVIOUS,
+        )
+    part = (step % 2 * n_rows + rows) * SPLITS + split  # (ROWS,)
+    if MEASURE == MASS_PASS:
+        if PREVIOUS == COUNT_PASS:  # top-k is done: t_k = lo
+            hi = tl.where(searched & (top_p < 1.0), key_max + 1, lo + 1)
+            target = tl.full((ROWS,), -1.0, tl.float64)
+        floor = tl.where(target < 0.0, lo, lo + 1)  # the first top-p pass also measures Z_k = F(t_k)
+    else:
+        floor = lo + 1
+    weights, floor_weight, up, down = _search_pass(
+        logits_ptr,
+        row_offsets,
+        row_ok,
+        temperature,
+        greedy,
+        begin,
+        end,
+        lo,
+        hi,
+        floor,
+        z_shift.to(tl.float64),
+        ROWS,
+        BLOCK_V,
+        PIVOTS,
+        MEASURE == MASS_PASS,
+    )
+    pivot = tl.arange(0, PIVOTS)[None, :]
+    ok = row_ok[:, None]
+    tl.store(weights_ptr + part[:, None] * (PIVOTS + 1) + pivot, weights, mask=ok)
+    tl.store(weights_ptr + part * (PIVOTS + 1) + PIVOTS, floor_weight, mask=row_ok)
+    tl.store(bounds_ptr + part[:, None] * (2 * PIVOTS) + pivot, up, mask=ok)
+    tl.store(bounds_ptr + part[:, None] * (2 * PIVOTS) + PIVOTS + pivot, down, mask=ok)
+    state = step % 2 * n_rows + rows
+    first = row_ok & (split == 0)
+    tl.store(bracket_ptr + state * 2, lo, mask=first)
+    tl.store(bracket_ptr + state * 2 + 1, hi, mask=first)
+    tl.store(target_ptr + state, target, mask=first)
+
+
+@triton.jit
+def _split_draw_kernel(
+    logits_ptr,
+    stride_row,
+    temperature_ptr,
+    top_k_ptr,
+    top_p_ptr,
+    min_p_ptr,
+    seed_ptr,
+    stats_z_ptr,
+    stats_i_ptr,
+    weights_ptr,
+    bounds_ptr,
+    bracket_ptr,
+    target_ptr,
+    draw_f_ptr,  # (B, SPLITS, 3) float32 out: best score, its z - m, kept mass
+    draw_i_ptr,  # (B, SPLITS) int32 out: the best score's token, -1 if none
+    mask_ptr,  # (B, V) int8 out (WRITE_MASK)
+    n_rows,
+    vocab,
+    split_len,
+    parity,  # the last search step's buffers
+    SPLITS: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    PIVOTS: tl.constexpr,
+    DRAW: tl.constexpr,
+    RETURN_LOGPROBS: tl.constexpr,
+    WRITE_MASK: tl.constexpr,
+):
+    """The threshold from the last top-p step, then this split's draw (and kept set)."""
+    rows, row_ok, row_offsets, split, begin, end, temperature, greedy = _split_coordinates(
+        n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
+    )
+    top_k = tl.load(top_k_ptr + rows, mask=row_ok, other=1)
+    top_p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
+    min_p = tl.load(min_p_ptr + rows, mask=row_ok, other=0.0)
+    seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
+    z_max, arg_max, key_min, n_nan, n_posinf = _row_stats(stats_z_ptr, stats_i_ptr, rows, row_ok, vocab, SPLITS)
+    valid, has_posinf, searched, key_max, z_shift = _row_flags(z_max, n_nan, n_posinf, row_ok, greedy)
+    threshold, _, _ = _advance(
+        weights_ptr,
+        bounds_ptr,
+        bracket_ptr,
+        target_ptr,
+        rows,
+        row_ok,
+        n_rows,
+        parity,
+        top_k,
+        top_p,
+        SPLITS,
+        PIVOTS,
+        MASS_PASS,
+    )
+    best, token, best_d, kept_sum = _draw_pass(
+        logits_ptr,
+        row_offsets,
+        row_ok,
+        temperature,
+        greedy,
+        begin,
+        end,
+        vocab,
+        rows,
+        valid,
+        has_posinf,
+        arg_max,
+        threshold,
+        min_p,
+        z_shift,
+        seed,
+        mask_ptr,
+        ROWS,
+        BLOCK_V,
+        DRAW,
+        RETURN_LOGPROBS,
+        WRITE_MASK,
+    )
+    slot = rows * SPLITS + split
+    tl.store(draw_f_ptr + slot * 3, best, mask=row_ok)
+    tl.store(draw_f_ptr + slot * 3 + 1, best_d, mask=row_ok)
+    tl.store(draw_f_ptr + slot * 3 + 2, kept_sum, mask=row_ok)
+    tl.store(draw_i_ptr + slot, token, mask=row_ok)
+
+
+@triton.jit
+def _split_merge_kernel(
+    temperature_ptr,
+    stats_z_ptr,
+    stats_i_ptr,
+    draw_f_ptr,
+    draw_i_ptr,
+    token_ptr,  # (B,) int64 out
+    logprob_ptr,  # (B,) float32 out (RETURN_LOGPROBS)
+    n_rows,
+    vocab,
+    SPLITS: tl.constexpr,
+    ROWS: tl.constexpr,
+    RETURN_LOGPROBS: tl.constexpr,
+):
+    """Each row's token: the best score over its splits, the lowest token on equal scores (the splits
+    hold ascending slices, so this is the single-program draw's first maximum)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    greedy = tl.load(temperature_ptr + rows, mask=row_ok, other=1.0) == 0.0
+    z_max, arg_max, key_min, n_nan, n_posinf = _row_stats(stats_z_ptr, stats_i_ptr, rows, row_ok, vocab, SPLITS)
+    valid, has_posinf, searched, key_max, z_shift = _row_flags(z_max, n_nan, n_posinf, row_ok, greedy)
+    slot = rows[:, None] * SPLITS + tl.arange(0, SPLITS)[None, :]  # (ROWS, SPLITS)
+    ok = row_ok[:, None]
+    scores = tl.load(draw_f_ptr + slot * 3, mask=ok, other=-float("inf"))
+    tokens = tl.load(draw_i_ptr + slot, mask=ok, other=-1)
+    best = tl.max(scores, 1)
+    winner = (scores == best[:, None]) & (tokens >= 0)
+    token = tl.min(tl.where(winner, tokens, vocab), 1)
+    winner = winner & (tokens == token[:, None])
+    token = tl.where(token < vocab, token, -1)
+    best_d = tl.sum(tl.where(winner, tl.load(draw_f_ptr + slot * 3 + 1, mask=ok, other=0.0), 0.0), 1)
+    kept_sum = tl.sum(tl.load(draw_f_ptr + slot * 3 + 2, mask=ok, other=0.0), 1)
+    _store_draw(token_ptr, logprob_ptr, rows, row_ok, greedy, valid, arg_max, token, best_d, kept_sum, RETURN_LOGPROBS)
 
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -340,7 +842,19 @@ def _tiles(batch: int, vocab: int, device: torch.device) -> tuple[int, int, int]
     return rows, block_v, (1 if interpreted else GPU_NUM_WARPS)
 
 
-def _launch(logits, temperature, top_k, top_p, min_p, seeds, *, draw, return_logprobs, write_mask):
+def split_count(batch: int, vocab: int, sm_count: int) -> int:
+    """Programs per row on a GPU with ``sm_count`` SMs: the largest power of two <= min(MAX_SPLITS,
+    sm_count // batch, vocab // MIN_SPLIT_TOKENS), and 1 (the single-program kernel) below 2."""
+    most = min(MAX_SPLITS, sm_count // max(batch, 1), vocab // MIN_SPLIT_TOKENS)
+    return 1 if most < 2 else 1 << (most.bit_length() - 1)
+
+
+def _check_splits(splits: int) -> None:
+    if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1 or splits & (splits - 1):
+        raise ValueError(f"splits must be a power of two >= 1 (or None: chosen per device), got {splits!r}")
+
+
+def _launch(logits, temperature, top_k, top_p, min_p, seeds, *, draw, return_logprobs, write_mask, splits):
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     batch, vocab = logits.shape
@@ -350,32 +864,123 @@ def _launch(logits, temperature, top_k, top_p, min_p, seeds, *, draw, return_log
     mask = torch.empty((batch, vocab) if write_mask else (0,), dtype=torch.int8, device=device)
     if batch == 0:
         return tokens, logprobs, mask.bool()
-    temperature = temperature.to(torch.float32).contiguous()
-    top_k = top_k.clamp(1, vocab).to(torch.int32).contiguous()
-    rows, block_v, num_warps = _tiles(batch, vocab, device)
+    if splits is None:
+        # The interpreter's cost is per program and per operation: one program a row is its fastest.
+        interpreted = interpreter.interpreted(device)
+        splits = (
+            1
+            if interpreted
+            else split_count(batch, vocab, torch.cuda.get_device_properties(device).multi_processor_count)
+        )
+    _check_splits(splits)
+    rows = (
+        logits,
+        temperature.to(torch.float32).contiguous(),
+        top_k.clamp(1, vocab).to(torch.int32).contiguous(),
+        top_p.to(torch.float64).contiguous(),
+        min_p.to(torch.float64).contiguous(),
+        seeds.to(torch.int64).contiguous(),
+    )
+    # Outputs not asked for are never written: any tensor will do in their place.
+    outputs = (tokens if draw else logprobs, logprobs if return_logprobs else rows[1], mask if write_mask else rows[1])
+    flags = {"DRAW": draw, "RETURN_LOGPROBS": return_logprobs, "WRITE_MASK": write_mask}
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        _sample_kernel[(triton.cdiv(batch, rows),)](
-            logits,
-            logits.stride(0),
-            temperature,
+        if splits == 1:
+            rows_per_program, block_v, num_warps = _tiles(batch, vocab, device)
+            _sample_kernel[(triton.cdiv(batch, rows_per_program),)](
+                logits,
+                logits.stride(0),
+                *rows[1:],
+                *outputs,
+                batch,
+                vocab,
+                ROWS=rows_per_program,
+                BLOCK_V=block_v,
+                PIVOTS=PIVOTS,
+                **flags,
+                num_warps=num_warps,
+            )
+        else:
+            _launch_split(rows, outputs, splits, flags)
+    return tokens, logprobs, mask.bool()
+
+
+def _launch_split(rows, outputs, splits: int, flags: dict) -> None:
+    """The split path: one launch for the statistics, SEARCH_STEPS for each search, one for the draw and
+    one to merge; a fixed sequence with no host synchronization (steps whose brackets have closed read
+    nothing), so it can be captured in a CUDA graph."""
+    logits, temperature, top_k, top_p, min_p, seeds = rows
+    token_out, logprob_out, mask_out = outputs
+    batch, vocab = logits.shape
+    rows_per_program, block_v, num_warps = _tiles(batch, triton.cdiv(vocab, splits), logits.device)
+    split_len = triton.cdiv(triton.cdiv(vocab, splits), block_v) * block_v
+    grid = (triton.cdiv(batch, rows_per_program), splits)
+
+    def workspace(dtype, *shape):
+        return torch.empty(shape, dtype=dtype, device=logits.device)
+
+    stats = (workspace(torch.float32, batch, splits), workspace(torch.int32, batch, splits, 4))
+    search = (
+        workspace(torch.float64, 2, batch, splits, PIVOTS + 1),
+        workspace(torch.int32, 2, batch, splits, 2 * PIVOTS),
+        workspace(torch.int32, 2, batch, 2),
+        workspace(torch.float64, 2, batch),
+    )
+    draws = (workspace(torch.float32, batch, splits, 3), workspace(torch.int32, batch, splits))
+    tiles = {"SPLITS": splits, "ROWS": rows_per_program, "BLOCK_V": block_v, "num_warps": num_warps}
+    row = (logits, logits.stride(0), temperature)
+    _split_stats_kernel[grid](*row, *stats, batch, vocab, split_len, **tiles)
+    previous = NO_PASS.value  # constexpr globals for the kernels, ints for the launch
+    for step in range(2 * SEARCH_STEPS):
+        measure = (COUNT_PASS if step < SEARCH_STEPS else MASS_PASS).value
+        _split_search_kernel[grid](
+            *row,
             top_k,
-            top_p.to(torch.float64).contiguous(),
-            min_p.to(torch.float64).contiguous(),
-            seeds.to(torch.int64).contiguous(),
-            tokens if draw else logprobs,  # outputs not asked for are never written: any tensor will do
-            logprobs if return_logprobs else temperature,
-            mask if write_mask else temperature,
+            top_p,
+            *stats,
+            *search,
             batch,
             vocab,
-            ROWS=rows,
-            BLOCK_V=block_v,
+            split_len,
+            step,
             PIVOTS=PIVOTS,
-            DRAW=draw,
-            RETURN_LOGPROBS=return_logprobs,
-            WRITE_MASK=write_mask,
-            num_warps=num_warps,
+            PREVIOUS=previous,
+            MEASURE=measure,
+            **tiles,
         )
-    return tokens, logprobs, mask.bool()
+        previous = measure
+    _split_draw_kernel[grid](
+        *row,
+        top_k,
+        top_p,
+        min_p,
+        seeds,
+        *stats,
+        *search,
+        *draws,
+        mask_out,
+        batch,
+        vocab,
+        split_len,
+        (2 * SEARCH_STEPS - 1) % 2,
+        PIVOTS=PIVOTS,
+        **flags,
+        **tiles,
+    )
+    if flags["DRAW"]:
+        _split_merge_kernel[(grid[0],)](
+            temperature,
+            *stats,
+            *draws,
+            token_out,
+            logprob_out,
+            batch,
+            vocab,
+            SPLITS=splits,
+            ROWS=rows_per_program,
+            RETURN_LOGPROBS=flags["RETURN_LOGPROBS"],
+            num_warps=1,
+        )
 
 
 def sample(
@@ -386,8 +991,11 @@ def sample(
     min_p: Tensor,  # (B,) float64 in [0, 1]; 0 = off
     seeds: Tensor,  # (B,) int64
     return_logprobs: bool,
+    splits: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Draws one token per row; returns (tokens int64 (B,), logprobs float32 (B,), or (0,) when not asked)."""
+    """Draws one token per row; returns (tokens int64 (B,), logprobs float32 (B,), or (0,) when not asked).
+    ``splits``: programs per row, a power of two (None: ``split_count`` for the device); every value
+    draws the same tokens."""
     tokens, logprobs, _ = _launch(
         logits,
         temperature,
@@ -398,6 +1006,7 @@ def sample(
         draw=True,
         return_logprobs=return_logprobs,
         write_mask=False,
+        splits=splits,
     )
     return tokens, logprobs
 
@@ -408,10 +1017,20 @@ def filter_mask(
     top_k: Tensor,  # (B,) integer, >= 1; >= V = off
     top_p: Tensor,  # (B,) float64 in (0, 1]; 1 = off
     min_p: Tensor,  # (B,) float64 in [0, 1]; 0 = off
+    splits: int | None = None,
 ) -> Tensor:
     """The kernel's kept set, bool (B, V): what ``reference.filter_logits(...) > -inf`` must equal."""
     seeds = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
     _, _, mask = _launch(
-        logits, temperature, top_k, top_p, min_p, seeds, draw=False, return_logprobs=False, write_mask=True
+        logits,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seeds,
+        draw=False,
+        return_logprobs=False,
+        write_mask=True,
+        splits=splits,
     )
     return mask

@@ -6,6 +6,7 @@ On the CPU the Triton kernel runs under the interpreter: 10^5 draws per distribu
 10^5 rows, many rows per program); on a GPU 10^6 draws, and the ``slow`` tests add large batches.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -244,6 +245,145 @@ def test_kept_set_gpu_sizes(backend, device, vocab):
     logits[::3] = logits[::3].round()  # ties
     check_kept_set(backend, logits.to(device), random_filters(512, vocab, gen).on(device))
     check_kept_set(backend, logits.to(device).bfloat16(), Filters(0.8, 50, 0.9, 0.02))
+
+
+# ------------------------------------------------------------------- a row split over many programs
+def fused_draw(backend, logits, params, seeds, *, splits: int, write_mask: bool):
+    """(tokens, log-probs, kept mask) of a fused kernel with ``splits`` programs (blocks) per row."""
+    if backend == "cuda":
+        from fastattn import _C
+
+        tokens, logprobs, _ = _C.sample(logits, *params, seeds, True, True, False, splits)
+        mask = _C.sample(logits, *params, seeds, False, False, True, splits)[2] if write_mask else None
+        return tokens, logprobs, mask
+    from fastattn.kernels import sampling as kernels
+
+    tokens, logprobs = kernels.sample(logits, *params, seeds, True, splits=splits)
+    return tokens, logprobs, kernels.filter_mask(logits, *params, splits=splits) if write_mask else None
+
+
+def assert_same_draws(single, split, what: str):
+    """The split path's tokens and kept set equal the single program's; log-probs to float32 rounding
+    (the kept mass is summed in another order)."""
+    (tokens, logprobs, mask), (split_tokens, split_logprobs, split_mask) = single, split
+    rows = (tokens != split_tokens).nonzero().flatten().tolist()
+    assert not rows, f"{what}: tokens differ in rows {rows}: {tokens[rows].tolist()} vs {split_tokens[rows].tolist()}"
+    if mask is not None:
+        rows = (mask != split_mask).any(-1).nonzero().flatten().tolist()
+        assert not rows, f"{what}: kept sets differ in rows {rows}"
+    torch.testing.assert_close(
+        split_logprobs, logprobs, rtol=1e-6, atol=1e-6, equal_nan=True, msg=lambda m: f"{what}: {m}"
+    )
+
+
+@pytest.mark.parametrize("dtype, splits", [(torch.float32, 2), (torch.float16, 4), (torch.bfloat16, 16)])
+def test_split_rows_draw_what_one_program_draws(backend, device, dtype, splits):
+    """A row split over 2-16 programs: the same kept set and tokens as one program, on random, tied and
+    edge rows with per-row filters; V = 3001 leaves the last slices partly filled or empty."""
+    gen = generator(splits)
+    vocab = 3001
+    logits = torch.cat([torch.randn(4, vocab, generator=gen) * 3, tied_logits(4, vocab, gen), edge_logits(vocab, gen)])
+    logits = logits.to(dtype).to(device)
+    filters = random_filters(len(logits), vocab, gen)
+    filters.temperature[-8:] = 1.0  # the edge rows sampled, not greedy
+    params = ops.row_parameters(logits, *(v.to(device) for v in dataclasses.astuple(filters)))
+    seeds = torch.randint(-(2**63), 2**63 - 1, (len(logits),), generator=gen).to(device)
+    single = fused_draw(backend, logits, params, seeds, splits=1, write_mask=True)
+    assert_same_draws(
+        single, fused_draw(backend, logits, params, seeds, splits=splits, write_mask=True), f"{splits} splits"
+    )
+    want = reference.filter_logits(logits, *params) > -INF
+    assert torch.equal(single[2], want), "the single program's kept set differs from the reference"
+
+
+@pytest.mark.parametrize("filters", [Filters(0.8, 50, 0.9, 0.01), Filters(1.0, None, 0.95)])
+def test_split_rows_at_batch_one_large_vocabulary(backend, device, filters):
+    """The case the split path is for: one row of 128,256 tokens (bfloat16) over 16 programs."""
+    gen = generator(14)
+    logits = (torch.randn(1, 128256, generator=gen) * 2.5).bfloat16().to(device)
+    params = ops.row_parameters(logits, filters.temperature, filters.top_k, filters.top_p, filters.min_p)
+    for seed in (0, -(2**40)):
+        seeds = torch.tensor([seed], device=device)
+        single = fused_draw(backend, logits, params, seeds, splits=1, write_mask=seed == 0)
+        split = fused_draw(backend, logits, params, seeds, splits=16, write_mask=seed == 0)
+        assert_same_draws(single, split, f"{filters}, seed {seed}")
+
+
+def ordered_key(value: float) -> int:
+    """kernels/sampling.py's int32 key of a float32 (integer order = float order)."""
+    bits = torch.tensor([value], dtype=torch.float32).view(torch.int32).item()
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def from_key(key: int) -> float:
+    bits = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return torch.tensor([bits], dtype=torch.int32).view(torch.float32).item()
+
+
+def slowest_search_values(low: float, high: float, threshold: float) -> list[float]:
+    """float32 values for which the bracket search from [key(low), key(high) + 1) to the key of
+    ``threshold`` takes all SEARCH_STEPS passes: at every pass, the bucket holding the threshold gets a
+    value at each of its ends, so snapping to the row's keys cannot shrink it faster than the pivots do."""
+    from fastattn.kernels.sampling import PIVOTS
+
+    lo, hi, target = ordered_key(low), ordered_key(high) + 1, ordered_key(threshold)
+    keys = {lo, hi - 1, target}
+    while hi - lo > 1 and target > lo:
+        width = hi - lo - 1
+        pivots = [lo + 1 + width * s // PIVOTS for s in range(PIVOTS)] + [hi]
+        bucket = max(s for s in range(PIVOTS) if pivots[s] <= target)
+        lo, hi = pivots[bucket], pivots[bucket + 1]
+        keys |= {lo, hi - 1}
+    return [from_key(key) for key in sorted(keys)]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # z - m of -3.4e38 - 3.4e38
+def test_split_rows_with_searches_of_eight_passes(backend, device):
+    """Rows built so that the top-k and the top-p searches each take all 8 passes (the split path runs a
+    fixed 8 steps per search): both paths keep exactly the reference's set and draw the same tokens."""
+    vocab = 1000
+    gen = generator(15)
+    top_k_values = slowest_search_values(-3.4e38, 3.4e38, 0.36)
+    top_p_values = slowest_search_values(-80.0, 1.0, 0.36)  # exp(z - m) stays far above float64's floor
+    logits = torch.tensor([[-3.4e38] * vocab, [-80.0] * vocab])  # the rest at the lowest key: no pivot's count
+    for row, values in enumerate((top_k_values, top_p_values)):
+        logits[row, torch.randperm(vocab, generator=gen)[: len(values)]] = torch.tensor(values)
+    threshold = torch.tensor(0.36).item()  # as float32: the floor of either bracket reaches it at the 8th pass
+    top_k = sum(value >= threshold for value in top_k_values)
+    masses = torch.exp(logits[1].double() - 1.0)  # exp(z - m), m = 1
+    at_or_above = masses[logits[1] >= threshold].sum().item()
+    top_p = (at_or_above - math.exp(threshold - 1.0) / 2) / masses.sum().item()  # the threshold token crosses p
+    logits = logits.to(device)
+    params = ops.row_parameters(
+        logits, 1.0, torch.tensor([top_k, vocab]).to(device), torch.tensor([1.0, top_p]).to(device)
+    )
+    want = reference.filter_logits(logits, *params) > -INF
+    assert want.sum(-1).tolist() == [top_k, sum(value >= threshold for value in top_p_values)]
+    seeds = torch.tensor([3, 4], device=device)
+    single = fused_draw(backend, logits, params, seeds, splits=1, write_mask=True)
+    assert torch.equal(single[2], want), "the single program's kept set differs from the reference"
+    assert_same_draws(single, fused_draw(backend, logits, params, seeds, splits=4, write_mask=True), "4 splits")
+
+
+def test_split_count_heuristic():
+    """Programs per row: enough to fill the SMs at small batch, never slices under MIN_SPLIT_TOKENS."""
+    from fastattn.kernels.sampling import split_count
+
+    h100 = 132
+    cases = {(1, 128256): 16, (1, 262144): 32, (8, 128256): 16, (64, 128256): 2, (128, 128256): 1}
+    cases |= {(1, 32000): 4, (1, 8191): 1, (1, 4096): 1, (2, 50257): 8}
+    got = {shape: split_count(*shape, h100) for shape in cases}
+    assert got == cases
+
+
+def test_split_count_must_be_a_power_of_two():
+    from fastattn.kernels import sampling as kernels
+
+    logits = torch.randn(2, 100)
+    params = ops.row_parameters(logits)
+    for bad in (0, 3, -2, 2.0):
+        with pytest.raises(ValueError, match="splits must be a power of two"):
+            kernels.filter_mask(logits, *params, splits=bad)
 
 
 # ------------------------------------------------------------------------------- distribution

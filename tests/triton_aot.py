@@ -8,7 +8,7 @@ warps, stages, output dtypes, the constexpr flags); each launch is compiled for 
 ARCH, 32)`` by Triton's own binder (the same signature and specialization as on a GPU) instead of
 being run. The problems below reach every tile configuration of the attention kernels' table, both
 paths (row in registers, looped) of each norm kernel at its largest and smallest tiles, the split-KV
-decode kernels on paged and contiguous caches, the sampling kernel's vocabulary and batched tiles,
+decode kernels on paged and contiguous caches, the sampling kernels' vocabulary and batched tiles and split rows,
 every dtype and every constexpr flag of every kernel, each at least once. The last line printed is a
 JSON object: the kernels the package defines, and the compiled variants.
 """
@@ -195,8 +195,14 @@ def norm_problems():
 def sampling_problems():
     from fastattn.kernels import sampling
 
-    # (batch, vocab, dtype): one row of a large vocabulary per program, several rows of a small one, V = 1.
-    for batch, vocab, dtype in [(2, 32000, torch.bfloat16), (64, 100, torch.float16), (1, 1, torch.float32)]:
+    # (batch, vocab, dtype, programs a row): one row of a large vocabulary per program, several rows of a
+    # small one, V = 1, and rows split over several programs (as at batch 1 on a GPU).
+    for batch, vocab, dtype, splits in [
+        (2, 32000, torch.bfloat16, 1),
+        (64, 100, torch.float16, 1),
+        (1, 1, torch.float32, 1),
+        (1, 128256, torch.float32, 16),
+    ]:
         logits = torch.randn(batch, vocab, dtype=dtype)
         temperature = torch.full((batch,), 0.7)
         top_k = torch.full((batch,), 50)
@@ -204,8 +210,8 @@ def sampling_problems():
         min_p = torch.zeros(batch, dtype=torch.float64)
         seeds = torch.arange(batch)
         for return_logprobs in (False, True):
-            sampling.sample(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs=return_logprobs)
-        sampling.filter_mask(logits, temperature, top_k, top_p, min_p)
+            sampling.sample(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs, splits=splits)
+        sampling.filter_mask(logits, temperature, top_k, top_p, min_p, splits=splits)
 
 
 def probe_problems():
