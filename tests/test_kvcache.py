@@ -264,6 +264,33 @@ def test_lse_of_a_sequence_with_no_key_is_minus_infinity():
     assert lse[1].isfinite().all()
 
 
+def test_without_the_fused_kernels_auto_picks_a_backend_that_serves_the_call(monkeypatch):
+    """Where only torch and naive can run (a CPU without Triton's interpreter), auto picks torch
+    (scaled_dot_product_attention on the gathered keys) unless the lse is asked for, which only naive
+    returns; torch asked for the lse explicitly raises before the cache is written."""
+    monkeypatch.setattr(backends, "AUTO_ORDER", ("torch", "naive"))
+    cache = Cache([3, 9], capacity=16, block_size=16)
+    q, new_k, new_v = torch.randn(2, 1, HEADS_Q, HEAD_DIM), *torch.randn(2, 2, 1, HEADS_KV, HEAD_DIM)
+    want, want_lse = expected(cache, q, new_k, new_v, torch.float64, causal=True, window=None, softcap=0.0, alibi=None)
+    k_cache, v_cache = cache.k_cache.clone(), cache.v_cache.clone()
+    monkeypatch.setenv("FASTATTN_BACKEND", "torch")
+    with pytest.raises(NotImplementedError, match="return_lse: torch"):
+        flash_attn_with_kvcache(
+            q, k_cache, v_cache, new_k, new_v, causal=True, return_softmax_lse=True, **cache.keywords()
+        )
+    assert torch.equal(k_cache, cache.k_cache), "a call that raised wrote the cache"
+    monkeypatch.delenv("FASTATTN_BACKEND")
+    for return_lse in (False, True):
+        k_cache, v_cache = cache.k_cache.clone(), cache.v_cache.clone()
+        result = flash_attn_with_kvcache(
+            q, k_cache, v_cache, new_k, new_v, causal=True, return_softmax_lse=return_lse, **cache.keywords()
+        )
+        out, lse = result if return_lse else (result, None)
+        torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+        if return_lse:
+            torch.testing.assert_close(lse.double(), want_lse, atol=1e-5, rtol=1e-5)
+
+
 def test_every_split_count_gives_the_same_result(device):
     """The split-KV kernel's partial results merge exactly: 1 to 16 splits agree to float32 rounding,
     on a paged cache with one long and two short sequences, GQA, causal with several queries."""

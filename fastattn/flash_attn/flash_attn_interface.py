@@ -318,7 +318,7 @@ def flash_attn_with_kvcache(
     if not (isinstance(num_splits, int) and num_splits >= 0):
         raise ValueError(f"num_splits must be an int >= 0 (0: chosen from the shapes), got {num_splits!r}")
     features = _features(window_size, softcap, alibi_slopes)
-    out, lse = attention_with_kvcache(
+    return attention_with_kvcache(
         q,
         k_cache,
         v_cache,
@@ -334,6 +334,6 @@ def flash_attn_with_kvcache(
         scale=softmax_scale,
         causal=causal,
         num_splits=num_splits,
+        return_lse=return_softmax_lse,
         **features,
     )
-    return (out, lse) if return_softmax_lse else out

@@ -84,7 +84,7 @@ class _PagedLayer:
         """q ``(B, Hq, N, D)``, k, v ``(B, Hkv, N, D)`` of the new tokens; returns ``(B, Hq, N, D)``."""
         keys, values = self.pool.keys[self.layer], self.pool.values[self.layer]
         if self.cu_seqlens is None:  # decode: one new token per sequence, appended at its length
-            out, _ = attention_with_kvcache(
+            out = attention_with_kvcache(
                 q.transpose(1, 2),
                 keys,
                 values,

@@ -89,7 +89,7 @@ def _window_sides(window) -> tuple[int, int] | None:
     return sides
 
 
-def _features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
+def checked_features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
     """The window, softcap, ALiBi and sinks of a call, checked; only those in use (none: ``{}``)."""
     features = {}
     if window is not None:
@@ -136,19 +136,26 @@ TORCH_FEATURES = ("window", "alibi_slopes")
 def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None) -> list[str]:
     """Why backend ``name`` cannot serve this attention call (empty: it can)."""
     reasons = backends.device_reasons(name, q.device)
-    if features and name == "torch" and set(features) - set(TORCH_FEATURES):
-        unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
-        reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
     if name in ("cuda", "triton"):
         reasons += fused_input_reasons(q)
         if name == "cuda" and not reasons:  # the kernels' shared memory is known for the served shapes only
             needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
             reasons += shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
     if name == "torch":
-        if return_lse:
-            reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
-        if deterministic and q.device.type == "cuda":
-            reasons.append("deterministic=True: scaled_dot_product_attention's CUDA backward is not guaranteed to be")
+        reasons += torch_reasons(q, deterministic=deterministic, return_lse=return_lse, features=features)
+    return reasons
+
+
+def torch_reasons(q, *, deterministic, return_lse, features) -> list[str]:
+    """Why PyTorch's scaled_dot_product_attention cannot serve a call (empty: it can)."""
+    reasons = []
+    if features and set(features) - set(TORCH_FEATURES):
+        unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
+        reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
+    if return_lse:
+        reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
+    if deterministic and q.device.type == "cuda":
+        reasons.append("deterministic=True: scaled_dot_product_attention's CUDA backward is not guaranteed to be")
     return reasons
 
 
@@ -622,7 +629,7 @@ def attention(
         row that sees it), on every backend, as the textbook math does.
     """
     _check_inputs(q, k, v, key_padding_mask, dropout_p, scale)
-    features = _features(q, causal, window, softcap, alibi_slopes, sinks)
+    features = checked_features(q, causal, window, softcap, alibi_slopes, sinks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     name = backends.select(
         "attention",
@@ -706,7 +713,7 @@ def attention_varlen(
             f"got {len(offsets_q) - 1} and {len(offsets_k) - 1}"
         )
     batched_q = q.new_empty((batch, q.shape[1], 0, q.shape[2]))  # the (B, Hq) shape the feature checks read
-    features = _features(batched_q, causal, window, softcap, alibi_slopes, sinks)
+    features = checked_features(batched_q, causal, window, softcap, alibi_slopes, sinks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
     def reasons(candidate: str) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from .attention import attention, fused_input_reasons
+from .attention import attention, checked_features, fused_input_reasons, torch_reasons
 from .rotary import apply_rotary_emb
 
 PAGE_MULTIPLE = 16  # block sizes the paged cache takes: multiples of 16 (the kernels' smallest tile)
@@ -247,19 +247,25 @@ def attention_with_kvcache(
     softcap: float = 0.0,
     alibi_slopes: Tensor | None = None,
     num_splits: int = 0,
+    return_lse: bool = False,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """Attention of ``q (B, Sq, Hq, D)`` against each sequence's cached keys (and the new ``k``, ``v``
-    ``(B, Sn, Hkv, D)``, appended in place first). Returns ``out (B, Sq, Hq, D)`` and float32 ``lse
-    (B, Hq, Sq)``. Masks are aligned to each sequence's last key (bottom-right). With ``rotary_cos``,
-    ``rotary_sin`` ``(seqlen_rotary, rotary_dim / 2)``, the new keys are rotated at their positions in
-    the cache (``cache_seqlens ..``, left padding included, as FlashAttention-2 does) and q at the
-    positions after the cached ones (causal or windowed), or all at the first of them.
-    ``num_splits``: the split-KV kernel's split count (0: chosen from the shapes); ``backend``: as in
-    :func:`fastattn.attention` (``torch`` and ``naive`` attend to each sequence's keys gathered)."""
+):
+    """Attention of ``q (B, Sq, Hq, D)`` against each sequence's cached keys (and the new ``k``, ``v`` ``(B, Sn, Hkv,
+    D)``, appended in place first). Returns ``out (B, Sq, Hq, D)``, or with ``return_lse`` ``(out, lse)``, lse
+    float32 ``(B, Hq, Sq)``. Masks are aligned to each sequence's last key (bottom-right). With ``rotary_cos``,
+    ``rotary_sin`` ``(seqlen_rotary, rotary_dim / 2)``, the new keys are rotated at their positions in the cache
+    (``cache_seqlens ..``, left padding included, as FlashAttention-2 does) and q at the positions after the
+    cached ones (causal or windowed), or all at the first of them. ``num_splits``: the split-KV kernel's split
+    count (0: chosen from the shapes); ``backend``: as in :func:`fastattn.attention` (``torch`` and ``naive``
+    attend to each sequence's keys gathered)."""
     layout = check_cache(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
+    # Checked before the cache is written: a call that raises leaves it as it was.
+    features = checked_features(q.transpose(1, 2), causal, window, softcap, alibi_slopes, None)
+    name = backends.select(
+        "flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q, features, return_lse)
+    )
     if rotary_cos is not None:
         start = layout.lengths  # the new tokens' first position in the cache (FlashAttention-2: leftpad included)
         if k is not None:
@@ -276,11 +282,13 @@ def attention_with_kvcache(
             q = q.reshape(batch, new_q, *q.shape[2:])
     if k is not None:
         append(k_cache, v_cache, k, v, layout)
-    name = backends.select("flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q))
     if name in ("cuda", "triton"):
-        return _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits)
+        out, lse = _split_kv(
+            name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits
+        )
+        return (out, lse) if return_lse else out
     keys, values, holds_key = gather(k_cache, v_cache, layout)
-    out, lse = attention(
+    result = attention(
         q.transpose(1, 2),
         keys,
         values,
@@ -290,10 +298,10 @@ def attention_with_kvcache(
         window=window,
         softcap=softcap,
         alibi_slopes=alibi_slopes,
-        return_lse=True,
+        return_lse=return_lse,
         backend=name,
     )
-    return out.transpose(1, 2), lse
+    return (result[0].transpose(1, 2), result[1]) if return_lse else result.transpose(1, 2)
 
 
 def _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits):
@@ -376,10 +384,12 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _reasons(name: str, q: Tensor) -> list[str]:
+def _reasons(name: str, q: Tensor, features: dict, return_lse: bool) -> list[str]:
     """Why backend ``name`` cannot serve a KV-cache call; the torch and naive backends run
     fastattn.attention on each sequence's keys gathered."""
     reasons = backends.device_reasons(name, q.device)
     if name in ("cuda", "triton"):
         reasons += fused_input_reasons(q)
+    if name == "torch":
+        reasons += torch_reasons(q, deterministic=False, return_lse=return_lse, features=features)
     return reasons
