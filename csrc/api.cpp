@@ -16,7 +16,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("store_dresidual"));
   m.def("sample", &fastattn::sample, "top-k / top-p / min-p sampling (Gumbel-max, Philox stream of triton)",
         arg("logits"), arg("temperature"), arg("top_k"), arg("top_p"), arg("min_p"), arg("seeds"), arg("draw"),
-        arg("return_logprobs"), arg("write_mask"));
+        arg("return_logprobs"), arg("write_mask"), arg("splits") = 0);
   // The features' defaults switch them off, so a plain call names only the first arguments.
   m.def("attention_fwd", &fastattn::attention_fwd, "FlashAttention-2 style forward", arg("q"), arg("k"), arg("v"),
         arg("key_padding_mask"), arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"), arg("window_left") = -1,

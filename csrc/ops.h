@@ -26,12 +26,15 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const at::Tensor& x, cons
                                  bool store_dresidual);
 
 // Draws one token per row of logits (batch, vocab) (kernels/sampling.py's semantics and random stream).
-// temperature, top_k, top_p, min_p, seeds: (batch,) tensors on the logits' device. Returns {tokens
+// temperature, top_k, top_p, min_p, seeds: (batch,) tensors on the logits' device. splits: blocks per
+// row, 0 = chosen for the batch, vocabulary and GPU (sample_splits in sampling/sampling_params.h), 1 =
+// the single-block kernel, up to vocab; every value keeps the same set and draws the same tokens (but
+// for top-p masses within float64 rounding of the target: sampling/sampling_kernels.cuh). Returns {tokens
 // int64 (batch,) or (0,) without draw, logprobs float32 (batch,) or (0,), mask bool (batch, vocab) of
 // the kept tokens or (0,) without write_mask}.
 std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                                const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds, bool draw,
-                               bool return_logprobs, bool write_mask);
+                               bool return_logprobs, bool write_mask, int64_t splits);
 
 // Attention forward: q (B, Hq, Nq, D), k, v (B, Hkv, Nk, D), any strides with a contiguous last dim;
 // key_padding_mask bool (B, Nk). Returns {out shaped like q, contiguous, lse float32 (B, Hq, Nq)}.

@@ -332,7 +332,18 @@ class SampleBatch:
         )
 
 
-LOGIT_KINDS = ("randn", "ties", "few-values", "half-neginf", "one-finite", "all-neginf", "nan", "posinf", "constant")
+LOGIT_KINDS = (
+    "randn",
+    "ties",
+    "few-values",
+    "half-neginf",
+    "one-finite",
+    "all-neginf",
+    "nan",
+    "posinf",
+    "constant",
+    "adjacent",
+)
 # Per-row (temperature, top_k as a fraction of the vocabulary or a count, top_p, min_p).
 ROW_PARAMETERS = [
     (0.0, 1.0, 1.0, 0.0),  # greedy
@@ -369,6 +380,10 @@ def make_logits(kind: str, vocab: int, generator: torch.Generator) -> Tensor:
         x[:: max(1, vocab // 5)] = torch.inf
     elif kind == "constant":
         x[:] = 0.25
+    elif kind == "adjacent":  # half the tokens on 64 consecutive float32 values (ulp 2^-19 at 20) above the rest:
+        # the searches span ~2^31 keys and end among keys one apart, so their last passes decide
+        cluster = torch.rand(vocab, generator=generator) < 0.5
+        x[cluster] = 20 + torch.randint(0, 64, (int(cluster.sum()),), generator=generator).float() * 2**-19
     return x
 
 
@@ -395,13 +410,22 @@ def sample_batch(vocab: int, dtype: torch.dtype, shift: int, device) -> SampleBa
     )
 
 
-def emulated_sample(driver: Path, batch: SampleBatch, *, draw: bool):
-    """(tokens, log-probs) when ``draw`` (else None, None) and the kept mask, from the emulated kernel."""
+@dataclasses.dataclass
+class EmulatedSample:
+    splits: int  # blocks per row the kernels ran with
+    tokens: Tensor | None  # (rows,) int64, when drawn
+    logprobs: Tensor | None  # (rows,) float32, when drawn
+    mask: Tensor  # (rows, vocab) int8, 1 = kept
+
+
+def emulated_sample(driver: Path, batch: SampleBatch, *, draw: bool, splits: int = 1, sm_count: int = 0):
+    """The emulated kernels' outputs; ``splits`` blocks per row (1: the single-block kernel; 0: the
+    launcher's choice for a GPU of ``sm_count`` SMs)."""
     logits = batch.logits.cpu()
     rows, vocab = logits.shape
     stride = logits.stride(0)
     storage = torch.as_strided(logits, ((rows - 1) * stride + vocab,), (1,))
-    header = struct.pack("<5q", rows, vocab, stride, DTYPE_CODES[logits.dtype], int(draw))  # SampleCase
+    header = struct.pack("<7q", rows, vocab, stride, DTYPE_CODES[logits.dtype], int(draw), splits, sm_count)
     parameters = [
         batch.temperature.float(),
         batch.top_k.clamp(1, vocab).int(),
@@ -410,8 +434,9 @@ def emulated_sample(driver: Path, batch: SampleBatch, *, draw: bool):
         batch.seeds,
     ]  # as sampling.cpp converts them
     out = Unpacker(run_driver(driver, header + b"".join(raw(t) for t in [storage, *parameters])))
+    used = out.take(torch.int64, 1).item()
     tokens, logprobs = (out.take(torch.int64, rows), out.take(torch.float32, rows)) if draw else (None, None)
-    return tokens, logprobs, out.take(torch.int8, rows, vocab)
+    return EmulatedSample(used, tokens, logprobs, out.take(torch.int8, rows, vocab))
 
 
 def assert_masks_equal(name: str, got: Tensor, want: Tensor, batch: SampleBatch):
@@ -430,7 +455,7 @@ def test_sampling_kept_set(drivers, device, vocab):
     """The kept set (draw=False) equals the Triton kernel's and the reference's, over every dtype and kind."""
     for shift, dtype in enumerate(DTYPE_CODES):
         batch = sample_batch(vocab, dtype, shift, device)
-        _, _, mask = emulated_sample(drivers["sample_driver"], batch, draw=False)
+        mask = emulated_sample(drivers["sample_driver"], batch, draw=False).mask
         params = (batch.temperature, batch.top_k, batch.top_p, batch.min_p)
         assert_masks_equal(
             "the Triton kernel's", mask.bool(), triton_sampling.filter_mask(batch.logits, *params).cpu(), batch
@@ -445,7 +470,8 @@ def test_sampling_draws(drivers, device, vocab):
     NaN), every other token lies in the kept set and has the log-prob of its share of the kept mass."""
     for shift, dtype in enumerate(DTYPE_CODES):
         batch = sample_batch(vocab, dtype, shift + 3, device)
-        tokens, logprobs, mask = emulated_sample(drivers["sample_driver"], batch, draw=True)
+        drawn = emulated_sample(drivers["sample_driver"], batch, draw=True)
+        tokens, logprobs, mask = drawn.tokens, drawn.logprobs, drawn.mask
         z = reference.filter_logits(batch.logits, batch.temperature, batch.top_k, batch.top_p, batch.min_p).cpu()
         for r in range(len(tokens)):
             token, logprob, where = tokens[r].item(), logprobs[r].item(), f"{batch}, {batch.row(r)}"
@@ -459,6 +485,54 @@ def test_sampling_draws(drivers, device, vocab):
                 kept = z[r][mask[r].bool()].double()
                 want = (z[r, token] - kept.logsumexp(0)).item() if kept.max() < math.inf else -math.log(len(kept))
                 assert logprob == pytest.approx(want, abs=1e-4, rel=1e-4), f"{where}: log-prob {logprob} vs {want}"
+
+
+# The split path on sample_batch's rows (each case emulates 4 batches of 12 rows in 2-17 s): 7 tokens in 4
+# splits (slices of 32 tokens: three empty); 3 uneven slices of 1024, 1024 and 952 tokens (128 threads, 8
+# strides); 24 splits of 128 tokens (one warp each; the partials summed in chunks of 16 and 8 splits);
+# 2 slices of ~3000 tokens (384 threads, 8 strides).
+@pytest.mark.parametrize(("vocab", "splits"), [(7, 4), (3000, 3), (3000, 24), (6000, 2)])
+def test_sampling_split_path(drivers, device, vocab, splits):
+    """``splits`` blocks per row keep the single-block kernel's set and draw its tokens, with its
+    log-probs up to the order of the float32 kept-mass sum (a few ulp of log(kept mass): absolute)."""
+    # Only float32 rows of the adjacent kind need a search's 8th pass (float16 / bfloat16 values are
+    # >= 2^13 keys apart): shift 2 puts it on a top-k row (7), shift 8 on a top-p row searched from the
+    # smallest key (11); shift 8 also draws over every token of row 1 (plain: all kept).
+    for dtype, shift in ((torch.float32, 2), (torch.float32, 8), (torch.float16, 9), (torch.bfloat16, 10)):
+        batch = sample_batch(vocab, dtype, shift, device)
+        single = emulated_sample(drivers["sample_driver"], batch, draw=True)
+        split = emulated_sample(drivers["sample_driver"], batch, draw=True, splits=splits)
+        assert split.splits == splits
+        assert_masks_equal("the single-block kernel's", split.mask.bool(), single.mask.bool(), batch)
+        for r in range(len(single.tokens)):
+            where = f"{batch}, {splits} splits, {batch.row(r)}"
+            assert split.tokens[r] == single.tokens[r], f"{where}: token {split.tokens[r]} vs {single.tokens[r]}"
+            got, want = split.logprobs[r].item(), single.logprobs[r].item()
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-6, nan_ok=True), f"{where}: log-prob {got} vs {want}"
+
+
+# (rows, vocab, SMs) -> blocks per row: the largest power of two <= min(32, SMs // rows, vocab // 4096),
+# 1 below 2; each case has a different term of the minimum deciding.
+SPLIT_CHOICES = [
+    ((1, 8191, 132), 1),  # vocab // 4096 = 1
+    ((1, 12288, 132), 2),  # vocab // 4096 = 3
+    ((1, 200_000, 132), 32),  # MAX_SPLITS
+    ((2, 40960, 132), 8),  # vocab // 4096 = 10
+    ((4, 65536, 40), 8),  # SMs // rows = 10
+    ((3, 65536, 4), 1),  # SMs // rows = 1
+]
+
+
+@pytest.mark.parametrize(("case", "want"), SPLIT_CHOICES, ids=str)
+def test_sampling_split_choice(drivers, device, case, want):
+    """splits=0 runs the split count of kernels/sampling.py's split_count (the Triton path's choice)."""
+    rows, vocab, sm_count = case
+    assert triton_sampling.split_count(rows, vocab, sm_count) == want
+    logits = torch.zeros(rows, vocab, device=device)  # one value: the searches close at once, cheap to emulate
+    off = [torch.full((rows,), value, device=device) for value in (1.0, vocab, 1.0, 0.0)]
+    seeds = torch.zeros(rows, dtype=torch.int64, device=device)
+    batch = SampleBatch(logits, *off, seeds)
+    assert emulated_sample(drivers["sample_driver"], batch, draw=False, splits=0, sm_count=sm_count).splits == want
 
 
 # ------------------------------------------------------------------------------------------ Philox

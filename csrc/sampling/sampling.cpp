@@ -1,4 +1,5 @@
-// Host side of sampling: checks the tensors, converts the per-row parameters, launches.
+// Host side of sampling: checks the tensors, converts the per-row parameters, picks the blocks per row
+// (sample_splits), allocates the split path's workspace, launches.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/device.h"
 #include "ops.h"
 #include "sampling/sampling_params.h"
 
@@ -15,7 +17,7 @@ namespace fastattn {
 
 std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                                const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds, bool draw,
-                               bool return_logprobs, bool write_mask) {
+                               bool return_logprobs, bool write_mask, int64_t splits) {
   TORCH_CHECK(logits.defined(), "logits must be a tensor, got None");
   check_float_dtype(logits, "logits");
   check_dim(logits, "logits", 2, "(batch, vocab)");
@@ -23,6 +25,8 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& tempe
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   TORCH_CHECK(vocab >= 1, "logits must have at least one token, got shape ", logits.sizes());
   TORCH_CHECK(vocab <= INT32_MAX, "logits: at most 2^31 - 1 tokens per row, got ", vocab);
+  TORCH_CHECK(splits >= 0 && splits <= vocab, "splits must be 0 (chosen for the GPU) or in [1, vocab = ", vocab,
+              "], got ", splits);
   for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&temperature, "temperature"},
                                 {&top_k, "top_k"}, {&top_p, "top_p"}, {&min_p, "min_p"}, {&seeds, "seeds"}}) {
     TORCH_CHECK(t->defined(), name, " must be a tensor, got None");
@@ -48,6 +52,9 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& tempe
   at::Tensor mask = at::empty(write_mask ? std::vector<int64_t>{rows, vocab} : std::vector<int64_t>{0},
                               options.dtype(at::kChar));
   if (rows > 0) {
+    const int blocks_per_row = splits > 0 ? int(splits) : sample_splits(rows, vocab, sm_count(logits.get_device()));
+    const at::Tensor workspace =
+        at::empty({int64_t(split_workspace_bytes(rows, blocks_per_row))}, options.dtype(at::kByte));
     SampleParams p{};
     p.logits = logits.data_ptr();
     p.temperature = temperature32.data_ptr<float>();
@@ -58,9 +65,11 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& tempe
     p.token = draw ? tokens.data_ptr<int64_t>() : nullptr;
     p.logprob = draw && return_logprobs ? logprobs.data_ptr<float>() : nullptr;
     p.mask = write_mask ? mask.data_ptr<int8_t>() : nullptr;
+    p.workspace = workspace.data_ptr();
     p.rows = rows;
     p.row_stride = rows > 1 ? logits.stride(0) : vocab;
     p.vocab = static_cast<int32_t>(vocab);
+    p.splits = blocks_per_row;
     p.dtype = to_dtype(logits.scalar_type());
     FASTATTN_CHECK_LAUNCH(launch_sample(p, c10::cuda::getCurrentCUDAStream(logits.get_device()).stream()));
   }

@@ -196,7 +196,16 @@ def _sample_cuda(
     if logits.shape[-1] > 1 and logits.stride(-1) != 1:
         logits = logits.contiguous()
     tokens, logprobs, _ = _C.sample(
-        logits, temperature, top_k, top_p, min_p, seeds, draw=True, return_logprobs=return_logprobs, write_mask=False
+        logits,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seeds,
+        draw=True,
+        return_logprobs=return_logprobs,
+        write_mask=False,
+        splits=0,  # chosen for the batch, vocabulary and GPU: several blocks per row at small batch
     )
     return tokens, logprobs
 

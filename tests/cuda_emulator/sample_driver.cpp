@@ -1,10 +1,11 @@
-// Runs csrc/sampling's kernel on the host (fakecuda.h), filling the params as csrc/sampling/sampling.cpp
+// Runs csrc/sampling's kernels on the host (fakecuda.h), filling the params as csrc/sampling/sampling.cpp
 // does, for test_cuda_emulated.py.
 //
 // stdin:  SampleCase, then logits ((rows - 1) * row_stride + vocab elements of `dtype`), temperature
 //         (float32), top_k (int32, in [1, vocab]), top_p (float64), min_p (float64), seeds (int64), one
 //         per row.
-// stdout: tokens (int64) and log-probs (float32) per row when `draw`, then the kept mask (int8, rows x vocab).
+// stdout: the blocks per row the kernels ran with (int64), tokens (int64) and log-probs (float32) per
+//         row when `draw`, then the kept mask (int8, rows x vocab).
 #include <cstdio>
 
 #include "driver_io.h"
@@ -17,6 +18,8 @@ namespace {
 
 struct SampleCase {
   int64_t rows, vocab, row_stride, dtype, draw;
+  int64_t splits;    // blocks per row, as _C.sample's argument: 0 = sample_splits(rows, vocab, sm_count)
+  int64_t sm_count;  // of the GPU the choice is made for
 };
 
 }  // namespace
@@ -29,10 +32,12 @@ int main() {
   const auto top_k = read_values<int32_t>(c.rows);
   const auto top_p = read_values<double>(c.rows), min_p = read_values<double>(c.rows);
   const auto seeds = read_values<int64_t>(c.rows);
-  // Poisoned: what the kernel does not write shows.
+  const int splits = c.splits > 0 ? int(c.splits) : sample_splits(c.rows, c.vocab, int(c.sm_count));
+  // Poisoned: what the kernels do not write shows, and so does what they read before writing.
   std::vector<int64_t> tokens(size_t(c.rows), -7);
   std::vector<float> logprobs(size_t(c.rows), NAN);
   std::vector<int8_t> mask(size_t(c.rows * c.vocab), -1);
+  std::vector<uint8_t> workspace(split_workspace_bytes(c.rows, splits), 0xFF);
 
   SampleParams p{};
   p.logits = logits.data();
@@ -44,12 +49,15 @@ int main() {
   p.token = c.draw ? tokens.data() : nullptr;
   p.logprob = c.draw ? logprobs.data() : nullptr;
   p.mask = mask.data();
+  p.workspace = workspace.data();
   p.rows = c.rows;
   p.row_stride = c.rows > 1 ? c.row_stride : c.vocab;
   p.vocab = int32_t(c.vocab);
+  p.splits = splits;
   p.dtype = DType(c.dtype);
   if (launch_sample(p, nullptr) != cudaSuccess) fakecuda::fail("launch_sample failed");
 
+  write_values(std::vector<int64_t>{splits});
   if (c.draw) {
     write_values(tokens);
     write_values(logprobs);
