@@ -5,7 +5,8 @@ batches of 1, 64 and 512 rows, with two settings of ``generate``: temperature 0.
 top-p 0.9, and top-p 0.9 alone; ``--quick`` keeps the 128,256 vocabulary. Without a GPU: V = 32,000
 and B in {1, 8}, timed on the CPU.
 
-Providers: ours (``fastattn.sample(backend="cuda" | "triton")``); PyTorch has no fused sampler, so
+Providers: ours (``fastattn.sample(backend="cuda" | "triton")``, which split a row over several
+programs at small batch, and the same kernels with one program a row, ``splits=1``); PyTorch has no fused sampler, so
 two sort-based ones stand for it: ``torch``, the reference ``fastattn.reference.sample`` (which is
 also fastattn's ``torch`` and ``naive`` backend; its per-row Philox draw costs extra elementwise
 passes), and ``torch.multinomial``, the usual pipeline of ``generate`` (the reference's sort-based
@@ -24,6 +25,7 @@ import torch
 
 import fastattn
 from fastattn import reference
+from fastattn.ops import sampling as sampling_ops
 
 from . import metrics
 from .harness import Case, Provider, compile_context, ours_unavailable, peer_module, torch_compiled
@@ -95,6 +97,32 @@ def _ours(name: str) -> Provider:
     )
 
 
+def _ours_one_program(name: str) -> Provider:
+    """Our kernel with one program (block) a row, as a large batch runs it: beside ``_ours`` at small
+    batch, the gain of splitting a row over several programs (the same tokens either way)."""
+
+    def build(case, inputs):
+        logits, settings = inputs["logits"], _settings(case)
+        params = sampling_ops.row_parameters(logits, **settings)
+        seeds = reference.sampling_seeds(0, None, logits.shape[0], logits.device)
+        if name == "cuda":
+            from fastattn import _C
+
+            return lambda: _C.sample(logits, *params, seeds, True, False, False, 1)
+        from fastattn.kernels import sampling as kernels
+
+        return lambda: kernels.sample(logits, *params, seeds, False, splits=1)
+
+    return Provider(
+        f"{name} splits=1",
+        "ours",
+        f"{name} kernel, one program a row",
+        build,
+        unavailable=ours_unavailable(name, "sample"),
+        errors_mean_unsupported=False,
+    )
+
+
 def _reference(compiled: bool) -> Provider:
     function, unavailable = torch_compiled(reference.sample) if compiled else (reference.sample, None)
 
@@ -148,6 +176,8 @@ def providers(device: torch.device) -> list[Provider]:
     return [
         _ours("cuda"),
         _ours("triton"),
+        _ours_one_program("cuda"),
+        _ours_one_program("triton"),
         _reference(compiled=False),
         _multinomial(),
         _reference(compiled=True),
