@@ -291,6 +291,18 @@ def test_without_the_fused_kernels_auto_picks_a_backend_that_serves_the_call(mon
             torch.testing.assert_close(lse.double(), want_lse, atol=1e-5, rtol=1e-5)
 
 
+def test_window_sides_as_integer_tensors(backend, monkeypatch):
+    """FlashAttention-2's tests pass ``window_size`` as two 0-d int64 tensors: the same result as ints."""
+    monkeypatch.setenv("FASTATTN_BACKEND", backend)
+    cache = Cache([20, 7], capacity=32, block_size=16)
+    q = torch.randn(2, 3, HEADS_Q, HEAD_DIM)
+    as_ints = flash_attn_with_kvcache(q, cache.k_cache, cache.v_cache, window_size=(4, 1), **cache.keywords())
+    as_tensors = flash_attn_with_kvcache(
+        q, cache.k_cache, cache.v_cache, window_size=tuple(torch.tensor([4, 1])), **cache.keywords()
+    )
+    torch.testing.assert_close(as_tensors, as_ints, atol=0, rtol=0)
+
+
 def test_every_split_count_gives_the_same_result(device):
     """The split-KV kernel's partial results merge exactly: 1 to 16 splits agree to float32 rounding,
     on a paged cache with one long and two short sequences, GQA, causal with several queries."""

@@ -263,6 +263,7 @@ def attention_with_kvcache(
         raise ValueError("rotary_cos and rotary_sin must be given together")
     # Checked before the cache is written: a call that raises leaves it as it was.
     features = checked_features(q.transpose(1, 2), causal, window, softcap, alibi_slopes, None)
+    window = features.get("window")  # two ints (the sides may come as integer tensors), None when unlimited
     name = backends.select(
         "flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q, features, return_lse)
     )
@@ -270,7 +271,7 @@ def attention_with_kvcache(
         start = layout.lengths  # the new tokens' first position in the cache (FlashAttention-2: leftpad included)
         if k is not None:
             k = apply_rotary_emb(k, rotary_cos, rotary_sin, interleaved=rotary_interleaved, seqlen_offsets=start)
-        if causal or (window is not None and tuple(window) != (-1, -1)):
+        if causal or window is not None:
             q = apply_rotary_emb(q, rotary_cos, rotary_sin, interleaved=rotary_interleaved, seqlen_offsets=start)
         else:  # every query at the first new position: each one as a sequence of length 1
             batch, new_q = q.shape[:2]
