@@ -16,7 +16,16 @@ import torch
 from fastattn.usage import UsageError
 
 # Shares of --budget, in that order; a target's unused time passes on to the ones after it.
-BUDGET_WEIGHTS = {"attention": 40, "decode": 10, "norm": 15, "sampling": 10, "models": 15, "overhead": 5, "memory": 5}
+BUDGET_WEIGHTS = {
+    "attention": 40,
+    "decode": 10,
+    "norm": 15,
+    "sampling": 10,
+    "models": 15,
+    "overhead": 5,
+    "memory": 5,
+    "ring": 5,
+}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 THROUGHPUT_TARGETS = ("attention", "decode", "norm", "sampling")
 
@@ -85,7 +94,7 @@ def run(args) -> int:
     kernels crashed, else 0."""
     from fastattn.__main__ import BENCH_TARGETS
 
-    from . import attention, decode, memory, models, norm, overhead, plot, report, sampling
+    from . import attention, decode, memory, models, norm, overhead, plot, report, ring, sampling
     from .harness import (
         Section,
         choose_providers,
@@ -120,7 +129,7 @@ def run(args) -> int:
     markdown_parts = [f"## fastattn benchmarks: {_environment_line(env)}\n"]
     if not on_gpu:
         markdown_parts.append(NO_GPU_MESSAGE.replace("\n", " ") + "\n")
-    overhead_results, memory_results, failures = [], [], []
+    overhead_results, memory_results, ring_results, failures = [], [], [], []
     for target, deadline in _deadlines(targets, args.budget):
         if target in op_modules:
             module = op_modules[target]
@@ -151,6 +160,11 @@ def run(args) -> int:
             markdown_parts.append(overhead.format_table(overhead_results, notes, markdown=True))
             failures += [f"dispatch overhead of {r.op}: {r.overhead:+.1%}" for r in overhead_results if not r.ok]
             continue
+        elif target == "ring":
+            ring_results, notes = ring.run(device)
+            print(ring.format_table(ring_results, notes))
+            markdown_parts.append(ring.format_table(ring_results, notes, markdown=True))
+            continue
         else:
             memory_results, notes = memory.run(device)
             print(memory.format_table(memory_results, notes))
@@ -176,6 +190,7 @@ def run(args) -> int:
         "providers": report.providers_summary(sections),
         "overhead": [r.as_dict() for r in overhead_results],
         "memory": [r.as_dict() for r in memory_results],
+        "ring": [r.as_dict() for r in ring_results],
         "failures": failures,
         "rows": report.json_rows(sections, env, on_gpu),
     }

@@ -130,7 +130,7 @@ def command_bench(args: argparse.Namespace) -> int:
     return cli.run(args)
 
 
-BENCH_TARGETS = ("attention", "decode", "norm", "sampling", "models", "overhead", "memory")
+BENCH_TARGETS = ("attention", "decode", "norm", "sampling", "models", "overhead", "memory", "ring")
 
 
 def _bench_target(name: str) -> str:
@@ -262,6 +262,8 @@ targets (all when none is named):
   models     GPT train step and generation in tokens/s on each backend (fastattn.models)
   overhead   the cost of fastattn's dispatch on small CPU tensors against calling PyTorch (limit 5%)
   memory     peak GPU memory of attention fwd+bwd for N 1k..16k: must grow linearly
+  ring       ring attention fwd+bwd on 1, 2 and 4 processes: time, compute/transfer overlap ratio, memory
+             per rank (O(N/W))
 
 On a GPU, timings are triton.testing.do_bench medians (20/80 percentiles in the JSON), and the copy
 bandwidth and bf16 matmul rate of the device are measured once per run as ceilings. Without a GPU,

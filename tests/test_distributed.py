@@ -263,3 +263,13 @@ def test_bad_arguments_name_what_is_expected():
     ]:
         with pytest.raises((ValueError, TypeError), match=message):
             call()
+
+
+def test_ring_benchmark_rows_show_memory_per_rank_falling_as_one_over_w():
+    from fastattn.bench import ring as bench_ring
+
+    rows, notes = bench_ring.run(torch.device("cpu"), world_sizes=(1, 2), sequence=64)
+    assert [row.world for row in rows] == [1, 2], notes
+    assert rows[1].saved_bytes * 2 == rows[0].saved_bytes  # the shards, out and lse: O(N / W)
+    assert all(row.seconds > 0 and row.overlap_ratio > 0 for row in rows)
+    assert "W  N" in bench_ring.format_table(rows, notes)
