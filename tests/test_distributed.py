@@ -10,6 +10,7 @@ the case; every rank runs every collective whatever its checks say, so a failure
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -56,6 +57,16 @@ CASES = [
 ]
 
 
+@contextlib.contextmanager
+def process_group(rank: int, world: int, port: int, timeout: datetime.timedelta = GROUP_TIMEOUT):
+    """This process as ``rank`` of a gloo group of ``world`` on this machine, for the ``with`` block."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -96,17 +107,12 @@ def run_case(case: Case, rank: int, world: int) -> list[str]:
 
 def worker(rank: int, world: int, port: int, cases: list[Case], triton_interpret: str, errors) -> None:
     os.environ["TRITON_INTERPRET"] = triton_interpret
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=GROUP_TIMEOUT
-    )
-    try:
+    with process_group(rank, world, port):
         for case in cases:
             try:
                 errors.extend(run_case(case, rank, world))
             except Exception:  # reported, not raised: the other ranks still wait for this one's collectives
                 errors.append(f"world {world}, rank {rank}, {case.name}:\n{traceback.format_exc()}")
-    finally:
-        dist.destroy_process_group()
 
 
 def spawn(world: int, target, *args) -> list[str]:
@@ -173,10 +179,7 @@ def test_shard_sequence_without_a_process_group_is_the_identity_layout():
 
 
 def layout_worker(rank: int, world: int, port: int, errors) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=GROUP_TIMEOUT
-    )
-    try:
+    with process_group(rank, world, port):
         x = torch.arange(2 * world * 3 * 2, dtype=torch.float32).reshape(2, 2 * world * 3)  # 2W chunks of 3
         shard = shard_sequence(x, dim=1)
         chunks = x.chunk(2 * world, 1)
@@ -195,8 +198,6 @@ def layout_worker(rank: int, world: int, port: int, errors) -> None:
         except ValueError as error:
             if f"multiple of 2 x world size = {2 * world}" not in str(error):
                 errors.append(f"world {world}, rank {rank}: {error}")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -207,10 +208,7 @@ def test_shard_and_gather_round_trip(world):
 
 # ------------------------------------------------------------------------------------------ bad input
 def mismatch_worker(rank: int, world: int, port: int, errors) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=GROUP_TIMEOUT
-    )
-    try:
+    with process_group(rank, world, port):
         for what, length, dtype in (
             ("shard length", 8 + 2 * rank, torch.float32),
             ("dtype", 8, (torch.float32, torch.float64)[rank]),
@@ -222,14 +220,11 @@ def mismatch_worker(rank: int, world: int, port: int, errors) -> None:
             except ValueError as error:
                 if "differs between ranks" not in str(error):
                     errors.append(f"rank {rank}, {what}: {error}")
-    finally:
-        dist.destroy_process_group()
 
 
 def absent_worker(rank: int, world: int, port: int, errors) -> None:
     timeout = datetime.timedelta(seconds=5)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
-    try:
+    with process_group(rank, world, port, timeout=timeout):
         if rank == 0:  # rank 1 never calls ring_attention
             q = torch.randn(1, 2, 8, 8)
             try:
@@ -238,8 +233,6 @@ def absent_worker(rank: int, world: int, port: int, errors) -> None:
             except RuntimeError as error:
                 if "could not reach every rank" not in str(error):
                     errors.append(f"rank 0: {error}")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_shards_that_differ_between_ranks_are_an_error_on_every_rank():
