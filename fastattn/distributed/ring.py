@@ -124,12 +124,12 @@ class _Accumulator:
     lse so far ``peak`` (exactly one of the blocks' lse), ``total = Σ exp(lse_b - peak)`` and ``acc =
     Σ exp(lse_b - peak)·out_b``; normalized once at the end. Merging normalized results pairwise would
     round the running lse to float32 at every step (ulp(4) = 4.8e-7: ~2.4e-7 relative error per merge
-    in every weight); here only the sums round, ~6e-8 relative per merge."""
+    in every weight); here only the sums round, ~6e-8 relative per merge, and ``total`` not even that."""
 
     def __init__(self, shape, device) -> None:
         self.acc = torch.zeros(shape, dtype=torch.float32, device=device)
         self.peak = torch.full(shape[:-1], -math.inf, dtype=torch.float32, device=device)
-        self.total = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
+        self.total = torch.zeros(shape[:-1], dtype=torch.float64, device=device)  # (B, H, rows): cheap in float64
 
     def add(self, rows: slice, out_b: Tensor, lse_b: Tensor) -> None:
         peak = self.peak[:, :, rows]
@@ -138,14 +138,16 @@ class _Accumulator:
         rescale = torch.where(seen, torch.exp(peak - new_peak), 0.0)
         weight = torch.where(seen, torch.exp(lse_b - new_peak), 0.0)
         self.acc[:, :, rows] = self.acc[:, :, rows] * rescale[..., None] + out_b.float() * weight[..., None]
-        self.total[:, :, rows] = self.total[:, :, rows] * rescale + weight
+        self.total[:, :, rows] = self.total[:, :, rows] * rescale.double() + weight.double()
         self.peak[:, :, rows] = new_peak
 
     def result(self) -> tuple[Tensor, Tensor]:
         """(out float32, lse float32): zeros and -inf for rows that saw no key."""
         seen = self.total > 0
-        out = self.acc / torch.where(seen, self.total, 1.0)[..., None]
-        return out, torch.where(seen, self.peak + torch.log(self.total), -math.inf)
+        out = self.acc / torch.where(seen, self.total, 1.0).float()[..., None]
+        # lse rounds once, from float64: the peak block's own rounding is then its only other error
+        lse = torch.where(seen, self.peak.double() + torch.log(self.total), -math.inf).float()
+        return out, lse
 
 
 class _RingAttention(torch.autograd.Function):
