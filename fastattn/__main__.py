@@ -15,7 +15,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with every bad value reported as one line (the flag and what is expected), exit status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # Under torchrun every process parses the same arguments: the first one says it, once.
+        said = (
+            f"{self.prog}: error: {message} (see {self.prog} --help)\n" if os.environ.get("RANK", "0") == "0" else None
+        )
+        self.exit(2, said)
 
 
 def _use_interpreter_without_gpu() -> bool:
@@ -337,7 +341,9 @@ examples:
   python -m fastattn train gpt --steps 200                 a quick look (about 20 s on 2 CPU cores)
   python -m fastattn train seq2seq --save runs/s2s.pt      the full default run, then a checkpoint
   python -m fastattn train seq2seq --load runs/s2s.pt --steps 0    evaluate and show a checkpoint
-  python -m fastattn train vae --out runs/vae             writes runs/vae/vae.png""",
+  python -m fastattn train vae --out runs/vae             writes runs/vae/vae.png
+  torchrun --standalone --nproc-per-node 8 -m fastattn train gpt --parallel ddp
+                                                           8 processes (GPUs), each an eighth of the batch""",
     )
     from .models.train import add_arguments as add_train_arguments
 

@@ -71,10 +71,14 @@ class GPT(nn.Module):
     def max_seq_len(self) -> int:
         return self.config.block_size
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """idx: int64 ``(B, N)`` with ``N <= block_size``; targets: ``(B, N)`` (-100 = ignore) or None.
-        Returns the logits ``(B, N, V)`` and the mean cross-entropy (None without targets)."""
-        logits = self._run(idx, start_pos=None)
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx: int64 ``(B, N)`` with ``N <= block_size``; targets: ``(B, N)`` (-100 = ignore) or None;
+        positions: int64 ``(N,)``, the positions of idx's tokens when they are not ``0 .. N-1`` (this
+        process's shard of a longer sequence, under context parallelism). Returns the logits
+        ``(B, N, V)`` and the mean cross-entropy (None without targets)."""
+        logits = self._run(idx, start_pos=None, positions=positions)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -96,12 +100,13 @@ class GPT(nn.Module):
             x = block(x, causal=True, kv_cache=cache)
         return self.lm_head(self.final_norm(x))  # (B, N, V)
 
-    def _run(self, idx: Tensor, start_pos: int | None) -> Tensor:
+    def _run(self, idx: Tensor, start_pos: int | None, positions: Tensor | None = None) -> Tensor:
         batch, n = idx.shape
         offset = 0 if start_pos is None else start_pos
         if offset + n > self.config.block_size:
             raise ValueError(f"positions up to {offset + n} exceed block_size {self.config.block_size}")
-        positions = torch.arange(offset, offset + n, device=idx.device)  # (N,)
+        if positions is None:
+            positions = torch.arange(offset, offset + n, device=idx.device)  # (N,)
         x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))  # (B, N, C)
         for index, block in enumerate(self.blocks):
             cache = None if start_pos is None else self.kv_caches[index]

@@ -13,6 +13,7 @@ the package, with a progress bar and held-out metrics, then shows what it learne
 Every task uses AdamW with a linear warm-up and a cosine decay to a tenth of the peak learning rate
 over all its steps (those of a loaded checkpoint included), and clips gradients at norm 1.
 Each run writes ``metrics.json`` and ``samples.txt`` (``vae.png`` for the VAE) to ``--out``.
+``gpt`` also trains on several processes started by torchrun (``--parallel``: :mod:`.parallel`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from torch import Tensor, nn
 from fastattn import backends
 from fastattn.data import CharTokenizer, NumberTranslation, load_digits, number_to_words, tiny_shakespeare
 from fastattn.data.digits import MAX_INTENSITY
-from fastattn.usage import UsageError, existing_file, output_file, positive_number, whole_number
+from fastattn.usage import UsageError, output_file, positive_number, whole_number
 
+from . import parallel
 from .bert import BERT, IGNORE_INDEX, BERTConfig, mask_tokens
 from .gpt import GPT, GPTConfig
 from .transformer import Transformer, TransformerConfig
@@ -457,6 +459,11 @@ def save_checkpoint(
     }
     if resume is not None:
         state["resume"] = resume
+    write_checkpoint(path, state)
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Writes ``state`` (a checkpoint's dictionary) to ``path`` atomically (see :func:`save_checkpoint`)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # never a checkpoint's name
     try:
         with open(temporary, "xb") as file:
@@ -470,9 +477,12 @@ def save_checkpoint(
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device, keys: frozenset = frozenset({"model", "optimizer"})
+) -> dict:
     """The dictionary :func:`save_checkpoint` wrote, tensors on ``device``; :class:`CheckpointError`
-    when ``path`` is missing, truncated, corrupt or not such a checkpoint."""
+    when ``path`` is missing, truncated, corrupt or not such a checkpoint. ``keys``: what it must hold
+    besides the task, config and step (a --parallel run's settings file holds no tensors)."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -482,7 +492,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
             f"{path} is not a readable checkpoint (truncated or corrupt? {type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else 'no details'}); use an earlier checkpoint or train afresh"
         ) from None
-    if not isinstance(checkpoint, dict) or not {"task", "config", "model", "optimizer", "step"} <= checkpoint.keys():
+    if not isinstance(checkpoint, dict) or not {"task", "config", "step", *keys} <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a checkpoint of `python -m fastattn train`")
     return checkpoint
 
@@ -505,16 +515,20 @@ def _check_writable(directory: Path) -> None:
 
 class _Interruption:
     """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop after the current step, so that the
-    checkpoint written then holds a whole step; a second signal stops at once, as usual."""
+    checkpoint written then holds a whole step; a second signal stops at once, as usual, unless
+    ``defer_repeats``: torchrun passes the Ctrl-C its processes already received on to them once more,
+    and kills them itself when they take longer than its shutdown timeout (30 s) to save and exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer_repeats: bool = False) -> None:
         self.signal: signal.Signals | None = None
         self._previous = {}
+        self._defer_repeats = defer_repeats
 
     def _handle(self, number, frame) -> None:
         self.signal = signal.Signals(number)
-        for other, handler in self._previous.items():  # a second Ctrl-C or SIGTERM is not deferred
-            signal.signal(other, handler)
+        if not self._defer_repeats:
+            for other, handler in self._previous.items():  # a second Ctrl-C or SIGTERM is not deferred
+                signal.signal(other, handler)
 
     def __enter__(self) -> _Interruption:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
@@ -552,10 +566,23 @@ def make_optimizer(model: nn.Module, recipe: Recipe, peak_lr: float) -> torch.op
     return torch.optim.AdamW(groups, lr=peak_lr, betas=recipe.betas)
 
 
-def _load_for(flag: str, path: str, task: Task, device: torch.device) -> dict:
-    """The checkpoint ``path`` given to ``flag`` (--load or --resume), or a UsageError saying what is wrong."""
+def _load_for(flag: str, path: str, task: Task, device: torch.device, parallel_mode: str | None) -> dict:
+    """The checkpoint ``path`` given to ``flag`` (--load or --resume), or a UsageError saying what is wrong.
+    A --parallel run's checkpoint is a folder: only the settings are read here, the tensors once the
+    model is distributed (:func:`parallel.load`)."""
+    if os.path.isdir(path):
+        if not parallel.is_checkpoint_folder(path):
+            raise UsageError(f"argument {flag}: {path} is a folder but not the checkpoint of a --parallel run")
+        if parallel_mode is None:
+            raise UsageError(
+                f"argument {flag}: {path} is the checkpoint of a --parallel run; continue it with --parallel "
+                "(on any number of processes: one needs no torchrun)"
+            )
+        read, needed = Path(path) / parallel.SETTINGS_NAME, frozenset()
+    else:
+        read, needed = path, frozenset({"model", "optimizer"})
     try:
-        checkpoint = load_checkpoint(path, device)
+        checkpoint = load_checkpoint(read, device, needed)
     except CheckpointError as error:
         raise UsageError(f"argument {flag}: {error}") from None
     if checkpoint["task"] != task.name:
@@ -567,12 +594,51 @@ def _load_for(flag: str, path: str, task: Task, device: torch.device) -> dict:
     return checkpoint
 
 
+def _train_device(args: argparse.Namespace) -> torch.device:
+    """--device, or the default; under --parallel, this process's: cuda:LOCAL_RANK or the CPU."""
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.parallel:
+        return device
+    if device.index is not None:
+        raise UsageError(
+            f"argument --device: with --parallel each process takes cuda:LOCAL_RANK; give cuda, not {device}"
+        )
+    device = parallel.local_device(device.type)
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise UsageError(
+            f"argument --device: process {device.index} of this machine needs {device}, and the machine has "
+            f"{torch.cuda.device_count()} GPU(s); start at most that many processes a machine (--nproc-per-node)"
+        )
+    return device
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``train`` command (see :func:`add_arguments`). Returns the exit status: 0, or 130 / 143 when
     SIGINT / SIGTERM stopped the run (after saving it)."""
+    try:
+        return _run(args)
+    except UsageError:
+        if parallel.launched_rank() != 0:  # every process finds the same fault, before they connect
+            return 2  # and the first one reports it
+        raise
+    finally:
+        if args.parallel:
+            parallel.disconnect()
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.parallel and args.model != "gpt":
+        raise UsageError(f"argument --parallel: only gpt trains on several processes, not {args.model}")
+    if not args.parallel and parallel.launched_world_size() > 1:
+        raise UsageError(
+            f"argument --parallel: torchrun started {parallel.launched_world_size()} processes; say how they "
+            f"share each step: --parallel {', '.join(parallel.MODES)}"
+        )
+    is_main = parallel.launched_rank() == 0
+    say = print if is_main else lambda *_: None
+    device = _train_device(args)
     if args.backend != "auto" and backends.device_reasons(args.backend, device):
         reasons = "; ".join(backends.device_reasons(args.backend, device))
         raise UsageError(f"argument --backend: {args.backend} cannot run on {device}: {reasons}")
@@ -580,8 +646,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = task.recipe
     out_dir = Path(args.out or os.path.join("runs", f"train-{task.name}"))
     _check_writable(out_dir)
-    _remove_stale_temporaries(out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
+    checkpoint_path = out_dir / (parallel.CHECKPOINT_NAME if args.parallel else CHECKPOINT_NAME)
 
     checkpoint, settings = None, None
     if args.resume:
@@ -589,24 +654,51 @@ def run(args: argparse.Namespace) -> int:
         for flag, value in {**given, "--seed": args.seed}.items():
             if value is not None:
                 raise UsageError(f"argument {flag}: not with --resume, which continues the run with its own settings")
-        checkpoint = _load_for("--resume", args.resume, task, device)
+        checkpoint = _load_for("--resume", args.resume, task, device, args.parallel)
         settings = checkpoint["resume"]
     elif args.load:
-        checkpoint = _load_for("--load", args.load, task, device)
+        checkpoint = _load_for("--load", args.load, task, device, args.parallel)
     seed = settings["seed"] if settings else args.seed or 0
     torch.manual_seed(seed)
     task.config = task.config_class(**checkpoint["config"]) if checkpoint else task.default_config()
     task.batch_size = settings["batch_size"] if settings else args.batch_size or recipe.batch_size
-    model = task.model_class(task.config, backend=args.backend).to(device)
+    world = None
+    if args.parallel:
+        try:
+            parallel.check(
+                args.parallel,
+                parallel.launched_world_size(),
+                task.batch_size,
+                "--resume" if settings else "--batch-size",
+                task.config.block_size,
+                task.config.dropout,
+                args.backend,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        world = parallel.connect(args.parallel, device)
+    if is_main:
+        _remove_stale_temporaries(out_dir)
+        if world is not None:
+            loaded = args.resume or args.load
+            parallel.remove_stale_saves(out_dir, keep=Path(loaded) if loaded and os.path.isdir(loaded) else None)
+
+    unwrapped = task.model_class(task.config, backend=args.backend).to(device)
+    model = parallel.distribute(unwrapped, world) if world else unwrapped
     peak_lr = settings["peak_lr"] if settings else args.lr or recipe.learning_rate
     optimizer = make_optimizer(model, recipe, peak_lr)
     generator = torch.Generator().manual_seed(seed)
     start_step, smoothed = 0, None
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        if world is None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        elif "model" in checkpoint:  # a single-file checkpoint, read whole by every process
+            parallel.load_whole(checkpoint, unwrapped, optimizer)
+        else:
+            parallel.load(args.resume or args.load, unwrapped, optimizer)
         start_step = checkpoint["step"]
-        print(f"{'resumed' if settings else 'loaded'} {args.resume or args.load} (step {start_step})")
+        say(f"{'resumed' if settings else 'loaded'} {args.resume or args.load} (step {start_step})")
     if settings:
         total_steps, smoothed = settings["total_steps"], settings["smoothed_loss"]
         _restore_rng_states(settings["rng"], generator, device)
@@ -614,14 +706,15 @@ def run(args: argparse.Namespace) -> int:
         total_steps = start_step + (recipe.steps if args.steps is None else args.steps)
     steps = total_steps - start_step
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"train {task.name}: {task.summary}")
-    print(
+    say(f"train {task.name}: {task.summary}")
+    say(
         f"{parameters / 1e6:.2f}M parameters, {steps} steps of batch {task.batch_size}, peak lr {peak_lr:g}, "
-        f"backend {args.backend}, device {device}, seed {seed}"
+        f"backend {args.backend}, device {device.type if world else device}, seed {seed}"
+        + (f", {world.describe(task.batch_size, task.config.block_size)}" if world else "")
     )
 
-    def save(path: Path, step: int) -> None:
-        resume = {
+    def resume_state() -> dict:
+        return {
             "total_steps": total_steps,
             "batch_size": task.batch_size,
             "peak_lr": peak_lr,
@@ -629,7 +722,28 @@ def run(args: argparse.Namespace) -> int:
             "smoothed_loss": smoothed,
             "rng": _rng_states(generator, device),
         }
-        save_checkpoint(path, task, model, optimizer, step, resume)
+
+    def save(path: Path, step: int) -> None:
+        if world is None:
+            save_checkpoint(path, task, model, optimizer, step, resume_state())
+        else:
+            run_settings = {"task": task.name, "config": dataclasses.asdict(task.config), "step": step}
+            parallel.save(path, world, unwrapped, optimizer, {**run_settings, "resume": resume_state()})
+
+    replica = parallel.replica(unwrapped, device) if world and is_main else None
+
+    def held_out(full: bool) -> dict[str, float] | None:
+        """The task's held-out metrics, on the main process under --parallel (None on the others)."""
+        if world is None:
+            model.eval()
+            metrics = task.evaluate(model, full=full)
+            model.train()
+            return metrics
+        weights, _ = parallel.gather(unwrapped, None, world)
+        if replica is None:
+            return None
+        replica.load_state_dict(weights)
+        return task.evaluate(replica.eval(), full=full)
 
     model.train()
     started = time.perf_counter()
@@ -638,50 +752,59 @@ def run(args: argparse.Namespace) -> int:
         desc=f"train {task.name}",
         unit="step",
         dynamic_ncols=True,
-        disable=steps == 0,
+        disable=steps == 0 or not is_main,
     )
-    done = start_step  # steps completed
-    with _Interruption() as interruption:
+    done, loss_value, stop = start_step, None, None  # steps completed, the last one's loss, the signal that stopped
+    with _Interruption(defer_repeats=world is not None) as interruption:
         for step in progress:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, recipe, peak_lr)
-            loss = task.loss(model, task.batch(task.batch_size, generator), step, total_steps)
+            batch = task.batch(task.batch_size, generator)
+            loss = task.loss(model, world.share(batch) if world else batch, step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world:
+                world.reduce_gradients(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
-            value = loss.item()
-            smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+            loss_value = world.mean(loss) if world else loss.item()
+            smoothed = loss_value if smoothed is None else 0.95 * smoothed + 0.05 * loss_value
             progress.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
             done = step + 1
             if done % recipe.eval_interval == 0 and done < total_steps:
-                model.eval()
-                progress.write(
-                    f"step {done}: train loss {smoothed:.4f}; held-out: "
-                    f"{format_metrics(task.evaluate(model, full=False))}"
-                )
-                model.train()
-            if interruption.signal is not None:
+                metrics = held_out(full=False)
+                if is_main:
+                    progress.write(f"step {done}: train loss {smoothed:.4f}; held-out: {format_metrics(metrics)}")
+            stop = world.stop_signal(interruption.signal) if world else interruption.signal
+            if stop is not None:
                 break
             if done % args.checkpoint_every == 0 and done < total_steps:
                 save(checkpoint_path, done)
         progress.close()
         if steps > 0:
             save(checkpoint_path, done)
-    if interruption.signal is not None:
-        print(
-            f"{interruption.signal.name} after step {done} of {total_steps}: saved "
-            f"{checkpoint_path}; continue with --resume {checkpoint_path}"
+    if stop is not None:
+        say(
+            f"{stop.name} after step {done} of {total_steps}: saved {checkpoint_path}; "
+            f"continue with --resume {checkpoint_path}"
         )
-        return EXIT_STATUS[interruption.signal]
+        return EXIT_STATUS[stop]
     train_seconds = time.perf_counter() - started
 
-    model.eval()
-    metrics = task.evaluate(model, full=True)
-    print(f"held-out after {total_steps} steps ({train_seconds:.0f} s of training): {format_metrics(metrics)}")
+    if world is None:
+        evaluated = model
+    else:  # the whole model on the main process, which evaluates and shows it while the others end
+        weights, optimizer_state = parallel.gather(unwrapped, optimizer if args.save else None, world)
+        if replica is None:
+            return 0
+        replica.load_state_dict(weights)
+        evaluated = replica
+    evaluated.eval()
+    metrics = task.evaluate(evaluated, full=True)
+    say(f"held-out after {total_steps} steps ({train_seconds:.0f} s of training): {format_metrics(metrics)}")
     with torch.no_grad():
-        shown = task.show(model, out_dir, seed)
-    print(shown)
+        shown = task.show(evaluated, out_dir, seed)
+    say(shown)
     (out_dir / "samples.txt").write_text(shown + "\n", encoding="utf-8")
     record = {
         "task": task.name,
@@ -691,12 +814,21 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "seed": seed,
         "config": dataclasses.asdict(task.config),
+        "train_loss": loss_value,  # the last step's, over the whole batch
         "metrics": metrics,
     }
+    if world is not None:
+        record.update(device=device.type, parallel=world.mode, processes=world.size)
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if args.save:
-        save(Path(args.save), total_steps)
-        print(f"saved {args.save}")
+        if world is None:
+            save(Path(args.save), total_steps)
+        else:  # one file in the single-process format, for generate, attention-graph and runs on one process
+            state = {"task": task.name, "config": dataclasses.asdict(task.config), "step": total_steps}
+            write_checkpoint(
+                Path(args.save), {**state, "model": weights, "optimizer": optimizer_state, "resume": resume_state()}
+            )
+        say(f"saved {args.save}")
     return 0
 
 
@@ -714,6 +846,14 @@ def _device(text: str) -> torch.device:
     elif device.type != "cpu":
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
     return device
+
+
+def _existing_checkpoint(text: str) -> str:
+    """A checkpoint file, or the checkpoint folder of a --parallel run, that exists (read once the
+    command runs)."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -744,8 +884,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help=f"where {CHECKPOINT_NAME}, metrics.json, samples.txt and vae.png go (default: runs/train-MODEL); "
-        "checked for writing before the first step",
+        help=f"where {CHECKPOINT_NAME} ({parallel.CHECKPOINT_NAME} under --parallel), metrics.json, samples.txt "
+        "and vae.png go (default: runs/train-MODEL); checked for writing before the first step",
     )
     parser.add_argument(
         "--checkpoint-every",
@@ -759,15 +899,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        type=existing_file,
+        type=_existing_checkpoint,
         metavar="PATH",
-        help=f"continue a stopped run exactly where it stopped (e.g. DIR/{CHECKPOINT_NAME}): model, optimizer, "
-        "learning-rate schedule, step, batch order and random state, with the run's own steps, batch size, "
-        "learning rate and seed; the result is bitwise that of the run never stopped",
+        help=f"continue a stopped run exactly where it stopped (e.g. DIR/{CHECKPOINT_NAME}, or "
+        f"DIR/{parallel.CHECKPOINT_NAME} with --parallel): model, optimizer, learning-rate schedule, step, batch "
+        "order and random state, with the run's own steps, batch size, learning rate and seed; the result is "
+        "bitwise that of the run never stopped (on as many processes)",
     )
     parser.add_argument(
         "--load",
-        type=existing_file,
+        type=_existing_checkpoint,
         metavar="PATH",
         help="start a new run from this checkpoint's weights and optimizer (of the same model), for --steps "
         "more steps on a new schedule; --resume continues a run instead",
@@ -776,5 +917,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--save",
         type=output_file,
         metavar="PATH",
-        help="also write the final checkpoint here (it can be --resume'd or --load'ed)",
+        help="also write the final checkpoint here, as one file, under --parallel too (it can be --resume'd "
+        "or --load'ed, with or without --parallel)",
+    )
+    parser.add_argument(
+        "--parallel",
+        choices=parallel.MODES,
+        help="gpt only: train on the processes torchrun starts (torchrun --nproc-per-node N -m fastattn train gpt "
+        "--parallel ...; gloo on CPUs, nccl and one GPU a process on GPUs), or on this one process without "
+        "torchrun. ddp: each process a whole model and an equal share of the batch's sequences; fsdp: each "
+        "holds 1/N of the parameters and optimizer state (FSDP2, per block); context: each takes every "
+        "sequence's N-th part, attention around the ring (the model's context length must divide by 2N). "
+        f"The global batch is that of one process. Checkpoints: DIR/{parallel.CHECKPOINT_NAME}, a "
+        "torch.distributed.checkpoint folder that --resume continues on any number of processes and mode",
     )
