@@ -1,8 +1,9 @@
-"""The CUDA norm, sampling and float32 attention kernels of csrc/, run on the CPU, so that every CI run
-checks their logic.
+"""The CUDA norm, sampling and attention kernels of csrc/, run on the CPU, so that every CI run checks
+their logic.
 
 ``cuda_emulator/fakecuda.h`` emulates the CUDA features these kernels use (threads, __syncthreads,
-__syncwarp, warp shuffles, dynamic shared memory; its header lists what it does not emulate). The
+__syncwarp, warp shuffles, dynamic shared memory; with ``emulated_ptx.h``, the tensor-core kernels' mma.sync,
+ldmatrix and cp.async; its header lists what it does not emulate). The
 drivers in ``cuda_emulator/`` include the kernels' sources unchanged; only the
 ``kernel<<<grid, block, smem, stream>>>(args)`` launches and the ``extern __shared__`` declarations
 are rewritten, into the build directory.
@@ -10,10 +11,10 @@ are rewritten, into the build directory.
 Checked: the norms' outputs and gradients against the float64 reference under the rule of
 ``fastattn.testing`` (as tests/test_norm.py checks the other backends), on each kernel path; the sampling
 kernel's kept set against the Triton kernel's and the reference's, its draws against the kept set; the
-Philox words against Triton's ``tl.randint4x``; the float32 attention kernels' out, lse, dq, dk, dv and
-dsinks with sliding windows, softcap, ALiBi, sinks, dropout and packed sequences against the reference
-(the fp16/bf16 attention kernels use tensor-core instructions the emulator does not have; they share
-the masks, scores, tile ranges and sequence offsets of ``attention_common.cuh`` checked here).
+Philox words against Triton's ``tl.randint4x``; the attention kernels' out, lse, dq, dk, dv and dsinks
+(float32: the SIMT kernels; float16 / bfloat16: the tensor-core kernels of every head-dim bucket's tile
+configuration) with sliding windows, softcap, ALiBi, sinks, dropout and packed sequences against the
+reference; the split-KV decode kernels.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ REWRITTEN_SOURCES = (
     "attention/attention_preprocess.cuh",
     "attention/attention_simt.cuh",
     "attention/attention_decode.cuh",
-    "attention/attention_fwd.cuh",  # declared, not run: their tensor-core instructions are not emulated
+    "attention/attention_fwd.cuh",  # the tensor-core kernels: mma.sync, ldmatrix, cp.async by emulated_ptx.h
     "attention/attention_bwd.cuh",
 )
 DRIVERS = ("norm_driver", "sample_driver", "philox_driver", "attention_driver", "decode_driver")
@@ -110,6 +111,8 @@ def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
         "-std=c++20",
         "-Wall",
         "-Wno-unknown-pragmas",
+        "-DFASTATTN_EMULATED_PTX",  # mma.cuh: emulated_ptx.h in place of the inline PTX
+        "-fno-strict-aliasing",  # as nvcc: mma.cuh reads a __half2 as a uint32_t
         f"-I{EMULATOR / 'stub'}",
         f"-I{EMULATOR}",
         f"-I{build}",
@@ -121,7 +124,9 @@ def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
         )
         for name in DRIVERS
     }  # in parallel: a few seconds each
-    errors = [f"{name}:\n{compiler.communicate()[1]}" for name, compiler in compilers.items() if compiler.wait() != 0]
+    messages = {name: compiler.communicate()[1] for name, compiler in compilers.items()}  # read while they run:
+    # a compiler whose errors fill the pipe would otherwise wait for a reader forever
+    errors = [f"{name}:\n{messages[name]}" for name, compiler in compilers.items() if compiler.returncode != 0]
     if errors:
         pytest.fail("the emulated CUDA drivers do not compile:\n" + "\n".join(errors), pytrace=False)
     return {name: build / name for name in DRIVERS}
@@ -584,10 +589,10 @@ def test_philox_matches_triton(drivers, device):
     assert not differing, f"(seed, counter), csrc words, Triton words: {differing[:5]}"
 
 
-# -------------------------------------------------------------------------------- attention (fp32)
+# ------------------------------------------------------------------------------------- attention
 @dataclasses.dataclass(frozen=True)
 class AttentionCase:
-    """One problem for the emulated float32 attention kernels (attention_driver.cpp)."""
+    """One problem for the emulated attention kernels (attention_driver.cpp)."""
 
     label: str
     batch: int = 2
@@ -603,6 +608,7 @@ class AttentionCase:
     padding: bool = False  # a key_padding_mask, batch row 0 without any key
     dropout_p: float = 0.0
     lengths: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # packed sequences (q, k lengths)
+    dtype: torch.dtype = torch.float32  # float16 / bfloat16: the tensor-core kernels, PTX emulated
 
     def __str__(self) -> str:
         return self.label
@@ -630,6 +636,33 @@ ATTENTION_CASES = [
 ]
 
 
+# The tensor-core kernels (float16 / bfloat16), their PTX emulated: each head-dim bucket's tile
+# configuration (D <= 128: 64-key forward tiles; D > 128: 32-key tiles and the backward in two head-dim
+# slices), with the features above.
+ATTENTION_CASES += [
+    AttentionCase(
+        "fp16 causal Nq > Nk, padding, D 59", causal=True, nq=45, nk=20, head_dim=59, padding=True, dtype=f16
+    ),
+    AttentionCase("bf16 plain GQA, D 32", head_dim=32, nq=70, nk=65, dtype=bf16),
+    AttentionCase(
+        "fp16 window, softcap, ALiBi, sinks, D 96",
+        window=(9, 3),
+        softcap=2.0,
+        alibi="head",
+        sinks=True,
+        nq=50,
+        nk=80,
+        head_dim=96,
+        dtype=f16,
+    ),
+    AttentionCase(
+        "bf16 packed, causal, D 128", lengths=((5, 0, 1, 70), (7, 3, 1, 66)), causal=True, head_dim=128, dtype=bf16
+    ),
+    AttentionCase("fp16 dropout, D 64", dropout_p=0.2, nq=30, nk=41, head_dim=64, dtype=f16),
+    AttentionCase("bf16 causal D 200, MQA", causal=True, nq=40, nk=70, head_dim=200, heads=(2, 1), dtype=bf16),
+]
+
+
 def attention_inputs(case: AttentionCase, device) -> dict:
     """The case's tensors (float32, on the CPU) and the keywords of fastattn.reference."""
     hq, hkv = case.heads
@@ -651,7 +684,8 @@ def attention_inputs(case: AttentionCase, device) -> dict:
     if case.sinks:
         keywords["sinks"] = torch.randn(hq)
     lse_rows = (hq, q.shape[0]) if case.lengths else (batch, hq, case.nq)
-    return dict(q=q, k=k, v=v, dout=torch.randn_like(q), dlse=torch.randn(lse_rows), keywords=keywords, batch=batch)
+    q, k, v, dout = (t.to(case.dtype).float() for t in (q, k, v, torch.randn_like(q)))  # values of the case's dtype
+    return dict(q=q, k=k, v=v, dout=dout, dlse=torch.randn(lse_rows), keywords=keywords, batch=batch)
 
 
 def offsets(lengths) -> Tensor:
@@ -666,7 +700,7 @@ def emulated_attention(driver: Path, case: AttentionCase, inputs: dict, seed: in
     nq, nk = (max(case.lengths[0]), max(case.lengths[1])) if packed else (case.nq, case.nk)
     alibi = keywords.get("alibi_slopes")
     header = struct.pack(
-        "<17q3d",
+        "<18q3d",
         batch,
         hq,
         hkv,
@@ -683,6 +717,7 @@ def emulated_attention(driver: Path, case: AttentionCase, inputs: dict, seed: in
         int(case.sinks),
         1,  # dlse
         seed,
+        DTYPE_CODES[case.dtype],
         keywords["scale"],
         case.softcap,
         case.dropout_p,
@@ -725,9 +760,10 @@ def reference_attention(case: AttentionCase, inputs: dict, dtype: torch.dtype, k
 
 
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
-def test_attention_fp32(drivers, case):
-    """The float32 kernels' window, softcap, ALiBi, sinks (and their gradient) and packed sequences
-    against the float64 reference under the numerics rule; dropout with the Triton kernels' mask."""
+def test_attention(drivers, case):
+    """The float32 kernels and the tensor-core kernels (float16 / bfloat16): window, softcap, ALiBi,
+    sinks (and their gradient) and packed sequences against the float64 reference under the numerics
+    rule (the plain math in the case's dtype); dropout with the Triton kernels' mask."""
     inputs = attention_inputs(case, "cpu")
     seed = 1234
     emulated = emulated_attention(drivers["attention_driver"], case, inputs, seed)
@@ -739,7 +775,7 @@ def test_attention_fp32(drivers, case):
             inputs["batch"], case.heads[0], case.nq, case.nk, case.dropout_p, seed, "cpu"
         )
     exact = reference_attention(case, inputs, torch.float64, keep)
-    plain = reference_attention(case, inputs, torch.float32, keep)
+    plain = reference_attention(case, inputs, case.dtype, keep)
     names = ("out", "lse", "dq", "dk", "dv", "dsinks")
     for name, got, ref, pla in zip(names, emulated, exact, plain, strict=False):
         factor = 2.0 if name in ("out", "lse") else 3.0

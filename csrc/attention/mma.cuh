@@ -41,6 +41,16 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
 // c[0..4) += A (a[0..4)) * B (b[0..2)), 16x8x16, fp32 accumulation.
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+#if defined(FASTATTN_EMULATED_PTX)
+// The CPU emulator (tests/cuda_emulator/emulated_ptx.h) defines mma16816, ldmatrix and cp.async by the
+// fragment layouts above, as warp-collective operations of its emulated threads. The GPU build never
+// defines FASTATTN_EMULATED_PTX: it compiles the instructions below.
+}  // namespace mma
+}  // namespace fastattn
+#include "emulated_ptx.h"
+namespace fastattn {
+namespace mma {
+#else
 template <>
 __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -87,6 +97,8 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+
+#endif  // FASTATTN_EMULATED_PTX
 
 // --------------------------------------------------------------------------------- smem tiles
 // A ROWS x HD tile of 16-bit elements in shared memory, each row padded by 8 elements (16 bytes) so

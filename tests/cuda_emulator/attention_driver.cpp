@@ -1,14 +1,15 @@
-// Runs csrc/attention's float32 kernels (attention_simt.cuh: forward, preprocess, dK/dV, dQ) on the
-// host (fakecuda.h), filling the params as csrc/attention/attention.cpp does, for test_cuda_emulated.py.
-// The fp16/bf16 kernels use tensor-core instructions the emulator does not have; they share the
-// masking, scores, tile ranges, sequence offsets and sinks (attention_common.cuh) run here.
+// Runs csrc/attention's kernels on the host (fakecuda.h), filling the params as csrc/attention/attention.cpp
+// does, for test_cuda_emulated.py: the float32 kernels (attention_simt.cuh) or, for float16 / bfloat16,
+// the tensor-core kernels (attention_fwd.cuh, attention_bwd.cuh) with mma.sync, ldmatrix and cp.async
+// emulated by emulated_ptx.h (built with -DFASTATTN_EMULATED_PTX); forward, preprocess, dK/dV, dQ.
 //
-// stdin:  AttnCase, then float32 q, k, v (padded (B, H, N, D) or packed (total, H, D), contiguous), the
+// stdin:  AttnCase, then float32 q, k, v (for 16-bit dtypes: values of that dtype, converted exactly) (padded (B, H, N, D) or packed (total, H, D), contiguous), the
 //         key_padding_mask (uint8 (B, Nk), if any), cu_seqlens_q and cu_seqlens_k (int32 (B + 1,), if
 //         packed), ALiBi slopes (float32 (Hq,) or (B, Hq), if any), sinks (float32 (Hq,), if any), dout
 //         (like q), dlse (like lse, if any).
 // stdout: out (like q), lse ((B, Hq, Nq), or packed (Hq, total_q)), dq, dk, dv, dsinks ((Hq,), if sinks).
 #include <cstdio>
+#include <type_traits>
 
 #include "driver_io.h"
 #include "attention/attention_preprocess.cuh"  // the test's rewritten copies (their -I comes before csrc's)
@@ -22,6 +23,7 @@ struct AttnCase {
   int64_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim;  // packed: seq_q, seq_k are the longest sequences
   int64_t packed, total_q, total_k;                          // packed: the rows of q and of k
   int64_t causal, window_left, window_right, has_kpm, alibi_dims, has_sinks, has_dlse, seed;
+  int64_t dtype;  // csrc/common/types.h: 0 float32, 1 float16, 2 bfloat16
   double scale, softcap, dropout_p;
 };
 
@@ -37,6 +39,53 @@ void run(const AttnParams& p) {
   if (attn::run_fwd_simt<DC>(p, nullptr) != cudaSuccess) fakecuda::fail("the forward launch failed");
   if (attn::run_bwd_preprocess(p, nullptr) != cudaSuccess) fakecuda::fail("the preprocess launch failed");
   if (attn::run_bwd_simt<DC>(p, nullptr) != cudaSuccess) fakecuda::fail("the backward launch failed");
+}
+
+// Storage of float values in 16-bit dtype T (exact for values of that dtype), and back.
+template <typename T>
+std::vector<T> narrow(const std::vector<float>& values) {
+  std::vector<T> out(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    if constexpr (std::is_same_v<T, __half>) out[i] = __float2half_rn(values[i]);
+    else out[i] = __float2bfloat16_rn(values[i]);
+  }
+  return out;
+}
+template <typename T>
+void widen(const std::vector<T>& values, std::vector<float>& out) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if constexpr (std::is_same_v<T, __half>) out[i] = __half2float(values[i]);
+    else out[i] = __bfloat162float(values[i]);
+  }
+}
+
+template <typename T, int HD>
+void run_half(const AttnParams& p) {
+  if (attn::run_fwd<T, HD>(p, nullptr) != cudaSuccess) fakecuda::fail("the forward launch failed");
+  if (attn::run_bwd_preprocess(p, nullptr) != cudaSuccess) fakecuda::fail("the preprocess launch failed");
+  if (attn::run_bwd<T, HD>(p, nullptr) != cudaSuccess) fakecuda::fail("the backward launch failed");
+}
+
+// The 16-bit kernels of dispatch_half's bucket (attention_launch.cu) on 16-bit copies of the data;
+// out, dq, dk, dv are written back as floats.
+template <typename T>
+void run_16bit(AttnParams p, int head_dim, std::vector<float>& out, std::vector<float>& dq, std::vector<float>& dk,
+               std::vector<float>& dv) {
+  const auto q = narrow<T>(std::vector<float>(static_cast<const float*>(p.q), static_cast<const float*>(p.q) + out.size()));
+  const auto k = narrow<T>(std::vector<float>(static_cast<const float*>(p.k), static_cast<const float*>(p.k) + dk.size()));
+  const auto v = narrow<T>(std::vector<float>(static_cast<const float*>(p.v), static_cast<const float*>(p.v) + dv.size()));
+  const auto dout =
+      narrow<T>(std::vector<float>(static_cast<const float*>(p.dout), static_cast<const float*>(p.dout) + out.size()));
+  std::vector<T> out16(out.size()), dq16(dq.size()), dk16(dk.size()), dv16(dv.size());
+  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = dout.data();
+  p.out = out16.data(), p.dq = dq16.data(), p.dk = dk16.data(), p.dv = dv16.data();
+  if (head_dim <= 32) run_half<T, 32>(p);
+  else if (head_dim <= 64) run_half<T, 64>(p);
+  else if (head_dim <= 96) run_half<T, 96>(p);
+  else if (head_dim <= 128) run_half<T, 128>(p);
+  else if (head_dim <= 192) run_half<T, 192>(p);
+  else run_half<T, 256>(p);
+  widen(out16, out), widen(dq16, dq), widen(dk16, dk), widen(dv16, dv);
 }
 
 }  // namespace
@@ -78,15 +127,17 @@ int main() {
   p.seq_q = int(c.seq_q), p.seq_k = int(c.seq_k), p.head_dim = int(c.head_dim);
   p.scale = float(c.scale), p.scale_log2 = float(c.scale * 1.4426950408889634);
   p.dropout_p = float(c.dropout_p), p.keep_scale = float(1.0 / (1.0 - c.dropout_p)), p.seed = uint64_t(c.seed);
-  p.dtype = DType::kFloat32;
+  p.dtype = DType(c.dtype);
   set_row_layout(p, c.packed != 0, c.total_q);
   set_band_and_softcap(p, c.causal != 0, c.window_left, c.window_right, c.softcap);
   p.cu_seqlens_q = c.packed ? cu_q.data() : nullptr, p.cu_seqlens_k = c.packed ? cu_k.data() : nullptr;
   p.alibi = c.alibi_dims ? alibi.data() : nullptr, p.alibi_stride_b = c.alibi_dims == 2 ? c.heads_q : 0;
   p.sinks = c.has_sinks ? sinks.data() : nullptr;
 
+  if (p.dtype == DType::kFloat16) run_16bit<__half>(p, int(c.head_dim), out, dq, dk, dv);
+  else if (p.dtype == DType::kBFloat16) run_16bit<__nv_bfloat16>(p, int(c.head_dim), out, dq, dk, dv);
   // dispatch_simt's buckets (attention_launch.cu): 32 * DC >= D
-  if (c.head_dim <= 32) run<1>(p);
+  else if (c.head_dim <= 32) run<1>(p);
   else if (c.head_dim <= 64) run<2>(p);
   else if (c.head_dim <= 128) run<4>(p);
   else run<8>(p);

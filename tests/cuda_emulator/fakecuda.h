@@ -12,6 +12,8 @@
 //     for more than an H100 block may have, 227 KiB, fails as on the GPU);
 //   - __shfl_xor_sync: a barrier of the warp's 32 lanes with an exchange of values (the mask is
 //     ignored: the kernels only shuffle with every lane of the warp taking part);
+//   - warp-wide instructions (warp_share: every lane gives a value and gets the warp's), on which
+//     emulated_ptx.h builds mma.sync m16n8k16, ldmatrix (.trans) and cp.async for csrc/attention/mma.cuh;
 //   - threadIdx / blockIdx / blockDim / gridDim, fp16 and bf16 conversions (round to nearest even),
 //     the few intrinsics the kernels call; __shared__ variables are function statics.
 // Not emulated:
@@ -21,15 +23,16 @@
 //   - device math: log, exp etc. are the host's libm (not bit for bit libdevice's); ex2.approx and
 //     friends are not used by these kernels;
 //   - launch limits other than the block size and the dynamic shared memory, streams (the launch is
-//     synchronous);
-//   - tensor-core and asynchronous-copy instructions (mma.sync, ldmatrix, cp.async): the kernels that
-//     use them compile here but cannot run.
+//     synchronous); cp.async copies at once (a missing wait_group goes undetected); mma.sync sums in
+//     double (the hardware's fp32 accumulation order is not modelled).
 // A barrier that can never complete (threads waiting at different barriers) aborts with a message.
 #pragma once
 
 #include <ucontext.h>
 
 #include <algorithm>
+#include <array>
+#include <type_traits>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -73,12 +76,8 @@ inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int bytes) {
   return size_t(bytes) <= kMaxDynamicSharedBytes ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// Declared for headers that define device functions the emulated kernels never call (tensor-core
-// fragments, shared-memory addresses); a call would fail to link.
-struct __half2 { uint16_t x, y; };
-struct __nv_bfloat162 { uint16_t x, y; };
-__half2 __floats2half2_rn(float, float);
-__nv_bfloat162 __floats2bfloat162_rn(float, float);
+// Declared for headers that define device functions the emulated kernels never call (shared-memory
+// addresses: emulated_ptx.h takes pointers); a call would fail to link.
 size_t __cvta_generic_to_shared(const void*);
 
 struct float4 { float x, y, z, w; };
@@ -113,6 +112,12 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
   const uint32_t bits = std::bit_cast<uint32_t>(v);
   if (std::isnan(v)) return {uint16_t((bits >> 16) | 0x40)};  // stays a (quiet) NaN
   return {uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16)};  // round to nearest even
+}
+struct __half2 { uint16_t x, y; };  // .x at the lower address
+struct __nv_bfloat162 { uint16_t x, y; };
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo).bits, __float2half_rn(hi).bits}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__float2bfloat16_rn(lo).bits, __float2bfloat16_rn(hi).bits};
 }
 inline __half __ushort_as_half(uint16_t bits) { return {bits}; }
 inline __nv_bfloat16 __ushort_as_bfloat16(uint16_t bits) { return {bits}; }
@@ -162,6 +167,7 @@ struct Block {
   // Two exchange buffers per lane, used by alternate shuffles: a lane can only overwrite a buffer
   // after every lane of its warp has reached the next shuffle, that is, has read the buffer.
   std::vector<uint64_t> shuffle_slots[2];
+  std::vector<std::array<uint64_t, 4>> exchange_slots[2];  // the same, for warp_share's up to 32 bytes
   ucontext_t scheduler;
   unsigned current = 0;
   bool progressed = false;  // some fiber got past a barrier or returned in this round
@@ -199,6 +205,7 @@ inline void run_block(Block& block, dim3 block_dim, std::vector<std::unique_ptr<
   for (unsigned w = 0; w < (threads + 31) / 32; ++w)
     block.warp_barriers.push_back(Barrier{int(min(32u, threads - 32 * w))});
   for (auto& slots : block.shuffle_slots) slots.assign(threads, 0);
+  for (auto& slots : block.exchange_slots) slots.assign(threads, {});
   for (unsigned t = 0; t < threads; ++t) {
     ucontext_t& context = block.fibers[t].context;
     getcontext(&context);
@@ -241,6 +248,35 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
   std::memcpy(&result, &slots[warp * 32 + (lane ^ unsigned(lane_mask))], sizeof(T));
   return result;
 }
+
+namespace fakecuda {
+// What the 32 lanes of a warp gave to warp_share, by lane (valid until the warp's next collective).
+template <class T>
+struct WarpValues {
+  const std::array<uint64_t, 4>* lanes;
+  T operator[](unsigned lane) const {
+    T value;
+    std::memcpy(&value, lanes[lane].data(), sizeof(T));
+    return value;
+  }
+};
+
+// Every lane of the calling thread's warp gives `mine` and gets all 32 lanes' values. The warp-wide
+// instructions (mma.sync, ldmatrix) are built on it: each lane computes its own results from what the
+// whole warp holds, as the hardware does.
+template <class T>
+inline WarpValues<T> warp_share(const T& mine) {
+  static_assert(sizeof(T) <= sizeof(std::array<uint64_t, 4>) && std::is_trivially_copyable_v<T>);
+  Block& block = *g_block;
+  const unsigned t = linear_thread(), warp = t / 32;
+  Barrier& barrier = block.warp_barriers[warp];
+  if (barrier.expected != 32) fail("a warp-wide instruction needs all 32 lanes of the warp");
+  std::vector<std::array<uint64_t, 4>>& slots = block.exchange_slots[barrier.generation % 2];
+  std::memcpy(slots[t].data(), &mine, sizeof(T));
+  wait(barrier);
+  return {&slots[warp * 32]};
+}
+}  // namespace fakecuda
 
 namespace fakecuda {
 inline std::vector<std::max_align_t> g_dynamic_shared;  // the running launch's dynamic shared memory
