@@ -660,6 +660,18 @@ ATTENTION_CASES += [
     ),
     AttentionCase("fp16 dropout, D 64", dropout_p=0.2, nq=30, nk=41, head_dim=64, dtype=f16),
     AttentionCase("bf16 causal D 200, MQA", causal=True, nq=40, nk=70, head_dim=200, heads=(2, 1), dtype=bf16),
+    AttentionCase("fp16 D 1, causal Nq < Nk", causal=True, nq=17, nk=97, head_dim=1, dtype=f16),
+    AttentionCase(
+        "bf16 D 8, 128 x 128 on tile boundaries, padding", nq=128, nk=128, head_dim=8, padding=True, dtype=bf16
+    ),
+    AttentionCase(
+        "fp16 D 80, causal window Nq > Nk", causal=True, window=(12, -1), nq=65, nk=31, head_dim=80, dtype=f16
+    ),
+    AttentionCase("fp16 D 192, GQA, sinks", sinks=True, nq=33, nk=64, head_dim=192, dtype=f16),
+    AttentionCase(
+        "bf16 D 256, softcap, ALiBi per batch", softcap=3.0, alibi="batch", nq=20, nk=45, head_dim=256, dtype=bf16
+    ),
+    AttentionCase("fp16 D 111 packed, empty sequences", lengths=((0, 9, 33), (4, 0, 40)), head_dim=111, dtype=f16),
 ]
 
 
