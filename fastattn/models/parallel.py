@@ -200,8 +200,7 @@ class RingSelfAttention(nn.Module):
             raise ValueError("ring attention trains on whole sequences: no key padding mask, no KV cache")
         batch, n, channels = x.shape
         q = self.query(x).view(batch, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N/W, D)
-        kv = self.key_value(x).view(batch, n, 2, self.n_kv_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, Hkv, N/W, D)
+        k, v = MultiHeadAttention.keys_values(self, x)  # the replaced module's projection: 2 x (B, Hkv, N/W, D)
         y = ring_attention(q, k, v, causal=causal, backend=self.backend)
         return self.out(y.transpose(1, 2).reshape(batch, n, channels))
 
