@@ -2,19 +2,22 @@
 their logic.
 
 ``cuda_emulator/fakecuda.h`` emulates the CUDA features these kernels use (threads, __syncthreads,
-__syncwarp, warp shuffles, dynamic shared memory; with ``emulated_ptx.h``, the tensor-core kernels' mma.sync,
-ldmatrix and cp.async; its header lists what it does not emulate). The
+__syncwarp, warp shuffles, dynamic and static shared memory, cp.async with its commit and wait groups;
+with ``emulated_ptx.h``, the tensor-core kernels' mma.sync and ldmatrix; its header lists what it does
+not emulate), and ``racecheck.h`` checks every kernel's every shared-memory access for races. The
 drivers in ``cuda_emulator/`` include the kernels' sources unchanged; only the
-``kernel<<<grid, block, smem, stream>>>(args)`` launches and the ``extern __shared__`` declarations
-are rewritten, into the build directory.
+``kernel<<<grid, block, smem, stream>>>(args)`` launches and the ``__shared__`` declarations are
+rewritten, into the build directory. ``cuda_emulator/mutate.py`` shows that these tests fail when bugs
+are put into the kernels.
 
 Checked: the norms' outputs and gradients against the float64 reference under the rule of
 ``fastattn.testing`` (as tests/test_norm.py checks the other backends), on each kernel path; the sampling
 kernel's kept set against the Triton kernel's and the reference's, its draws against the kept set; the
 Philox words against Triton's ``tl.randint4x``; the attention kernels' out, lse, dq, dk, dv and dsinks
 (float32: the SIMT kernels; float16 / bfloat16: the tensor-core kernels of every head-dim bucket's tile
-configuration) with sliding windows, softcap, ALiBi, sinks, dropout and packed sequences against the
-reference; the split-KV decode kernels.
+configuration, launched through the extension's dispatcher) with sliding windows, softcap, ALiBi, sinks,
+dropout and packed sequences against the reference; the split-KV decode kernels; the race checker on
+kernels with and without races.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -43,7 +47,10 @@ CSRC = Path(__file__).resolve().parents[1] / "csrc"
 # The sources rewritten for the emulator: kernel launches, dynamic shared memory.
 REWRITTEN_SOURCES = (
     "norm/norm_launch.cu",
+    "norm/norm_kernels.cuh",
     "sampling/sampling_launch.cu",
+    "sampling/sampling_kernels.cuh",
+    "attention/attention_launch.cu",  # the dispatcher: the driver runs the kernels through it
     "attention/attention_run.cuh",
     "attention/attention_preprocess.cuh",
     "attention/attention_simt.cuh",
@@ -51,7 +58,7 @@ REWRITTEN_SOURCES = (
     "attention/attention_fwd.cuh",  # the tensor-core kernels: mma.sync, ldmatrix, cp.async by emulated_ptx.h
     "attention/attention_bwd.cuh",
 )
-DRIVERS = ("norm_driver", "sample_driver", "philox_driver", "attention_driver", "decode_driver")
+DRIVERS = ("norm_driver", "sample_driver", "philox_driver", "attention_driver", "decode_driver", "race_driver")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/types.h
 ABSENT = -1  # the drivers' dtype code of a tensor the case has not
 
@@ -100,15 +107,42 @@ def rewrite_dynamic_shared(source: str) -> str:
     )
 
 
+STATIC_SHARED = re.compile(r"__shared__ (?P<type>[\w:<>]+) (?P<name>\w+)(?P<dims>(?:\[[^\]]+\])*);")
+
+
+def rewrite_static_shared(source: str) -> str:
+    """Every ``__shared__ T name[dims];`` as a reference to a variable of fakecuda's static shared arena
+    (the lambda makes each declaration a variable of its own)."""
+    rewritten = STATIC_SHARED.sub(
+        lambda match: f"auto& {match['name']} = fakecuda::static_shared<{match['type']}{match['dims']}>([] {{}});",
+        source,
+    )
+    left = [line for line in rewritten.splitlines() if "__shared__" in line and "extern __shared__" not in line]
+    if left:
+        raise AssertionError(f"__shared__ declarations of a new form: {left}")
+    return rewritten
+
+
+def rewrite(source: str) -> str:
+    return rewrite_static_shared(rewrite_dynamic_shared(rewrite_launches(source)))
+
+
+# -fsanitize=thread: GCC calls a hook on every load and store, which racecheck.h defines to check shared
+# memory for races (the object is linked without the sanitizer's runtime); -g1 and -no-pie let it name
+# the source lines.
+RACECHECK_FLAGS = ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-g1"]
+
+
 def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
     """Compiles the drivers against the sources in ``csrc`` into ``build``; fails the test on an error."""
     for name in REWRITTEN_SOURCES:
         (build / name).parent.mkdir(parents=True, exist_ok=True)
-        (build / name).write_text(rewrite_dynamic_shared(rewrite_launches((csrc / name).read_text())))
+        (build / name).write_text(rewrite((csrc / name).read_text()))
     # The rewritten files (-I build) shadow csrc's; the stubs stand in for the CUDA headers.
     flags = [
         "-O2",
         "-std=c++20",
+        *RACECHECK_FLAGS,
         "-Wall",
         "-Wno-unknown-pragmas",
         "-DFASTATTN_EMULATED_PTX",  # mma.cuh: emulated_ptx.h in place of the inline PTX
@@ -120,7 +154,15 @@ def build_drivers(csrc: Path, build: Path) -> dict[str, Path]:
     ]
     compilers = {
         name: subprocess.Popen(
-            ["g++", *flags, str(EMULATOR / f"{name}.cpp"), "-o", str(build / name)], stderr=subprocess.PIPE, text=True
+            [
+                "sh",
+                "-c",
+                shlex.join(["g++", *flags, "-c", str(EMULATOR / f"{name}.cpp"), "-o", f"{build / name}.o"])
+                + " && "
+                + shlex.join(["g++", "-no-pie", f"{build / name}.o", "-o", str(build / name)]),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name in DRIVERS
     }  # in parallel: a few seconds each
@@ -144,6 +186,40 @@ def run_driver(driver: Path, stdin: bytes) -> bytes:
     if result.returncode != 0:
         raise AssertionError(f"{driver.name} exited with {result.returncode}: {result.stderr.decode()}")
     return result.stdout
+
+
+# ------------------------------------------------------------------------------------ race checker
+# race_driver.cpp's kernels: (kernel, the hazard reported or None, the source lines of the two accesses).
+RACES = [
+    ("neighbour_without_barrier", "write-after-read", ("race_driver.cpp:24", "race_driver.cpp:23")),
+    ("neighbour_after_syncthreads", None, ()),
+    ("write_after_read", "write-after-read", ("race_driver.cpp:41", "race_driver.cpp:42")),
+    ("in_warp_after_syncwarp", None, ()),
+    ("in_warp_after_shuffle", "read-after-write", ("race_driver.cpp:56", "race_driver.cpp:57")),
+    ("across_warps_after_syncwarp", "write-after-read", ("race_driver.cpp:65", "race_driver.cpp:63")),
+    ("static_shared_write_write", "write-after-write", ("race_driver.cpp:71", "race_driver.cpp:72")),
+    ("cp_async_read_before_wait", "cp.async in flight", ("race_driver.cpp:81", "race_driver.cpp:83")),
+    ("cp_async_read_after_wait", None, ()),
+    ("cp_async_wait_leaves_newest", "cp.async in flight", ("race_driver.cpp:101", "race_driver.cpp:105")),
+]
+
+
+@pytest.mark.parametrize(("kernel", "hazard", "lines"), RACES, ids=[race[0] for race in RACES])
+def test_race_checker(drivers, kernel, hazard, lines):
+    """The race checker (racecheck.h) that every emulated kernel runs under reports the races of
+    race_driver.cpp's kernels, naming the kernel, both threads and both source lines, and passes their
+    race-free twins."""
+    result = subprocess.run([str(drivers["race_driver"]), kernel], capture_output=True, timeout=60, text=True)
+    if hazard is None:
+        assert result.returncode == 0, f"{kernel}: a race reported where there is none:\n{result.stderr}"
+        return
+    assert result.returncode != 0, f"{kernel}: the race went unreported"
+    report = result.stderr
+    assert f"racecheck: {hazard} hazard" in report, report
+    assert f"{kernel}(" in report, f"the report does not name the kernel:\n{report}"
+    first, second = (report.index(line) for line in lines)  # in this order: the earlier access first
+    assert first < second, f"the accesses' lines {lines} in the wrong order:\n{report}"
+    assert report.count("thread (") == 2, report
 
 
 def raw(t: Tensor) -> bytes:
@@ -673,6 +749,49 @@ ATTENTION_CASES += [
     ),
     AttentionCase("fp16 D 111 packed, empty sequences", lengths=((0, 9, 33), (4, 0, 40)), head_dim=111, dtype=f16),
 ]
+
+
+def attention_matrix() -> list[AttentionCase]:
+    """Every head dim of the matrix in every dtype (so every bucket of both dispatchers, at and between
+    their bounds), each case with a different mix: causal or not; Nq < Nk, Nq > Nk, lengths on the
+    64-row tile boundaries and off them; MHA, GQA, MQA; a padding mask with a batch row of no key;
+    dropout; a window, softcap, ALiBi or sinks. Each feature is on in some cases of each dtype."""
+    lengths = [(17, 97), (65, 31), (64, 128), (33, 47)]
+    heads = [(4, 2), (2, 1), (2, 2)]
+    features = [
+        {},
+        {"window": (7, 2)},
+        {"softcap": 2.0},
+        {"alibi": "head"},
+        {"sinks": True},
+    ]
+    cases = []
+    for dtype_index, dtype in enumerate((f32, f16, bf16)):
+        for dim_index, head_dim in enumerate((1, 8, 59, 64, 80, 96, 128, 256)):
+            i = dtype_index + dim_index
+            nq, nk = lengths[i % len(lengths)]
+            options = dict(
+                causal=i % 2 == 0,
+                nq=nq,
+                nk=nk,
+                heads=heads[i % len(heads)],
+                padding=i % 3 == 0,
+                dropout_p=0.2 if i % 4 == 1 else 0.0,
+                **features[i % len(features)],
+            )
+            on = [
+                name.removesuffix("_p")
+                for name, value in options.items()
+                if name not in ("nq", "nk", "heads") and value
+            ]
+            label = (
+                f"{str(dtype).removeprefix('torch.')} D {head_dim} Nq {nq} Nk {nk} H {options['heads']} {' '.join(on)}"
+            )
+            cases.append(AttentionCase(label, head_dim=head_dim, dtype=dtype, **options))
+    return cases
+
+
+ATTENTION_CASES += attention_matrix()
 
 
 def attention_inputs(case: AttentionCase, device) -> dict:

@@ -1,7 +1,8 @@
 // Runs csrc/attention's kernels on the host (fakecuda.h), filling the params as csrc/attention/attention.cpp
-// does, for test_cuda_emulated.py: the float32 kernels (attention_simt.cuh) or, for float16 / bfloat16,
-// the tensor-core kernels (attention_fwd.cuh, attention_bwd.cuh) with mma.sync, ldmatrix and cp.async
-// emulated by emulated_ptx.h (built with -DFASTATTN_EMULATED_PTX); forward, preprocess, dK/dV, dQ.
+// does and launching through its dispatcher (attention_launch.cu: launch_attention_fwd, _bwd), for
+// test_cuda_emulated.py: the float32 kernels (attention_simt.cuh) or, for float16 / bfloat16, the
+// tensor-core kernels (attention_fwd.cuh, attention_bwd.cuh) with mma.sync and ldmatrix emulated by
+// emulated_ptx.h (built with -DFASTATTN_EMULATED_PTX); forward, preprocess, dK/dV, dQ.
 //
 // stdin:  AttnCase, then float32 q, k, v (for 16-bit dtypes: values of that dtype, converted exactly) (padded (B, H, N, D) or packed (total, H, D), contiguous), the
 //         key_padding_mask (uint8 (B, Nk), if any), cu_seqlens_q and cu_seqlens_k (int32 (B + 1,), if
@@ -12,8 +13,8 @@
 #include <type_traits>
 
 #include "driver_io.h"
-#include "attention/attention_preprocess.cuh"  // the test's rewritten copies (their -I comes before csrc's)
-#include "attention/attention_run.cuh"
+#include "attention/attention_run.cuh"  // the test's rewritten copies (their -I comes before csrc's)
+#include "attention/attention_launch.cu"
 
 using namespace fastattn;
 
@@ -34,11 +35,9 @@ void strides(const AttnCase& c, int64_t heads, int64_t rows, int64_t& b, int64_t
   n = c.packed ? heads * c.head_dim : c.head_dim;
 }
 
-template <int DC>
 void run(const AttnParams& p) {
-  if (attn::run_fwd_simt<DC>(p, nullptr) != cudaSuccess) fakecuda::fail("the forward launch failed");
-  if (attn::run_bwd_preprocess(p, nullptr) != cudaSuccess) fakecuda::fail("the preprocess launch failed");
-  if (attn::run_bwd_simt<DC>(p, nullptr) != cudaSuccess) fakecuda::fail("the backward launch failed");
+  if (launch_attention_fwd(p, nullptr) != cudaSuccess) fakecuda::fail("the forward launch failed");
+  if (launch_attention_bwd(p, nullptr) != cudaSuccess) fakecuda::fail("the backward launch failed");
 }
 
 // Storage of float values in 16-bit dtype T (exact for values of that dtype), and back.
@@ -59,17 +58,9 @@ void widen(const std::vector<T>& values, std::vector<float>& out) {
   }
 }
 
-template <typename T, int HD>
-void run_half(const AttnParams& p) {
-  if (attn::run_fwd<T, HD>(p, nullptr) != cudaSuccess) fakecuda::fail("the forward launch failed");
-  if (attn::run_bwd_preprocess(p, nullptr) != cudaSuccess) fakecuda::fail("the preprocess launch failed");
-  if (attn::run_bwd<T, HD>(p, nullptr) != cudaSuccess) fakecuda::fail("the backward launch failed");
-}
-
-// The 16-bit kernels of dispatch_half's bucket (attention_launch.cu) on 16-bit copies of the data;
-// out, dq, dk, dv are written back as floats.
+// The 16-bit kernels on 16-bit copies of the data; out, dq, dk, dv are written back as floats.
 template <typename T>
-void run_16bit(AttnParams p, int head_dim, std::vector<float>& out, std::vector<float>& dq, std::vector<float>& dk,
+void run_16bit(AttnParams p, std::vector<float>& out, std::vector<float>& dq, std::vector<float>& dk,
                std::vector<float>& dv) {
   const auto q = narrow<T>(std::vector<float>(static_cast<const float*>(p.q), static_cast<const float*>(p.q) + out.size()));
   const auto k = narrow<T>(std::vector<float>(static_cast<const float*>(p.k), static_cast<const float*>(p.k) + dk.size()));
@@ -79,12 +70,7 @@ void run_16bit(AttnParams p, int head_dim, std::vector<float>& out, std::vector<
   std::vector<T> out16(out.size()), dq16(dq.size()), dk16(dk.size()), dv16(dv.size());
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = dout.data();
   p.out = out16.data(), p.dq = dq16.data(), p.dk = dk16.data(), p.dv = dv16.data();
-  if (head_dim <= 32) run_half<T, 32>(p);
-  else if (head_dim <= 64) run_half<T, 64>(p);
-  else if (head_dim <= 96) run_half<T, 96>(p);
-  else if (head_dim <= 128) run_half<T, 128>(p);
-  else if (head_dim <= 192) run_half<T, 192>(p);
-  else run_half<T, 256>(p);
+  run(p);
   widen(out16, out), widen(dq16, dq), widen(dk16, dk), widen(dv16, dv);
 }
 
@@ -134,13 +120,9 @@ int main() {
   p.alibi = c.alibi_dims ? alibi.data() : nullptr, p.alibi_stride_b = c.alibi_dims == 2 ? c.heads_q : 0;
   p.sinks = c.has_sinks ? sinks.data() : nullptr;
 
-  if (p.dtype == DType::kFloat16) run_16bit<__half>(p, int(c.head_dim), out, dq, dk, dv);
-  else if (p.dtype == DType::kBFloat16) run_16bit<__nv_bfloat16>(p, int(c.head_dim), out, dq, dk, dv);
-  // dispatch_simt's buckets (attention_launch.cu): 32 * DC >= D
-  else if (c.head_dim <= 32) run<1>(p);
-  else if (c.head_dim <= 64) run<2>(p);
-  else if (c.head_dim <= 128) run<4>(p);
-  else run<8>(p);
+  if (p.dtype == DType::kFloat16) run_16bit<__half>(p, out, dq, dk, dv);
+  else if (p.dtype == DType::kBFloat16) run_16bit<__nv_bfloat16>(p, out, dq, dk, dv);
+  else run(p);
 
   write_values(out);
   write_values(lse);

@@ -1,7 +1,7 @@
-// Host emulation of the CUDA features the norm, sampling and fp32 attention kernels of csrc/ use, so
-// that their source runs unchanged on a CPU (the test rewrites each `kernel<<<grid, block, smem,
-// stream>>>(args)` into `fake_launch(kernel, grid, block, smem, args)`, and each `extern __shared__ T
-// name[];` into a pointer to the launch's dynamic shared memory).
+// Host emulation of the CUDA features the kernels of csrc/ use, so that their source runs unchanged on a
+// CPU (the test rewrites each `kernel<<<grid, block, smem, stream>>>(args)` into `fake_launch(kernel,
+// grid, block, smem, args)`, each `extern __shared__ T name[];` into a pointer to the launch's dynamic
+// shared memory, and each `__shared__ T name[...];` into a reference from static_shared).
 //
 // Emulated:
 //   - every CUDA thread of a block is a fiber (ucontext) on the calling OS thread; the fibers of a
@@ -9,22 +9,29 @@
 //   - __syncthreads: a barrier of the block's threads; threads that have returned drop out of it;
 //   - __syncwarp: a barrier of the warp's threads;
 //   - dynamic shared memory: one buffer of the launch's size, which the blocks reuse (a launch asking
-//     for more than an H100 block may have, 227 KiB, fails as on the GPU);
+//     for more than an H100 block may have, 227 KiB, fails as on the GPU); static __shared__ variables
+//     live in one arena (static_shared);
+//   - shared-memory races (racecheck.h): every access to shared memory is checked against the last
+//     writer and readers of its bytes since the last barrier, whatever order the threads ran in;
 //   - __shfl_xor_sync: a barrier of the warp's 32 lanes with an exchange of values (the mask is
 //     ignored: the kernels only shuffle with every lane of the warp taking part);
 //   - warp-wide instructions (warp_share: every lane gives a value and gets the warp's), on which
-//     emulated_ptx.h builds mma.sync m16n8k16, ldmatrix (.trans) and cp.async for csrc/attention/mma.cuh;
+//     emulated_ptx.h builds mma.sync m16n8k16 and ldmatrix (.trans) for csrc/attention/mma.cuh;
+//   - cp.async with commit and wait groups: a copy's bytes land in shared memory when a wait_group
+//     retires its group, not before (a read before the wait sees the old bytes, and racecheck.h reports
+//     it); a thread that returns with copies in flight fails;
 //   - threadIdx / blockIdx / blockDim / gridDim, fp16 and bf16 conversions (round to nearest even),
-//     the few intrinsics the kernels call; __shared__ variables are function statics.
+//     the few intrinsics the kernels call.
 // Not emulated:
 //   - concurrency: the blocks of a grid run one after another and the threads of a block take turns
-//     in a fixed order, so data races, missing __syncthreads and memory ordering go undetected
-//     (shared memory keeps the previous block's values, where a GPU's would be undefined);
+//     in a fixed order (shared memory keeps the previous block's values, where a GPU's would be
+//     undefined); racecheck.h finds the shared-memory races this order hides, not races on global
+//     memory (between blocks, or with atomics);
 //   - device math: log, exp etc. are the host's libm (not bit for bit libdevice's); ex2.approx and
 //     friends are not used by these kernels;
 //   - launch limits other than the block size and the dynamic shared memory, streams (the launch is
-//     synchronous); cp.async copies at once (a missing wait_group goes undetected); mma.sync sums in
-//     double (the hardware's fp32 accumulation order is not modelled).
+//     synchronous); mma.sync sums in double (the hardware's fp32 accumulation order is not modelled);
+//     timing, memory coalescing, bank conflicts, the real warp scheduler.
 // A barrier that can never complete (threads waiting at different barriers) aborts with a message.
 #pragma once
 
@@ -40,7 +47,9 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -49,7 +58,6 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
 #define __align__(n) alignas(n)
 
 using std::max;
@@ -74,6 +82,15 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 template <class Kernel>
 inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int bytes) {
   return size_t(bytes) <= kMaxDynamicSharedBytes ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// attention_launch.cu's kernel_image_status: the emulator has one device and every kernel image.
+struct cudaFuncAttributes { int maxThreadsPerBlock = 1024; };
+inline cudaError_t cudaGetDevice(int* device) { return *device = 0, cudaSuccess; }
+inline cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+template <class Kernel>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, Kernel) {
+  return *attributes = {}, cudaSuccess;
 }
 
 // Declared for headers that define device functions the emulated kernels never call (shared-memory
@@ -128,13 +145,18 @@ inline int __float_as_int(float f) { return std::bit_cast<int>(f); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
 
-// --------------------------------------------------------------------------------------- fibers
 namespace fakecuda {
-
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "fakecuda: %s\n", what);
   std::abort();
 }
+inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+}  // namespace fakecuda
+
+#include "racecheck.h"
+
+// --------------------------------------------------------------------------------------- fibers
+namespace fakecuda {
 
 // Waiters spin by yielding to the scheduler until the generation moves on.
 struct Barrier {
@@ -155,9 +177,18 @@ struct Barrier {
   }
 };
 
+// A thread's cp.async copies: the bytes read at the issue, written to shared memory at the wait.
+struct AsyncCopy {
+  char* dst;
+  std::array<char, 16> bytes;
+  const void* code;  // the cp.async, for racecheck.h's report
+};
+
 struct Fiber {
   ucontext_t context;
   bool done = false;
+  std::vector<AsyncCopy> open_group;                 // issued since the last commit_group
+  std::deque<std::vector<AsyncCopy>> committed_groups;  // the oldest first
 };
 
 struct Block {
@@ -183,12 +214,12 @@ inline void wait(Barrier& barrier) {
   g_block->progressed = true;
 }
 
-inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
-
 inline void fiber_main() {
   g_kernel_body();
   Block& block = *g_block;
   const unsigned t = block.current;
+  if (!block.fibers[t].open_group.empty() || !block.fibers[t].committed_groups.empty())
+    fail("a thread returned with cp.async copies in flight (no cp.async.wait_group for them)");
   block.fibers[t].done = true;
   block.progressed = true;
   block.block_barrier.drop();
@@ -206,6 +237,8 @@ inline void run_block(Block& block, dim3 block_dim, std::vector<std::unique_ptr<
     block.warp_barriers.push_back(Barrier{int(min(32u, threads - 32 * w))});
   for (auto& slots : block.shuffle_slots) slots.assign(threads, 0);
   for (auto& slots : block.exchange_slots) slots.assign(threads, {});
+  const unsigned dim[3] = {block_dim.x, block_dim.y, block_dim.z}, index[3] = {blockIdx.x, blockIdx.y, blockIdx.z};
+  race::begin_block(threads, dim, index);
   for (unsigned t = 0; t < threads; ++t) {
     ucontext_t& context = block.fibers[t].context;
     getcontext(&context);
@@ -226,13 +259,18 @@ inline void run_block(Block& block, dim3 block_dim, std::vector<std::unique_ptr<
     }
     if (running > 0 && !block.progressed) fail("deadlock: the threads of a block wait at different barriers");
   }
+  race::end_block();
 }
 
 }  // namespace fakecuda
 
-inline void __syncthreads() { fakecuda::wait(fakecuda::g_block->block_barrier); }
+inline void __syncthreads() {
+  fakecuda::wait(fakecuda::g_block->block_barrier);
+  fakecuda::race::passed_syncthreads();
+}
 inline void __syncwarp(unsigned /*mask*/ = 0xFFFFFFFFu) {
   fakecuda::wait(fakecuda::g_block->warp_barriers[fakecuda::linear_thread() / 32]);
+  fakecuda::race::passed_syncwarp();
 }
 
 template <class T>
@@ -281,6 +319,46 @@ inline WarpValues<T> warp_share(const T& mine) {
 namespace fakecuda {
 inline std::vector<std::max_align_t> g_dynamic_shared;  // the running launch's dynamic shared memory
 inline void* dynamic_shared() { return g_dynamic_shared.data(); }
+
+// The static __shared__ variables: `__shared__ T name;` is rewritten as `auto& name =
+// fakecuda::static_shared<T>([] {});`, the lambda's type making each declaration (and each template
+// instantiation of it) a variable of its own, allocated once in this arena.
+constexpr size_t kStaticSharedBytes = 48 * 1024;  // a block's static shared memory limit
+alignas(16) inline char g_static_shared[kStaticSharedBytes];
+template <class T, class Declaration>
+T& static_shared(Declaration) {
+  static_assert(std::is_trivially_default_constructible_v<T>, "__shared__ variables have no constructor");
+  static T* const variable = [] {
+    const size_t at = (race::g_state.static_size + alignof(T) - 1) / alignof(T) * alignof(T);
+    if (at + sizeof(T) > kStaticSharedBytes) fail("the __shared__ variables exceed 48 KiB");
+    race::g_state.static_begin = g_static_shared;
+    race::g_state.static_size = at + sizeof(T);
+    race::g_state.static_shadow.resize(race::g_state.static_size);
+    return std::launder(reinterpret_cast<T*>(g_static_shared + at));
+  }();
+  return *variable;
+}
+
+// cp.async (emulated_ptx.h): the copy is read now and lands at the wait_group that retires its group.
+FAKECUDA_UNCHECKED inline void async_copy(void* dst, const void* src, int src_bytes, const void* code) {
+  AsyncCopy copy{static_cast<char*>(dst), {}, code};
+  std::memcpy(copy.bytes.data(), src, size_t(src_bytes));  // the bytes past src_bytes: zero
+  race::async_issue(dst, copy.bytes.size(), code);
+  g_block->fibers[linear_thread()].open_group.push_back(copy);
+}
+FAKECUDA_UNCHECKED inline void async_commit() {
+  Fiber& fiber = g_block->fibers[linear_thread()];
+  fiber.committed_groups.push_back(std::move(fiber.open_group));
+  fiber.open_group.clear();
+}
+FAKECUDA_UNCHECKED inline void async_wait(size_t pending_groups) {
+  Fiber& fiber = g_block->fibers[linear_thread()];
+  for (; fiber.committed_groups.size() > pending_groups; fiber.committed_groups.pop_front())
+    for (const AsyncCopy& copy : fiber.committed_groups.front()) {
+      race::async_land(copy.dst, copy.bytes.size(), copy.code);
+      std::memcpy(copy.dst, copy.bytes.data(), copy.bytes.size());
+    }
+}
 }  // namespace fakecuda
 
 // kernel<<<grid, block, smem>>>(params), run to completion before it returns.
@@ -304,6 +382,7 @@ void fake_launch(void (*kernel)(Params), dim3 grid, dim3 block_dim, size_t smem,
   s_kernel = kernel;
   s_params = &params;
   fakecuda::g_kernel_body = [] { s_kernel(*s_params); };
+  fakecuda::race::launch(reinterpret_cast<const void*>(kernel), fakecuda::g_dynamic_shared.data(), smem);
   fakecuda::Block block;
   fakecuda::g_block = &block;
   blockDim = block_dim;
