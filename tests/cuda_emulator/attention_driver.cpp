@@ -69,6 +69,16 @@ void run_16bit(AttnParams p, std::vector<float>& out, std::vector<float>& dq, st
       narrow<T>(std::vector<float>(static_cast<const float*>(p.dout), static_cast<const float*>(p.dout) + out.size()));
   std::vector<T> out16(out.size()), dq16(dq.size()), dk16(dk.size()), dv16(dv.size());
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = dout.data();
+  // As attention.cpp's aligned16: cp.async tile loads when every row of q, k, v, dout starts 16-byte
+  // aligned (the buffers are; the rows are when D * 2 bytes is a multiple of 16), else plain loads.
+  const auto aligned16 = [](const void* data, int64_t stride_b, int64_t stride_h, int64_t stride_n) {
+    const auto bytes16 = [](int64_t stride) { return stride * int64_t(sizeof(T)) % 16 == 0; };
+    return reinterpret_cast<uintptr_t>(data) % 16 == 0 && bytes16(stride_b) && bytes16(stride_h) && bytes16(stride_n);
+  };
+  p.vec = aligned16(q.data(), p.q_stride_b, p.q_stride_h, p.q_stride_n) &&
+          aligned16(k.data(), p.k_stride_b, p.k_stride_h, p.k_stride_n) &&
+          aligned16(v.data(), p.v_stride_b, p.v_stride_h, p.v_stride_n) &&
+          aligned16(dout.data(), p.do_stride_b, p.do_stride_h, p.do_stride_n);
   p.out = out16.data(), p.dq = dq16.data(), p.dk = dk16.data(), p.dv = dv16.data();
   run(p);
   widen(out16, out), widen(dq16, dq), widen(dk16, dk), widen(dv16, dv);
