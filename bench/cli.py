@@ -1,19 +1,19 @@
-"""``python -m fastattn bench``: runs the benchmark targets and writes the reports.
-
-The arguments are declared with the other subcommands in ``fastattn/__main__.py``; :func:`run` does
-the work. Each script of this package also runs on its own (``python -m fastattn.bench.attention
---quick``) through :func:`main`.
+"""``python -m fastattn bench``: its arguments (:func:`add_arguments`, which the command line of
+``fastattn/__main__.py`` declares as its ``bench`` subcommand) and the run (:func:`run`). The command
+line depends on this module, never the reverse. Each script of this package also runs on its own
+(``python -m fastattn.bench.attention --quick``) through :func:`main`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
 
 import torch
 
-from fastattn.usage import UsageError
+from fastattn.usage import Parser, UsageError, output_file, positive_number
 
 # Shares of --budget, in that order; a target's unused time passes on to the ones after it.
 BUDGET_WEIGHTS = {
@@ -29,6 +29,103 @@ BUDGET_WEIGHTS = {
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 THROUGHPUT_TARGETS = ("attention", "decode", "norm", "sampling")
 
+TARGETS = tuple(BUDGET_WEIGHTS)  # in the order they run
+DESCRIPTION = """\
+Times every provider side by side on the standard grid and prints one table per op: ours (cuda,
+triton), PyTorch's (SDPA with each of its backends, F.layer_norm / F.rms_norm, sort-based sampling),
+naive (fastattn.reference), torch.compile of naive, and every installed peer (flash-attn, xformers,
+liger-kernel, apex, flashinfer); a provider that cannot run says why. In brackets: the speedup over
+the best PyTorch provider of the same case.
+
+targets (all when none is named):
+  attention  TFLOP/s, forward and backward: B = 16384/N, H = 2048/D, N 512..16384, D 64/128/256; then
+             sliding window, softcap, sinks, packed against padded at the shapes of the models using them
+  decode     GB/s of K and V read: one query against a KV cache, B 1/8/64, cache 1k..32k, contiguous and
+             paged (blocks of 16 and 256), Hq/Hkv 32/8, D 128
+  norm       GB/s of the bytes that must move: LayerNorm, RMSNorm, with the residual add, backward
+  sampling   µs per batch: V 32000 / 128256, B 1 / 64 / 512, top-k 50 + top-p 0.9
+  models     GPT train step and generation in tokens/s on each backend (fastattn.models)
+  overhead   the cost of fastattn's dispatch on small CPU tensors against calling PyTorch (limit 5%)
+  memory     peak GPU memory of attention fwd+bwd for N 1k..16k: must grow linearly
+  ring       ring attention fwd+bwd on 1, 2 and 4 processes: time, compute/transfer overlap ratio, memory
+             per rank (O(N/W))
+
+On a GPU, timings are triton.testing.do_bench medians (20/80 percentiles in the JSON), and the copy
+bandwidth and bf16 matmul rate of the device are measured once per run as ceilings. Without a GPU,
+only the dispatch overhead and tiny-shape CPU timings (milliseconds) can be measured."""
+EPILOG = """\
+examples:
+  python -m fastattn bench                               everything this machine can run
+  python -m fastattn bench attention --quick --plot a.png
+  python -m fastattn bench norm --provider ours --provider torch
+  python -m fastattn bench --json run.json --record      also keep the run in bench/results/"""
+
+
+def _target(name: str) -> str:
+    if name not in TARGETS:
+        raise argparse.ArgumentTypeError(f"invalid target {name!r} (choose from {', '.join(TARGETS)})")
+    return name
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``python -m fastattn bench``."""
+    parser.add_argument(
+        "targets", nargs="*", type=_target, metavar="TARGET", help=f"one or more of {', '.join(TARGETS)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="a trimmed grid (a few shapes per op)")
+    parser.add_argument(
+        "--json", type=output_file, metavar="PATH", help="write every timing as a JSON row, with the versions"
+    )
+    parser.add_argument("--markdown", type=output_file, metavar="PATH", help="write the tables as Markdown")
+    parser.add_argument(
+        "--plot",
+        type=output_file,
+        metavar="PATH",
+        help="draw a PNG: TFLOP/s vs N (attention), GB/s vs cache length (decode) and vs hidden size "
+        "(norms), µs vs batch (sampling), with the measured ceilings",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also keep the JSON and Markdown in bench/results/, named by date, GPU, versions",
+    )
+    parser.add_argument(
+        "--provider",
+        action="append",
+        metavar="NAME",
+        help="time only this provider or family (ours, pytorch, peer); repeatable",
+    )
+    parser.add_argument("--exclude", action="append", metavar="NAME", help="leave a provider out; repeatable")
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        help="attention and norm inputs (default: bfloat16 on a GPU, float32 on a CPU)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=positive_number,
+        metavar="SECONDS",
+        help="stop timing new shapes after this long, shared among the targets (the --quick shapes run first)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastattn bench`` with these arguments, for the scripts of this package run on their own."""
+    parser = Parser(
+        prog="python -m fastattn bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        parser.error(str(error))
+
+
 NO_GPU_MESSAGE = """\
 No CUDA GPU on this machine. What can be measured here: the dispatch overhead of fastattn's backend
 layer (against calling PyTorch directly), and tiny-shape timings on the CPU that compare providers
@@ -36,13 +133,6 @@ with each other (median milliseconds on one thread). What cannot: GPU timings, T
 copy and matmul ceilings, peak GPU memory, and our cuda/triton kernels (they need a GPU; under
 TRITON_INTERPRET=1 the Triton kernels only check correctness). On a GPU machine: python -m fastattn
 bench, or make gpu-check RESULTS=dir for the whole check."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastattn bench`` with these arguments."""
-    from fastattn.__main__ import main as fastattn_main
-
-    return fastattn_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _environment_line(env: dict) -> str:
@@ -92,8 +182,6 @@ def _check_provider_names(args, targets: list[str], op_modules: dict, device) ->
 def run(args) -> int:
     """Runs ``args.targets`` (all when empty); returns 1 when an acceptance check fails or one of our
     kernels crashed, else 0."""
-    from fastattn.__main__ import BENCH_TARGETS
-
     from . import attention, decode, memory, models, norm, overhead, plot, report, ring, sampling
     from .harness import (
         Section,
@@ -106,7 +194,7 @@ def run(args) -> int:
         run_grid,
     )
 
-    targets = list(dict.fromkeys(args.targets)) or list(BENCH_TARGETS)
+    targets = list(dict.fromkeys(args.targets)) or list(TARGETS)
     device = default_device()
     op_modules = {"attention": attention, "decode": decode, "norm": norm, "sampling": sampling}
     _check_provider_names(args, targets, op_modules, device)

@@ -8,18 +8,7 @@ import platform
 import sys
 import time
 
-from .usage import UsageError, output_file, positive_number, whole_number
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with every bad value reported as one line (the flag and what is expected), exit status 2."""
-
-    def error(self, message: str):
-        # Under torchrun every process parses the same arguments: the first one says it, once.
-        said = (
-            f"{self.prog}: error: {message} (see {self.prog} --help)\n" if os.environ.get("RANK", "0") == "0" else None
-        )
-        self.exit(2, said)
+from .usage import Parser, UsageError, output_file, whole_number
 
 
 def _use_interpreter_without_gpu() -> bool:
@@ -134,15 +123,6 @@ def command_bench(args: argparse.Namespace) -> int:
     return cli.run(args)
 
 
-BENCH_TARGETS = ("attention", "decode", "norm", "sampling", "models", "overhead", "memory", "ring")
-
-
-def _bench_target(name: str) -> str:
-    if name not in BENCH_TARGETS:
-        raise argparse.ArgumentTypeError(f"invalid target {name!r} (choose from {', '.join(BENCH_TARGETS)})")
-    return name
-
-
 def command_train(args: argparse.Namespace) -> int:
     from .models import train
 
@@ -216,7 +196,7 @@ def command_attention_graph(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m fastattn", description=__doc__)
+    parser = Parser(prog="python -m fastattn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     env = commands.add_parser("env", help="versions, GPU, and which backends can run here (and why not)")
@@ -245,79 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--quick", dest="full", action="store_false", help="small shapes (default on a CPU)")
     verify.set_defaults(run=command_verify)
 
+    from .bench.cli import DESCRIPTION as BENCH_DESCRIPTION
+    from .bench.cli import EPILOG as BENCH_EPILOG
+    from .bench.cli import add_arguments as add_bench_arguments
+
     bench = commands.add_parser(
         "bench",
         help="benchmark tables (and --plot) of our backends against PyTorch and installed peers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""\
-Times every provider side by side on the standard grid and prints one table per op: ours (cuda,
-triton), PyTorch's (SDPA with each of its backends, F.layer_norm / F.rms_norm, sort-based sampling),
-naive (fastattn.reference), torch.compile of naive, and every installed peer (flash-attn, xformers,
-liger-kernel, apex, flashinfer); a provider that cannot run says why. In brackets: the speedup over
-the best PyTorch provider of the same case.
-
-targets (all when none is named):
-  attention  TFLOP/s, forward and backward: B = 16384/N, H = 2048/D, N 512..16384, D 64/128/256; then
-             sliding window, softcap, sinks, packed against padded at the shapes of the models using them
-  decode     GB/s of K and V read: one query against a KV cache, B 1/8/64, cache 1k..32k, contiguous and
-             paged (blocks of 16 and 256), Hq/Hkv 32/8, D 128
-  norm       GB/s of the bytes that must move: LayerNorm, RMSNorm, with the residual add, backward
-  sampling   µs per batch: V 32000 / 128256, B 1 / 64 / 512, top-k 50 + top-p 0.9
-  models     GPT train step and generation in tokens/s on each backend (fastattn.models)
-  overhead   the cost of fastattn's dispatch on small CPU tensors against calling PyTorch (limit 5%)
-  memory     peak GPU memory of attention fwd+bwd for N 1k..16k: must grow linearly
-  ring       ring attention fwd+bwd on 1, 2 and 4 processes: time, compute/transfer overlap ratio, memory
-             per rank (O(N/W))
-
-On a GPU, timings are triton.testing.do_bench medians (20/80 percentiles in the JSON), and the copy
-bandwidth and bf16 matmul rate of the device are measured once per run as ceilings. Without a GPU,
-only the dispatch overhead and tiny-shape CPU timings (milliseconds) can be measured.""",
-        epilog="""\
-examples:
-  python -m fastattn bench                               everything this machine can run
-  python -m fastattn bench attention --quick --plot a.png
-  python -m fastattn bench norm --provider ours --provider torch
-  python -m fastattn bench --json run.json --record      also keep the run in bench/results/""",
+        description=BENCH_DESCRIPTION,
+        epilog=BENCH_EPILOG,
     )
-    bench.add_argument(
-        "targets", nargs="*", type=_bench_target, metavar="TARGET", help=f"one or more of {', '.join(BENCH_TARGETS)}"
-    )
-    bench.add_argument("--quick", action="store_true", help="a trimmed grid (a few shapes per op)")
-    bench.add_argument(
-        "--json", type=output_file, metavar="PATH", help="write every timing as a JSON row, with the versions"
-    )
-    bench.add_argument("--markdown", type=output_file, metavar="PATH", help="write the tables as Markdown")
-    bench.add_argument(
-        "--plot",
-        type=output_file,
-        metavar="PATH",
-        help="draw a PNG: TFLOP/s vs N (attention), GB/s vs cache length (decode) and vs hidden size "
-        "(norms), µs vs batch (sampling), with the measured ceilings",
-    )
-    bench.add_argument(
-        "--record",
-        action="store_true",
-        help="also keep the JSON and Markdown in bench/results/, named by date, GPU, versions",
-    )
-    bench.add_argument(
-        "--provider",
-        action="append",
-        metavar="NAME",
-        help="time only this provider or family (ours, pytorch, peer); repeatable",
-    )
-    bench.add_argument("--exclude", action="append", metavar="NAME", help="leave a provider out; repeatable")
-    bench.add_argument(
-        "--dtype",
-        choices=("bfloat16", "float16", "float32"),
-        help="attention and norm inputs (default: bfloat16 on a GPU, float32 on a CPU)",
-    )
-    bench.add_argument(
-        "--budget",
-        type=positive_number,
-        metavar="SECONDS",
-        help="stop timing new shapes after this long, shared among the targets (the --quick shapes run first)",
-    )
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_bench_arguments(bench)
     bench.set_defaults(run=command_bench)
 
     train = commands.add_parser(

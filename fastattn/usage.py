@@ -63,3 +63,14 @@ def output_file(text: str) -> str:
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot write {text}: {error.strerror or error}") from None
     return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with every bad value reported as one line (the flag and what is expected), exit status 2."""
+
+    def error(self, message: str):
+        # Under torchrun every process parses the same arguments: the first one says it, once.
+        said = (
+            f"{self.prog}: error: {message} (see {self.prog} --help)\n" if os.environ.get("RANK", "0") == "0" else None
+        )
+        self.exit(2, said)

@@ -86,3 +86,36 @@ def test_the_wheel_adds_only_fastattn(tmp_path):
     result = run_python(code, tmp_path, PYTHONPATH=str(target), TRITON_INTERPRET="1")
     assert result.returncode == 0, f"importing the installed wheel failed:\n{result.stderr}"
     assert Path(result.stdout.strip()).resolve() == (target / "fastattn" / "kernels" / "attention.py").resolve()
+
+
+def test_layers_import_only_downwards():
+    """The command line (fastattn/__main__.py) uses the bench package, kernels/ knows nothing of the
+    ops above it, and nothing imports the command line: no import cycle between the layers."""
+    import ast
+
+    def imported_modules(path: Path, package: str) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(part for part in (base, node.module) if part)
+                names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        return names
+
+    forbidden = {
+        "bench": ("fastattn.__main__",),
+        "kernels": ("fastattn.__main__", "fastattn.bench", "fastattn.ops", "fastattn.nn", "fastattn.models"),
+    }
+    wrong = []
+    for folder, prefixes in forbidden.items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            package = f"fastattn.{folder}"
+            for name in imported_modules(path, package):
+                if name.startswith(prefixes):
+                    wrong.append(f"{folder}/{path.name} imports {name}")
+    for path in sorted((ROOT / "fastattn").rglob("*.py")):
+        if path.name != "__main__.py" and "fastattn.__main__" in imported_modules(path, "fastattn"):
+            wrong.append(f"{path.relative_to(ROOT)} imports the command line")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
