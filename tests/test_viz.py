@@ -19,7 +19,7 @@ import torch
 import fastattn
 from fastattn import reference
 from fastattn.models import BERT, GPT, BERTConfig, GPTConfig
-from fastattn.models.layers import MultiHeadAttention
+from fastattn.models.layers import AttentionLayer
 from fastattn.models.train import GPTTask, save_checkpoint
 from fastattn.viz import attention_weights, record_attention
 from fastattn.viz.graph import token_label
@@ -40,7 +40,7 @@ CHROMIUM_FLAGS = [
 def sharpen(model: torch.nn.Module) -> torch.nn.Module:
     """Query and key/value weights ~ N(0, 0.5²): attention far from uniform, different in every head."""
     for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
+        if isinstance(module, AttentionLayer):
             torch.nn.init.normal_(module.query.weight, std=0.5)
             torch.nn.init.normal_(module.key_value.weight, std=0.5)
     return model.eval()
@@ -72,7 +72,7 @@ def projections_of(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, tu
     handles = [
         module.register_forward_hook(capture(name))
         for name, module in model.named_modules()
-        if isinstance(module, MultiHeadAttention)
+        if isinstance(module, AttentionLayer)
     ]
     with torch.no_grad():
         model(tokens[None])

@@ -13,7 +13,7 @@ token ``fastattn.sample``; each model takes a ``backend`` and passes it to all o
 
 from . import paged
 from .bert import BERT, BERTConfig, mask_tokens
-from .generate import KVCache
+from .decoding import KVCache
 from .gpt import GPT, GPTConfig
 from .transformer import Transformer, TransformerConfig, sinusoidal_positional_encoding
 from .vae import VAE, VAEConfig, VAEOutput

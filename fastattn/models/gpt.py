@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from fastattn.nn import LayerNorm
 
-from . import generate as generation
+from . import decoding
 from .layers import Block, init_weights
 
 
@@ -118,7 +118,7 @@ class GPT(nn.Module):
         if max_seq_len > self.config.block_size:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds block_size {self.config.block_size}")
         weight = self.token_embedding.weight
-        self.kv_caches = generation.make_caches(
+        self.kv_caches = decoding.make_caches(
             self.blocks, batch_size, max_seq_len, dtype=weight.dtype, device=weight.device
         )
 
@@ -134,8 +134,8 @@ class GPT(nn.Module):
     ) -> Tensor:
         """Continues ``prompt`` ``(B, N)`` by ``max_new_tokens`` tokens drawn with :func:`fastattn.sample`
         (``temperature=0``: greedy); returns ``(B, N + max_new_tokens)``. See
-        :func:`fastattn.models.generate.generate`."""
-        return generation.generate(
+        :func:`fastattn.models.decoding.generate`."""
+        return decoding.generate(
             self,
             prompt,
             max_new_tokens,

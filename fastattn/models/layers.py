@@ -15,7 +15,7 @@ import fastattn
 from fastattn.nn import LayerNorm
 
 
-class MultiHeadAttention(nn.Module):
+class AttentionLayer(nn.Module):
     """Multi-head attention: ``softmax(q kᵀ / √D) v`` per head, then an output projection.
 
     Self-attention when ``memory`` is None (queries, keys and values from ``x``); cross-attention
@@ -60,7 +60,7 @@ class MultiHeadAttention(nn.Module):
         memory_keys_values: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x: ``(B, Nq, C)``; memory: ``(B, Nk, C)`` or None; key_padding_mask: bool ``(B, Nk)``, True =
-        the key takes part. With ``kv_cache`` (a :class:`fastattn.models.generate.KVCache`, or a paged
+        the key takes part. With ``kv_cache`` (a :class:`fastattn.models.decoding.KVCache`, or a paged
         cache's layer), the new keys and values are written at positions ``start_pos ..`` and the
         queries attend to every cached position up to theirs (bottom-right causal: ``Nq < Nk``).
         ``memory_keys_values``: the :meth:`keys_values` of ``memory``, computed once for every step of a
@@ -144,8 +144,8 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         attention = dict(n_kv_heads=n_kv_heads, bias=bias, dropout=dropout, backend=backend)
-        self.self_attention = MultiHeadAttention(d_model, n_heads, **attention)
-        self.cross_attention = MultiHeadAttention(d_model, n_heads, **attention) if cross_attention else None
+        self.self_attention = AttentionLayer(d_model, n_heads, **attention)
+        self.cross_attention = AttentionLayer(d_model, n_heads, **attention) if cross_attention else None
         self.feed_forward = FeedForward(d_model, d_ff, activation=activation, bias=bias, dropout=dropout)
         self.norms = nn.ModuleList(
             LayerNorm(d_model, eps=norm_eps, bias=bias, backend=backend) for _ in range(3 if cross_attention else 2)
@@ -207,3 +207,18 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
         torch.nn.init.normal_(module.weight, mean=0.0, std=std)
     if isinstance(module, nn.Linear) and module.bias is not None:
         torch.nn.init.zeros_(module.bias)
+
+
+def __getattr__(name: str):
+    # The old name of AttentionLayer, one capital letter away from fastattn.nn.MultiheadAttention.
+    if name == "MultiHeadAttention":
+        import warnings
+
+        warnings.warn(
+            "fastattn.models.layers.MultiHeadAttention is now AttentionLayer (fastattn.nn.MultiheadAttention is "
+            "the drop-in for torch.nn.MultiheadAttention)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AttentionLayer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

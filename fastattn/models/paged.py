@@ -14,7 +14,7 @@ loop of :func:`generate`:
   a waiting prompt takes its place at once; else new prompts wait for the whole batch to finish.
 
 Sampling draws each token with the seed of (``seed``, the prompt's index, the step): the same tokens
-as :func:`fastattn.models.generate.generate` for the same seed, whatever the batching.
+as :func:`fastattn.models.decoding.generate` for the same seed, whatever the batching.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import fastattn
 
 from ..ops.attention import attention_varlen
 from ..ops.kvcache import attention_with_kvcache
-from .generate import sequence_seeds
+from .decoding import sequence_seeds
 
 
 class PagePool:
@@ -75,7 +75,7 @@ class _Sequence:
 
 class _PagedLayer:
     """One layer's view of the pool for one forward pass: a packed prefill or a batched decode step.
-    It stands where :class:`fastattn.models.generate.KVCache` stands (the ``kv_cache`` of a block)."""
+    It stands where :class:`fastattn.models.decoding.KVCache` stands (the ``kv_cache`` of a block)."""
 
     def __init__(self, pool: PagePool, layer: int, table: Tensor, lengths: Tensor, cu_seqlens: Tensor | None):
         self.pool, self.layer, self.table, self.lengths, self.cu_seqlens = pool, layer, table, lengths, cu_seqlens

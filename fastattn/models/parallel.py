@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .gpt import GPT
-from .layers import MultiHeadAttention
+from .layers import AttentionLayer
 
 MODES = ("ddp", "fsdp", "context")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # the one that stops a run when processes received different ones
@@ -184,9 +184,9 @@ def check(
 class RingSelfAttention(nn.Module):
     """A GPT block's causal self-attention over this process's shard of each sequence, the keys and
     values of the other shards coming around the ring; it takes over the projections of the
-    :class:`MultiHeadAttention` it replaces, so the parameters and their names stay the same."""
+    :class:`AttentionLayer` it replaces, so the parameters and their names stay the same."""
 
-    def __init__(self, attention: MultiHeadAttention) -> None:
+    def __init__(self, attention: AttentionLayer) -> None:
         super().__init__()
         self.query, self.key_value, self.out = attention.query, attention.key_value, attention.out
         self.n_heads, self.n_kv_heads, self.head_dim = attention.n_heads, attention.n_kv_heads, attention.head_dim
@@ -200,7 +200,7 @@ class RingSelfAttention(nn.Module):
             raise ValueError("ring attention trains on whole sequences: no key padding mask, no KV cache")
         batch, n, channels = x.shape
         q = self.query(x).view(batch, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N/W, D)
-        k, v = MultiHeadAttention.keys_values(self, x)  # the replaced module's projection: 2 x (B, Hkv, N/W, D)
+        k, v = AttentionLayer.keys_values(self, x)  # the replaced module's projection: 2 x (B, Hkv, N/W, D)
         y = ring_attention(q, k, v, causal=causal, backend=self.backend)
         return self.out(y.transpose(1, 2).reshape(batch, n, channels))
 

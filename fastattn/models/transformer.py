@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fastattn.nn import LayerNorm
 
-from . import generate as generation
+from . import decoding
 from .layers import Block
 
 
@@ -177,7 +177,7 @@ class Transformer(nn.Module):
     def setup_caches(self, batch_size: int, max_seq_len: int) -> None:
         """Allocates one KV cache per decoder layer (its self-attention)."""
         weight = self.target_embedding.weight
-        self.kv_caches = generation.make_caches(
+        self.kv_caches = decoding.make_caches(
             self.decoder, batch_size, max_seq_len, dtype=weight.dtype, device=weight.device
         )
 
@@ -213,7 +213,7 @@ class Transformer(nn.Module):
         finally:
             self.train(was_training)
         start = torch.full((source.shape[0], 1), bos_id, dtype=torch.int64, device=source.device)
-        return generation.generate(
+        return decoding.generate(
             self,
             start,
             max_new_tokens,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import fastattn
-from fastattn.models.layers import MultiHeadAttention
+from fastattn.models.layers import AttentionLayer
 from fastattn.reference import attention_visibility
 
 
@@ -28,7 +28,7 @@ from fastattn.reference import attention_visibility
 class AttentionCall:
     """What one :func:`fastattn.attention` call of a model saw: ``q`` ``(B, Hq, Nq, D)``, ``k``
     ``(B, Hkv, Nk, D)``, the masks and scale it was given, and the kernel's ``lse`` float32 ``(B, Hq, Nq)``.
-    ``name`` is the calling :class:`~fastattn.models.layers.MultiHeadAttention`'s path in the model,
+    ``name`` is the calling :class:`~fastattn.models.layers.AttentionLayer`'s path in the model,
     e.g. ``"blocks.0.self_attention"``."""
 
     name: str
@@ -59,7 +59,7 @@ class AttentionCall:
 @contextlib.contextmanager
 def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
     """Within the block, every :func:`fastattn.attention` call made by a
-    :class:`~fastattn.models.layers.MultiHeadAttention` of ``model`` also asks the kernel for its
+    :class:`~fastattn.models.layers.AttentionLayer` of ``model`` also asks the kernel for its
     ``lse``, and is appended, in call order, to the list the block receives.
 
     Where the model's backend cannot return the lse (``torch``: PyTorch's SDPA does not), the recorded
@@ -73,7 +73,7 @@ def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
     >>> calls[0].probabilities().shape      # (B, H, N, N)
     """
     calls: list[AttentionCall] = []
-    running: list[str] = []  # the path of the MultiHeadAttention that is running, innermost last
+    running: list[str] = []  # the path of the AttentionLayer that is running, innermost last
     fused_attention = fastattn.attention
 
     def attention_recording_lse(q, k, v, *, causal=False, scale=None, key_padding_mask=None, **options):
@@ -102,7 +102,7 @@ def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
 
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, MultiHeadAttention):
+        if isinstance(module, AttentionLayer):
             handles.append(module.register_forward_pre_hook(lambda _module, _args, name=name: running.append(name)))
             handles.append(module.register_forward_hook(leave))
     fastattn.attention = attention_recording_lse
