@@ -214,14 +214,18 @@ def _statistics_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def residual_dtype(x_dtype: torch.dtype, residual_in_fp32: bool) -> torch.dtype:
+    """The dtype of the returned ``s = x + residual`` of the norms, on every backend."""
+    return torch.float32 if residual_in_fp32 and x_dtype != torch.float64 else x_dtype
+
+
 def _add_residual(x: Tensor, residual: Tensor | None, residual_in_fp32: bool):
     """``s = x + residual`` in the statistics dtype, and ``s`` as returned to the caller."""
     compute = _statistics_dtype(x.dtype)
     if residual is None:
         return x.to(compute), None
     total = x.to(compute) + residual.to(compute)
-    stored_dtype = torch.float32 if residual_in_fp32 and x.dtype != torch.float64 else x.dtype
-    return total, total.to(stored_dtype)
+    return total, total.to(residual_dtype(x.dtype, residual_in_fp32))
 
 
 def _normalized_dims(x: Tensor, normalized_shape) -> tuple[int, ...]:

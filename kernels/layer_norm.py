@@ -497,11 +497,6 @@ def _check(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tens
             raise ValueError(f"{name} must have shape ({n},), got {tuple(param.shape)}")
 
 
-def _residual_dtype(x_dtype: torch.dtype, residual_in_fp32: bool) -> torch.dtype:
-    """The dtype of the returned s = x + residual."""
-    return torch.float32 if residual_in_fp32 else x_dtype
-
-
 def norm_fwd(
     x: Tensor,
     residual: Tensor | None,
@@ -523,7 +518,7 @@ def norm_fwd(
     n = x.shape[-1]
     x_rows = _rows(x)
     m = x_rows.shape[0]
-    s_dtype = _residual_dtype(x.dtype, residual_in_fp32)
+    s_dtype = torch.float32 if residual_in_fp32 else x.dtype  # fastattn.reference.residual_dtype's rule
     y = torch.empty(x.shape, dtype=_kernel_dtype(x.dtype, x.device), device=x.device)
     if residual is not None:
         s = torch.empty(x.shape, dtype=_kernel_dtype(s_dtype, x.device), device=x.device)

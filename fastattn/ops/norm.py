@@ -90,11 +90,6 @@ def _backend_reasons(name, x, shape, weight, bias, residual) -> list[str]:
     return reasons
 
 
-def _residual_dtype(x_dtype: torch.dtype, residual_in_fp32: bool) -> torch.dtype:
-    """The dtype of the returned s = x + residual (that of ``fastattn.reference``)."""
-    return torch.float32 if residual_in_fp32 and x_dtype != torch.float64 else x_dtype
-
-
 # --------------------------------------------------------------------------- the Triton custom ops
 @torch.library.custom_op("fastattn::norm_fwd_triton", mutates_args=())
 def _norm_fwd_triton(
@@ -148,7 +143,7 @@ def _norm_fwd_fake(x, residual, weight, bias, eps, rms, residual_in_fp32):
     y = x.new_empty(x.shape)
     s = x.new_empty((0,))
     if residual is not None:
-        s = x.new_empty(x.shape, dtype=_residual_dtype(x.dtype, residual_in_fp32))
+        s = x.new_empty(x.shape, dtype=reference.residual_dtype(x.dtype, residual_in_fp32))
     mean = x.new_empty((0,) if rms else x.shape[:-1], dtype=torch.float32)
     rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
     return y, s, mean, rstd
@@ -303,7 +298,7 @@ def _norm_torch(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
     stored = None
     if residual is not None:
         x_in = x.to(compute) + residual.to(compute)
-        stored = x_in.to(_residual_dtype(x.dtype, residual_in_fp32))
+        stored = x_in.to(reference.residual_dtype(x.dtype, residual_in_fp32))
     else:
         x_in = x
     if (weight is not None and weight.dtype != x_in.dtype) or (bias is not None and bias.dtype != x_in.dtype):
