@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from fastattn.usage import Parser, UsageError, output_file, positive_number
+from fastattn.usage import Parser, UsageError, output_file, positive_number, require_extra
 
 # Shares of --budget, in that order; a target's unused time passes on to the ones after it.
 BUDGET_WEIGHTS = {
@@ -194,6 +194,8 @@ def run(args) -> int:
         run_grid,
     )
 
+    if args.plot:
+        require_extra("matplotlib", "plot", "--plot", "drawing the plots")
     targets = list(dict.fromkeys(args.targets)) or list(TARGETS)
     device = default_device()
     op_modules = {"attention": attention, "decode": decode, "norm": norm, "sampling": sampling}

@@ -377,11 +377,11 @@ def run_grid(
 ) -> Section:
     """Times every case on every available provider of ``section`` (quick cases first), until the
     deadline (a ``time.perf_counter`` value) if one is given."""
-    from tqdm import tqdm
+    from fastattn.progress import progress_bar
 
     cases = sorted(cases, key=lambda c: not c.quick)  # stable: the trimmed grid first
     runnable = [p for p in section.providers if p.unavailable is None]
-    bar = tqdm(
+    bar = progress_bar(
         total=len(cases) * len(runnable),
         desc=section.title,
         unit="timing",

@@ -201,7 +201,7 @@ def run(
     device: torch.device, *, include=(), exclude=(), deadline: float | None = None, progress: bool = True
 ) -> Section:
     """Times each case on each backend; a section with only a note when fastattn.models is missing."""
-    from tqdm import tqdm
+    from fastattn.progress import progress_bar
 
     section = Section(TITLE)
     try:
@@ -215,7 +215,7 @@ def run(
     budget = GPU_BUDGET_S if device.type == "cuda" else CPU_BUDGET_S
     jobs = [(case, provider) for case in cases(config, device) for provider in runnable]
     for index, (case, provider) in enumerate(
-        tqdm(jobs, desc=TITLE, leave=False, disable=not progress, file=sys.stderr)
+        progress_bar(jobs, desc=TITLE, leave=False, disable=not progress, file=sys.stderr)
     ):
         if deadline is not None and time.perf_counter() > deadline:
             section.cases_not_run = len(jobs) - index

@@ -150,7 +150,7 @@ def _pairs():
 
 def run(budget_s: float = BUDGET_S, progress: bool = True) -> tuple[list[Overhead], list[str]]:
     """The overhead of every op that exists, and notes on those that do not yet."""
-    from tqdm import tqdm
+    from fastattn.progress import progress_bar
 
     pairs = _pairs()
     notes = [
@@ -160,7 +160,7 @@ def run(budget_s: float = BUDGET_S, progress: bool = True) -> tuple[list[Overhea
     ]
     results = []
     with cpu_threads(1):
-        for op, inputs, ours_text, direct_text, ours, direct in tqdm(
+        for op, inputs, ours_text, direct_text, ours, direct in progress_bar(
             pairs, desc=TITLE, leave=False, disable=not progress, file=sys.stderr
         ):
             ours_us, direct_us, median_ratio, count = compare(ours, direct, budget_s)

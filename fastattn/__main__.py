@@ -130,9 +130,8 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .models import paged
+    from .progress import progress_bar
     from .viz import graph
 
     try:
@@ -154,7 +153,7 @@ def command_generate(args: argparse.Namespace) -> int:
             f"argument --max-new-tokens: the longest prompt leaves room for 1 to {room} new tokens in the "
             f"model's {model.config.block_size} positions, got {max_new_tokens}"
         )
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=args.no_progress, file=sys.stderr)
+    bar = progress_bar(total=len(prompts), desc="generate", unit="prompt", disable=args.no_progress, file=sys.stderr)
     try:
         outputs = paged.generate(
             model,

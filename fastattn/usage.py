@@ -12,6 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def require_extra(module: str, extra: str, flag: str, what: str) -> None:
+    """Raises a UsageError for ``flag`` when ``module`` (of the optional ``extra``) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"argument {flag}: {what} needs {module}: pip install 'fastattn[{extra}]'")
+
+
 class UsageError(ValueError):
     """A bad value of a command-line flag (the message names the flag and what is expected): the command
     line prints it as one line and exits with status 2, as for a value argparse rejects."""

@@ -141,6 +141,40 @@ def test_verify_progress_counts_the_rows_it_runs(monkeypatch):
     assert bars and set(bars) == {(2, 2)}, bars
 
 
+def test_progress_bars_without_tqdm(monkeypatch, capsys):
+    """Without the progress extra the work runs, with no bar, and the first bar says how to get them."""
+    from fastattn import progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm: ImportError
+    monkeypatch.setattr(progress, "_told", False)
+    assert list(progress.progress_bar(range(3), desc="work")) == [0, 1, 2]
+    with progress.progress_bar(total=4, desc="verify") as bar:
+        bar.total -= 1
+        bar.update()
+        bar.set_postfix(loss="1.0", refresh=False)
+        bar.write("step 1")
+    progress.progress_bar(range(2))
+    out, err = capsys.readouterr()
+    assert out == "step 1\n" and bar.total == 3
+    assert err.count("pip install 'fastattn[progress]'") == 1, err
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
+    """bench --plot without the plot extra: one line naming the flag and what to install, before any timing."""
+    import importlib.util
+
+    from fastattn.bench import cli
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["overhead", "--plot", str(tmp_path / "plot.png")])
+    assert exit_info.value.code == 2
+    assert (
+        "argument --plot: drawing the plots needs matplotlib: pip install 'fastattn[plot]'" in capsys.readouterr().err
+    )
+
+
 def test_ctrl_c_is_one_line_and_status_130(tmp_path):
     """Ctrl-C in a command (here verify, while it runs its checks): no traceback."""
     process = subprocess.Popen(

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from fastattn import backends
 from fastattn.data import CharTokenizer, NumberTranslation, load_digits, number_to_words, tiny_shakespeare
 from fastattn.data.digits import MAX_INTENSITY
-from fastattn.usage import UsageError, output_file, positive_number, whole_number
+from fastattn.usage import UsageError, output_file, positive_number, require_extra, whole_number
 
 from . import parallel
 from .bert import BERT, IGNORE_INDEX, BERTConfig, mask_tokens
@@ -627,7 +627,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     if args.parallel and args.model != "gpt":
         raise UsageError(f"argument --parallel: only gpt trains on several processes, not {args.model}")
@@ -636,6 +636,8 @@ def _run(args: argparse.Namespace) -> int:
             f"argument --parallel: torchrun started {parallel.launched_world_size()} processes; say how they "
             f"share each step: --parallel {', '.join(parallel.MODES)}"
         )
+    if args.model == "vae":
+        require_extra("matplotlib", "plot", "model", "train vae, which draws its samples as a PNG,")
     is_main = parallel.launched_rank() == 0
     say = print if is_main else lambda *_: None
     device = _train_device(args)
@@ -747,7 +749,7 @@ def _run(args: argparse.Namespace) -> int:
 
     model.train()
     started = time.perf_counter()
-    progress = tqdm(
+    progress = progress_bar(
         range(start_step, total_steps),
         desc=f"train {task.name}",
         unit="step",

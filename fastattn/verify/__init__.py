@@ -64,11 +64,11 @@ def run(
     names = list(backend_names) if backend_names is not None else backends.available_backends()
     cases = all_cases(device, full, ops)
     jobs = [(case, name) for case in cases for name in names]
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     rows = []
     # The bar counts the rows of the table: a backend that cannot serve a case gives none, and leaves the total.
-    with tqdm(total=len(jobs), desc="verify", unit="check", leave=False, disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc="verify", unit="check", leave=False, disable=not progress) as bar:
         for case, name in jobs:
             row = run_case(case, name, device)
             if row is None:
