@@ -65,12 +65,14 @@ first row of each block are int64, so tensors beyond 2^31 elements are addressed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.errors import OutOfResources
 
 from . import interpreter
 
@@ -730,28 +732,74 @@ class _Config(NamedTuple):
     num_stages: int
 
 
-# GPU tiles, keyed by (kernel, fp32 inputs, head dim up to). Not tuned on a GPU yet (the session that
-# wrote them had none): the shapes are FlashAttention-2's and the Triton tutorial's, sized so that the
-# shared memory of an A100 (164 KB) holds them. Forward, fp16 D = 128: Q 128x128 (32 KB) + K, V 64x128
-# x 3 stages (96 KB). dK/dV keeps K, V, dK, dV (4 x BLOCK_N x D) resident and streams small query tiles;
-# dQ keeps Q, dO, dQ resident and streams small key tiles. fp32 tiles take twice the bytes, so they
-# halve a dimension; D = 256 halves again. Retune with bench/ on the target GPU.
+# GPU tiles, keyed by (kernel, fp32 inputs, dropout, head dim up to): the candidates, best first; the
+# launcher takes the first whose shared memory fits the device (_launch_fitting). Not timed on a GPU
+# yet: the shapes start from FlashAttention-2's and the Triton tutorial's and are chosen by what
+# `python bench/static_resources.py` reports of them (ptxas -v through Triton 3.8, for sm_80 and sm_90;
+# the report is in bench/results/static/): no spill with every feature on (a band, softcap, ALiBi,
+# sinks, a padding mask or packed sequences, dropout for the dropout entries), shared memory within
+# sm_80's 163 KiB and sm_90's 227 KiB per block, and the largest tiles that allow both. Beside each
+# entry, sm_80 / sm_90: the registers per thread over every dtype and set of features, the shared
+# memory per block, and the warps per SM that the registers and shared memory allow (8 for the 16-bit
+# tiles: 1 block of 8 warps, bound by registers). Timings on a GPU should replace these reasons.
+#
+# Dropout has entries of its own: the Philox draws of a tile cost 30-70 registers, which took the
+# first tiles (forward D = 64: 128 x 64, 4 warps) to 255 registers and 236-460 bytes of spill. The one
+# exception to "no spill" is the dK/dV kernel's atomic dQ (deterministic=False) with dropout, or in
+# float32: it holds dK, dV and a dQ tile with its atomic addresses at once, and none of the ~40 tiles
+# tried (16-64 keys, 16-32 queries, 4-16 warps, 1-3 stages) compiles without 4-28 bytes spilled on
+# one of the two architectures, where ptxas holds the registers at the cap of the block size (255 at
+# 8 warps, 128 at 16); the deterministic path spills nothing (ACCEPTED_SPILLS, bench/static_resources.py).
+#
+# float32 inputs take exact fp32 dots (input_precision="ieee"), which Triton computes with FMAs, not
+# tensor cores, holding a row slice of each operand per thread for the whole reduction: registers grow
+# with BLOCK_D times the rows and columns a thread owns. The first fp32 tiles (64 x 32 and 32 x 32 with
+# 4 warps) spilled 2-20 KB a thread (ptxas fell back to 32 registers: forward D = 128 14-20 KB),
+# hence 16-row tiles over 8-16 warps here. tf32x3 (three tf32 tensor-core products a dot) would be
+# faster, but it rounds each product to about 2^-21 of its size against fp32's 2^-24: several times
+# the error of the float32 reference, of which the numerics rule (DESIGN.md section 4) allows twice,
+# and the interpreter that runs these kernels in the tests computes every dot in fp32, so no CPU test
+# could see the difference.
 _GPU_CONFIGS = {
-    ("fwd", False, 64): _Config(128, 64, 4, 3),
-    ("fwd", False, 128): _Config(128, 64, 8, 3),
-    ("fwd", False, 256): _Config(64, 32, 4, 2),
-    ("fwd", True, 128): _Config(64, 32, 4, 2),
-    ("fwd", True, 256): _Config(32, 32, 4, 1),
-    ("dkdv", False, 64): _Config(32, 128, 8, 3),
-    ("dkdv", False, 128): _Config(32, 64, 8, 3),
-    ("dkdv", False, 256): _Config(16, 32, 8, 2),
-    ("dkdv", True, 128): _Config(16, 64, 8, 2),
-    ("dkdv", True, 256): _Config(16, 32, 8, 1),
-    ("dq", False, 64): _Config(128, 32, 4, 3),
-    ("dq", False, 128): _Config(128, 32, 8, 3),
-    ("dq", False, 256): _Config(64, 32, 8, 2),
-    ("dq", True, 128): _Config(64, 32, 8, 2),
-    ("dq", True, 256): _Config(32, 32, 8, 1),
+    ("fwd", False, False, 64): (_Config(128, 64, 8, 3),),  # 150-177 / 128-159 regs, 48 / 64 KiB, 8 / 8-16 warps/SM
+    ("fwd", False, True, 64): (_Config(128, 64, 8, 3),),  # 179-246 / 159-243 regs, 48 / 64 KiB, 8 / 8 warps/SM
+    ("fwd", False, False, 128): (_Config(128, 64, 8, 3),),  # 210-255 / 181-195 regs, 96 / 128 KiB, 8 / 8 warps/SM
+    ("fwd", False, True, 128): (_Config(128, 32, 8, 3),),  # 190-231 / 176-202 regs, 64 / 80 KiB, 8 / 8 warps/SM
+    ("fwd", False, False, 256): (_Config(64, 32, 8, 2),),  # 181-242 / 164-195 regs, 68 / 96 KiB, 8 / 8 warps/SM
+    ("fwd", False, True, 256): (_Config(64, 32, 8, 2),),  # 242-255 / 198-236 regs, 68 / 98 KiB, 8 / 8 warps/SM
+    ("fwd", True, False, 128): (_Config(16, 16, 8, 1),),  # 64 / 64-67 regs, 24 / 24 KiB, 32 / 24-32 warps/SM
+    ("fwd", True, True, 128): (_Config(16, 16, 8, 1),),  # 64 / 64 regs, 24 / 24 KiB, 32 / 32 warps/SM
+    ("fwd", True, False, 256): (_Config(16, 16, 4, 1),),  # 144-153 / 146-147 regs, 48 / 48 KiB, 12 / 12 warps/SM
+    ("fwd", True, True, 256): (_Config(16, 16, 4, 1),),  # 150-157 / 147-150 regs, 48 / 48 KiB, 12 / 12 warps/SM
+    ("dkdv", False, False, 64): (_Config(32, 64, 8, 3),),  # 182-209 / 154-210 regs, 40.5 / 56.5 KiB, 8 / 8 warps/SM
+    ("dkdv", False, True, 64): (_Config(16, 64, 8, 3),),  # 179-245 / 141-221 regs, 28.2 / 40.2 KiB, 8 / 8 warps/SM
+    ("dkdv", False, False, 128): (_Config(16, 64, 8, 3),),  # 173-235 / 158-232 regs, 56.2 / 80.2 KiB, 8 / 8 warps/SM
+    # 178-255 / 191-246 regs, 48.1 / 72.1 KiB, 8 / 8 warps/SM; spills <= 4 B
+    ("dkdv", False, True, 128): (_Config(16, 64, 8, 2),),
+    ("dkdv", False, False, 256): (_Config(16, 32, 8, 2),),  # 166-255 / 147-179 regs, 64.1 / 64.1 KiB, 8 / 8 warps/SM
+    # 123-220 / 101-162 regs, 48.1 / 48.1 KiB, 8-16 / 8-16 warps/SM; spills <= 12 B
+    ("dkdv", False, True, 256): (_Config(16, 16, 8, 2),),
+    ("dkdv", True, False, 128): (_Config(16, 64, 16, 1),),  # 86-128 / 91-112 regs, 84 / 84 KiB, 16 / 16 warps/SM
+    # 102-128 / 104-128 regs, 84 / 84 KiB, 16 / 16 warps/SM; spills <= 24 B
+    ("dkdv", True, True, 128): (_Config(16, 64, 16, 1),),
+    # 80-128 / 84-128 regs, 98 / 98 KiB, 16 / 16 warps/SM; spills <= 4 B
+    ("dkdv", True, False, 256): (_Config(16, 32, 16, 1),),
+    # 88-128 / 90-128 regs, 98 / 98 KiB, 16 / 16 warps/SM; spills <= 28 B
+    ("dkdv", True, True, 256): (_Config(16, 32, 16, 1),),
+    ("dq", False, False, 64): (_Config(128, 64, 8, 3),),  # 158-199 / 136-185 regs, 64 / 80 KiB, 8 / 8 warps/SM
+    ("dq", False, True, 64): (_Config(128, 64, 8, 3),),  # 187-255 / 168-184 regs, 64 / 80 KiB, 8 / 8 warps/SM
+    ("dq", False, False, 128): (_Config(128, 32, 8, 3),),  # 192-198 / 148-186 regs, 96 / 112 KiB, 8 / 8 warps/SM
+    ("dq", False, True, 128): (_Config(128, 32, 8, 3),),  # 187-255 / 169-183 regs, 96 / 112 KiB, 8 / 8 warps/SM
+    # 181-242 / 182-218 regs, 100 / 128 KiB, 8 / 8 warps/SM; the second, for the 99 KiB of sm_86/sm_89:
+    # 128-144 regs, 66 KiB, 8-16 warps/SM (sm_80 code)
+    ("dq", False, False, 256): (_Config(64, 32, 8, 2), _Config(32, 32, 8, 2)),
+    # 255 / 229-242 regs, 100 / 130 KiB, 8 / 8 warps/SM; the second, for the 99 KiB of sm_86/sm_89:
+    # 128-174 regs, 66 KiB, 8-16 warps/SM (sm_80 code)
+    ("dq", False, True, 256): (_Config(64, 32, 8, 2), _Config(32, 32, 8, 2)),
+    ("dq", True, False, 128): (_Config(64, 16, 8, 1),),  # 115-118 / 116-120 regs, 80 / 80 KiB, 16 / 16 warps/SM
+    ("dq", True, True, 128): (_Config(64, 16, 8, 1),),  # 112-118 / 113-128 regs, 80 / 80 KiB, 16 / 16 warps/SM
+    ("dq", True, False, 256): (_Config(16, 16, 4, 1),),  # 145-146 / 150-152 regs, 64 / 64 KiB, 8 / 12 warps/SM
+    ("dq", True, True, 256): (_Config(16, 16, 4, 1),),  # 146-148 / 148-152 regs, 64 / 64 KiB, 8 / 12 warps/SM
 }
 # Triton's interpreter (CPU tensors) runs every program and every loop iteration as Python over numpy
 # tiles, so the cost is the number of tiles more than their size, and it never autotunes. Forward plus
@@ -761,13 +809,40 @@ _GPU_CONFIGS = {
 _INTERPRETER_CONFIG = _Config(128, 128, 1, 1)
 
 
-def _config(kernel: str, device: torch.device, head_dim: int, dtype: torch.dtype) -> _Config:
-    """Tiles for ``kernel`` in {"fwd", "dkdv", "dq"} on ``device`` for this head dim and dtype."""
+def _candidates(kernel: str, device: torch.device, head_dim: int, dtype: torch.dtype, dropout: bool):
+    """The tile configurations for ``kernel`` in {"fwd", "dkdv", "dq"} on ``device``, best first."""
     if interpreter.interpreted(device):
-        return _INTERPRETER_CONFIG
+        return (_INTERPRETER_CONFIG,)
     fp32 = dtype == torch.float32
-    up_to = next(d for d in (64, 128, 256) if head_dim <= d and (kernel, fp32, d) in _GPU_CONFIGS)
-    return _GPU_CONFIGS[(kernel, fp32, up_to)]
+    up_to = next(d for d in (64, 128, 256) if head_dim <= d and (kernel, fp32, dropout, d) in _GPU_CONFIGS)
+    return _GPU_CONFIGS[(kernel, fp32, dropout, up_to)]
+
+
+def _launch_fitting(kernel: str, q: Tensor, dropout: bool, launch: Callable[[_Config], None]) -> None:
+    """``launch(config)`` with the first candidate of ``kernel``'s table entry whose shared memory fits the
+    device, or a RuntimeError that says what each needs.
+
+    Triton compares a compiled kernel's shared memory with the most a block may opt in to on the device
+    (``shared_memory_per_block_optin``: 163 KiB on sm_80, 99 KiB on sm_86/sm_89, 227 KiB on sm_90) when it
+    loads it, before anything is launched, and raises OutOfResources: so a candidate that does not fit
+    costs one caught exception per call, and nothing at all is checked twice where the first fits (every
+    first candidate fits sm_80 and sm_90: tests/test_static_resources.py).
+    """
+    needs = []
+    for cfg in _candidates(kernel, q.device, q.shape[-1], q.dtype, dropout):
+        try:
+            launch(cfg)
+            return
+        except OutOfResources as error:
+            if error.name != "shared memory":
+                raise
+            needs.append(f"{cfg} needs {error.required} bytes")
+            limit = error.limit
+    raise RuntimeError(
+        f"no tile configuration of the Triton attention {kernel} kernel for {q.dtype} head_dim {q.shape[-1]} fits "
+        f"the {limit} bytes of shared memory a block may use on {q.device} ({'; '.join(needs)}); use the cuda or "
+        "naive backend there"
+    )
 
 
 def _block_d(head_dim: int) -> int:
@@ -931,50 +1006,56 @@ def attention_fwd(
     extra = _feature_arguments(layout, causal, features, q)
     sinks = features.sinks.contiguous() if features.sinks is not None else q
     kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
-    cfg = _config("fwd", q.device, head_dim, q.dtype)
-    num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
-    _attn_fwd_kernel[(num_m_blocks * layout.batch * heads_q,)](
-        q,
-        k,
-        v,
-        out,
-        lse,
-        kpm,
-        extra.cu_seqlens_q,
-        extra.cu_seqlens_k,
-        extra.alibi,
-        sinks,
-        *layout.strides(q),
-        *layout.strides(k),
-        *layout.strides(v),
-        *layout.strides(out),
-        *layout.row_strides(heads_q, q.shape[0]),
-        stride_mb,
-        stride_mn,
-        extra.stride_ab,
-        heads_q,
-        heads_q // heads_kv,
-        layout.seq_q,
-        layout.seq_k,
-        head_dim,
-        num_m_blocks,
-        float(scale),
-        extra.window_left,
-        extra.window_right,
-        extra.softcap,
-        float(dropout_p),
-        int(seed),
+    flags = dict(
         SINKS=features.sinks is not None,
         HAS_KPM=key_padding_mask is not None,
         DROPOUT=dropout_p > 0.0,
         IEEE=_ieee(q),
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
         BLOCK_D=_block_d(head_dim),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
         **extra.flags,
     )
+
+    def launch(cfg: _Config) -> None:
+        num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
+        _attn_fwd_kernel[(num_m_blocks * layout.batch * heads_q,)](
+            q,
+            k,
+            v,
+            out,
+            lse,
+            kpm,
+            extra.cu_seqlens_q,
+            extra.cu_seqlens_k,
+            extra.alibi,
+            sinks,
+            *layout.strides(q),
+            *layout.strides(k),
+            *layout.strides(v),
+            *layout.strides(out),
+            *layout.row_strides(heads_q, q.shape[0]),
+            stride_mb,
+            stride_mn,
+            extra.stride_ab,
+            heads_q,
+            heads_q // heads_kv,
+            layout.seq_q,
+            layout.seq_k,
+            head_dim,
+            num_m_blocks,
+            float(scale),
+            extra.window_left,
+            extra.window_right,
+            extra.softcap,
+            float(dropout_p),
+            int(seed),
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **flags,
+        )
+
+    _launch_fitting("fwd", q, dropout_p > 0.0, launch)
     return out, lse
 
 
@@ -1058,84 +1139,90 @@ def attention_bwd(
     # float32 dQ rows laid out like lse's: (B, Hq, Nq, D), or packed (Hq, total_q, D)
     acc_shape = (heads_q, q.shape[0], head_dim) if layout.varlen else q.shape
     dq_acc = None if deterministic else torch.zeros(acc_shape, dtype=torch.float32, device=q.device)
-    cfg = _config("dkdv", q.device, head_dim, q.dtype)
-    num_n_blocks = triton.cdiv(layout.seq_k, cfg.block_n)
-    _attn_bwd_dkdv_kernel[(num_n_blocks * layout.batch * heads_kv,)](
-        q,
-        k,
-        v,
-        do,
-        lse,
-        delta,
-        dk,
-        dv,
-        dq_acc if dq_acc is not None else delta,
-        kpm,
-        *shared,
-        *layout.strides(q),
-        *layout.strides(k),
-        *layout.strides(v),
-        *layout.strides(do),
-        *layout.strides(dk),
-        *layout.strides(dv),
-        *layout.row_strides(heads_q, rows),
-        stride_mb,
-        stride_mn,
-        extra.stride_ab,
-        heads_q,
-        heads_kv,
-        heads_q // heads_kv,
-        layout.seq_q,
-        layout.seq_k,
-        head_dim,
-        num_n_blocks,
-        *options,
-        DQ_ATOMIC=not deterministic,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **common,
-    )
+
+    def launch_dkdv(cfg: _Config) -> None:
+        num_n_blocks = triton.cdiv(layout.seq_k, cfg.block_n)
+        _attn_bwd_dkdv_kernel[(num_n_blocks * layout.batch * heads_kv,)](
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dk,
+            dv,
+            dq_acc if dq_acc is not None else delta,
+            kpm,
+            *shared,
+            *layout.strides(q),
+            *layout.strides(k),
+            *layout.strides(v),
+            *layout.strides(do),
+            *layout.strides(dk),
+            *layout.strides(dv),
+            *layout.row_strides(heads_q, rows),
+            stride_mb,
+            stride_mn,
+            extra.stride_ab,
+            heads_q,
+            heads_kv,
+            heads_q // heads_kv,
+            layout.seq_q,
+            layout.seq_k,
+            head_dim,
+            num_n_blocks,
+            *options,
+            DQ_ATOMIC=not deterministic,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **common,
+        )
+
+    _launch_fitting("dkdv", q, dropout_p > 0.0, launch_dkdv)
     if dq_acc is not None:
         dq = dq_acc.transpose(0, 1) if layout.varlen else dq_acc
         return dq.to(q.dtype).contiguous(), dk, dv, dsinks
 
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # like q, contiguous
-    cfg = _config("dq", q.device, head_dim, q.dtype)
-    num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
-    _attn_bwd_dq_kernel[(num_m_blocks * layout.batch * heads_q,)](
-        q,
-        k,
-        v,
-        do,
-        lse,
-        delta,
-        dq,
-        kpm,
-        *shared,
-        *layout.strides(q),
-        *layout.strides(k),
-        *layout.strides(v),
-        *layout.strides(do),
-        *layout.strides(dq),
-        *layout.row_strides(heads_q, rows),
-        stride_mb,
-        stride_mn,
-        extra.stride_ab,
-        heads_q,
-        heads_q // heads_kv,
-        layout.seq_q,
-        layout.seq_k,
-        head_dim,
-        num_m_blocks,
-        *options,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **common,
-    )
+
+    def launch_dq(cfg: _Config) -> None:
+        num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
+        _attn_bwd_dq_kernel[(num_m_blocks * layout.batch * heads_q,)](
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dq,
+            kpm,
+            *shared,
+            *layout.strides(q),
+            *layout.strides(k),
+            *layout.strides(v),
+            *layout.strides(do),
+            *layout.strides(dq),
+            *layout.row_strides(heads_q, rows),
+            stride_mb,
+            stride_mn,
+            extra.stride_ab,
+            heads_q,
+            heads_q // heads_kv,
+            layout.seq_q,
+            layout.seq_k,
+            head_dim,
+            num_m_blocks,
+            *options,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **common,
+        )
+
+    _launch_fitting("dq", q, dropout_p > 0.0, launch_dq)
     return dq, dk, dv, dsinks
 
 

@@ -3,7 +3,7 @@
 Every choice a launcher makes differently for the two (tile sizes, and the workarounds for the
 interpreter's numpy arithmetic: bfloat16 outputs written in float32, ieee dots for bfloat16) asks
 :func:`interpreted` and nothing else, so that the choices made for a GPU can also be made, and
-compiled ahead of time, on a machine without one (tests/test_triton_compile.py).
+compiled ahead of time, on a machine without one (bench/triton_aot.py).
 """
 
 from __future__ import annotations

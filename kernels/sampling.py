@@ -100,7 +100,10 @@ UNIFORM_SCALE = tl.constexpr(2.0**-53)  # u = (2j + 1) · 2^-53 for a 52-bit j
 # Tile sizes. The pivot compare makes a (ROWS, BLOCK_V, PIVOTS) tile: at 512 elements a chunk and 8 warps
 # that is 32 compares per thread. Under TRITON_INTERPRET=1 every program and every operation costs
 # Python overhead while numpy handles big tiles cheaply, hence big tiles and many rows a program.
-# (Register arithmetic; to be tuned with the benchmark on an H100.)
+# (Register arithmetic; to be tuned with the benchmark on an H100.) ptxas -v through Triton 3.8
+# (bench/static_resources.py): 60-128 registers, 16-32 warps per SM; on sm_90 ptxas holds the 512-element
+# tiles at 128 registers (2 programs per SM) and spills 8-52 bytes. 4 warps (168 registers, 4 bytes) or
+# 256-element tiles (none on sm_90, 8-20 bytes on sm_80) only move the spill (ACCEPTED_SPILLS there).
 GPU_TILE = 512  # ROWS · BLOCK_V on a GPU
 GPU_NUM_WARPS = 8
 INTERPRETER_TILE = 65536  # ROWS · BLOCK_V under the interpreter

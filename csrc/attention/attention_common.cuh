@@ -21,7 +21,32 @@ constexpr float kLn2 = 0.6931471805599453f;    // ln 2
 // zero-padded in shared memory). One warp owns 16 rows of a tile. Register budget per thread
 // (fp32 accumulators): forward O is HD/2 and S is BN/2; backward dK + dV are HD/DSPLIT and S^T, dP^T are
 // BM_BWD/2 each, so HD > 128 (192, 256) splits the head dim over two warp groups (DSPLIT = 2) to stay < 255
-// registers without spilling. (Sizes from register arithmetic; to be tuned on an H100.)
+// registers without spilling.
+//
+// What ptxas -v reports of them (nvcc 13.0, fp16 and bf16 alike, sm_80 / sm_90 where they differ;
+// python bench/static_resources.py, bench/results/static/), until GPU timings replace it: registers per
+// thread, dynamic shared memory per block, and the warps per SM the registers allow (the limit
+// everywhere; at HD = 256 the backward's shared memory allows no more either), no spill anywhere:
+//   HD    forward                    dK/dV                       dQ
+//   32    120/128 regs  15.0 KiB 16  137/140 regs 15.25 KiB 12   96 regs      15.25 KiB 20
+//   64    130 regs      27.0 KiB 12  174 regs     27.25 KiB  8   124/122 regs 27.25 KiB 16
+//   96    161/164 regs  39.0 KiB 12  234 regs     39.25 KiB  8   128 regs     39.25 KiB 16
+//   128   164/168 regs  51.0 KiB 12  253 regs     51.25 KiB  8   160/164 regs 51.25 KiB 12
+//   192   166/164 regs  50.0 KiB 12  232 regs     75.25 KiB  8   128 regs     75.25 KiB 16
+//   256   238 regs      66.0 KiB  8  250/248 regs 99.25 KiB  8   174/164 regs 99.25 KiB  8
+// (the backward's shared memory is the larger of its two kernels', as attention_shared_memory reports it;
+// at HD = 256 it is more than the 99 KiB of sm_86/sm_89, where ops/attention.py sends such calls elsewhere).
+//
+// So 8 to 20 warps per SM (forward 8-16, dK/dV 8-12, dQ 8-20), bound by registers: each warp keeps its
+// rows' accumulators (O; dK and dV; dQ) in registers for the whole key or query loop, as in
+// FlashAttention-2, and the latency of the next tile's loads is hidden by the cp.async double buffer
+// (K_{j+1} lands while P_j V_j runs) rather than by more warps. The forward's 64-row block of 4 warps
+// x 16 rows (FlashAttention-2: 128 rows, 4 warps x 32 rows at HD <= 128) is what mma.sync m16n8k16 gives
+// a warp with one row fragment: 32 rows a warp would double O and S, to HD + BN = 192 accumulator
+// registers at HD = 128, past what 255 registers leave for the Q fragments, P and addresses, so it
+// would spill or need a different register plan. The cost of the smaller block is that K and V are read
+// once per 64 query rows instead of 128 (twice the L2 traffic); whether that or the occupancy weighs
+// more is for GPU timings to say.
 template <int HD>
 struct Config {
   static constexpr int kFwdWarps = 4;

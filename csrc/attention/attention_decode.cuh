@@ -19,6 +19,9 @@ namespace fastattn {
 namespace attn {
 namespace decode {
 
+// ptxas -v (nvcc 13.0; python bench/static_resources.py): the split kernel takes 96-128 registers, 16 warps
+// per SM (20 at 96), bound by registers; ptxas holds it at 128 for the fourth block per SM and spills 8-16
+// bytes a thread in some buckets (ACCEPTED_SPILLS in bench/static_resources.py); the merge kernel 32-40.
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 4;

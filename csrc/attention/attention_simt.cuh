@@ -14,6 +14,11 @@ namespace fastattn {
 namespace attn {
 namespace simt {
 
+// ptxas -v (nvcc 13.0; python bench/static_resources.py): 4 warps a block; registers, sm_80 / sm_90, and
+// the warps per SM they allow (shared memory holds these kernels to 1-2 blocks at HD = 256):
+//   forward 128-168 regs, 4-12 warps; dK/dV 96-168 regs, 4-20 warps; dQ 162-190 regs, 4-12 warps.
+// ptxas keeps the backward kernels at 128 or 168 registers on sm_80 and spills 8-40 bytes a thread for
+// one block more per SM (ACCEPTED_SPILLS in bench/static_resources.py says where and how to change it).
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 32;             // keys (forward, dQ) or queries (dK/dV) per tile: one per lane
