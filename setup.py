@@ -37,6 +37,42 @@ DEFAULT_ARCHS = "80;90"
 GIB_PER_JOB = 2
 
 
+# nvcc's flags for every kernel file, the architectures and --threads aside (bench/static_resources.py
+# compiles with them too).
+NVCC_FLAGS = [
+    "-O3",
+    "-std=c++20",
+    "--expt-relaxed-constexpr",
+    "-lineinfo",
+    # torch builds with these; our kernels use __half/__nv_bfloat16 operators and conversions
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-U__CUDA_NO_HALF2_OPERATORS__",
+]
+
+
+def kernel_sources() -> list[str]:
+    """The extension's CUDA files (the kernels; the .cpp files hold the bindings)."""
+    return sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
+
+
+def include_dirs(cuda_version: str) -> list[str]:
+    """csrc/, and the headers a minimal toolkit may lack (cusparse.h, included by ATen's CUDA headers)
+    from the nvidia wheels of CUDA ``cuda_version``."""
+    dirs = [CSRC]
+    try:
+        import nvidia
+    except ImportError:
+        return dirs
+    for root in nvidia.__path__:
+        wheel_include = os.path.join(root, f"cu{cuda_version.split('.')[0]}", "include")
+        if os.path.isdir(wheel_include):
+            dirs.append(wheel_include)
+    return dirs
+
+
 def _log(message: str) -> None:
     print(f"fastattn setup: {message}", file=sys.stderr)
 
@@ -96,7 +132,13 @@ def _max_jobs() -> str:
 
 def _gencode_flags(archs: str) -> list[str]:
     """-gencode for each capability in "80;90" (machine code for each; PTX of the newest as well, so
-    newer GPUs can JIT it). "90a" selects the architecture-specific target (wgmma), unused for now."""
+    newer GPUs can JIT it).
+
+    The default builds sm_90, not the architecture-specific sm_90a: the kernels use mma.sync m16n8k16
+    (csrc/attention/mma.cuh), which sm_90 runs, and no wgmma, TMA or setmaxnreg, which only sm_90a code
+    may use. wgmma would need the tiles rewritten around warpgroups (64-row slices per 4 warps, operands
+    in shared memory), so sm_90a alone buys nothing yet, and its machine code would run on no GPU
+    but the H100/H200 (no PTX for later ones from it). "90a" is accepted for when such kernels exist."""
     flags = []
     names = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";") if a.strip()]
     if not names:
@@ -143,33 +185,10 @@ def _cuda_extension():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     os.environ["MAX_JOBS"] = _max_jobs()
-    include_dirs = [CSRC]
-    try:  # headers a minimal toolkit may lack (cusparse.h, included by ATen's CUDA headers)
-        import nvidia
-
-        for root in nvidia.__path__:
-            wheel_include = os.path.join(root, f"cu{torch.version.cuda.split('.')[0]}", "include")
-            if os.path.isdir(wheel_include):
-                include_dirs.append(wheel_include)
-    except ImportError:
-        pass
-
-    sources = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
-    sources += sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
+    sources = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True)) + kernel_sources()
     nvcc_threads = os.environ.get("NVCC_THREADS", "1")
-    nvcc_flags = [
-        "-O3",
-        "-std=c++20",
-        "--expt-relaxed-constexpr",
-        "-lineinfo",
-        f"--threads={nvcc_threads}",
-        # torch builds with these; our kernels use __half/__nv_bfloat16 operators and conversions
-        "-U__CUDA_NO_HALF_OPERATORS__",
-        "-U__CUDA_NO_HALF_CONVERSIONS__",
-        "-U__CUDA_NO_BFLOAT16_OPERATORS__",
-        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-        "-U__CUDA_NO_HALF2_OPERATORS__",
-    ] + _gencode_flags(os.environ.get("FASTATTN_CUDA_ARCHS", DEFAULT_ARCHS))
+    nvcc_flags = NVCC_FLAGS + [f"--threads={nvcc_threads}"]
+    nvcc_flags += _gencode_flags(os.environ.get("FASTATTN_CUDA_ARCHS", DEFAULT_ARCHS))
     _log(
         f"building fastattn._C with CUDA_HOME={os.environ['CUDA_HOME']}, MAX_JOBS={os.environ['MAX_JOBS']}, "
         f"{len(sources)} sources, flags {' '.join(f for f in nvcc_flags if f.startswith('-gencode'))}"
@@ -177,30 +196,31 @@ def _cuda_extension():
     extension = CUDAExtension(
         name="fastattn._C",
         sources=[os.path.relpath(s, ROOT) for s in sources],
-        include_dirs=include_dirs,
+        include_dirs=include_dirs(torch.version.cuda),
         extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": nvcc_flags},
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-# kernels/ and bench/ have no __init__.py (see above), so find_packages does not see them: named here.
-packages = find_packages(include=["fastattn", "fastattn.*"]) + ["fastattn.kernels", "fastattn.bench"]
-ext_modules, cmdclass = _cuda_extension()
+if __name__ == "__main__":  # as pip and setuptools run it; bench/static_resources.py imports the helpers
+    # kernels/ and bench/ have no __init__.py (see above), so find_packages does not see them: named here.
+    packages = find_packages(include=["fastattn", "fastattn.*"]) + ["fastattn.kernels", "fastattn.bench"]
+    ext_modules, cmdclass = _cuda_extension()
 
-setup(
-    name="fastattn",
-    version="0.1.0",
-    description="Fused Triton and CUDA kernels for attention, LayerNorm/RMSNorm and sampling",
-    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=packages,
-    package_data={"fastattn.data": ["*.txt", "*.npz", "README.md"]},  # the shipped data sets
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    install_requires=["torch>=2.5", "triton>=3.0", "numpy", "tqdm", "matplotlib"],
-    extras_require={
-        "dev": ["pytest", "pytest-benchmark", "pybind11", "ninja"],
-        "hf": ["transformers"],
-    },
-)
+    setup(
+        name="fastattn",
+        version="0.1.0",
+        description="Fused Triton and CUDA kernels for attention, LayerNorm/RMSNorm and sampling",
+        long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+        long_description_content_type="text/markdown",
+        python_requires=">=3.10",
+        packages=packages,
+        package_data={"fastattn.data": ["*.txt", "*.npz", "README.md"]},  # the shipped data sets
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        install_requires=["torch>=2.5", "triton>=3.0", "numpy", "tqdm", "matplotlib"],
+        extras_require={
+            "dev": ["pytest", "pytest-benchmark", "pybind11", "ninja"],
+            "hf": ["transformers"],
+        },
+    )

@@ -1,20 +1,33 @@
 """Compiles the package's Triton kernels ahead of time for a GPU architecture, with no GPU present.
 
-    python tests/triton_aot.py ARCH            (ARCH: 80, 90, ...; TRITON_INTERPRET must be unset)
+    python bench/triton_aot.py ARCH LIMIT [LIMIT ...]   (ARCH: 80, 90, ...; TRITON_INTERPRET must be unset)
 
 The real launchers are called on small CPU tensors with the interpreter switch of
 ``fastattn.kernels.interpreter`` turned off, so they choose what they would choose for a GPU (tiles,
 warps, stages, output dtypes, the constexpr flags); each launch is compiled for ``GPUTarget("cuda",
 ARCH, 32)`` by Triton's own binder (the same signature and specialization as on a GPU) instead of
-being run. The problems below reach every tile configuration of the attention kernels' table, both
-paths (row in registers, looped) of each norm kernel at its largest and smallest tiles, the split-KV
-decode kernels on paged and contiguous caches, the sampling kernels' vocabulary and batched tiles and split rows,
-every dtype and every constexpr flag of every kernel, each at least once. The last line printed is a
-JSON object: the kernels the package defines, and the compiled variants.
+being run. No launcher uses triton.autotune (each chooses from fixed tables), so these launches reach
+every configuration there is. The attention launchers pick the first tile configuration of their
+table whose shared memory fits the device; here the device's limit is each LIMIT in turn (the most
+shared memory a block may use, in bytes, on each GPU that runs ARCH's code: bench/static_resources.py
+passes sm_80's and sm_86's for 80), so the configurations kept for GPUs of less shared memory are
+compiled too, and every candidate a launcher tried on the way is recorded as well.
+
+Registers and spills are what ptxas reports when Triton runs it (``ptxas -v``, its log captured per
+compiled kernel): the same ptxas, options and PTX as on a GPU, at no extra cost. The problems below
+reach every entry of the attention table at the largest head dim of its bucket, in every dtype it
+serves, plain and with every feature that costs registers (a band, softcap, ALiBi, sinks, a padding
+mask or packed sequences, dropout), both backward paths; both paths (row in registers, looped) of
+each norm kernel at its largest and smallest tiles, the split-KV decode kernels on paged and
+contiguous caches, the sampling kernels' vocabulary and batched tiles and split rows; every constexpr
+flag of every kernel at least once each way. The last line printed is a JSON object: the kernels the
+package defines, and the compiled variants.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -22,8 +35,11 @@ import traceback
 from typing import NamedTuple
 
 import torch
+from triton import knobs
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
 from triton.runtime.driver import driver
+from triton.runtime.errors import OutOfResources
 from triton.runtime.jit import JITFunction
 
 
@@ -43,7 +59,18 @@ class CompileOnlyDriver:
         return 0
 
 
-compiled: list[dict] = []
+compiled: dict[str, dict] = {}  # by the compiled kernel's hash, in the order first compiled
+ptxas_logs: dict[str, str] = {}  # ptxas -v's report of each kernel, by its hash
+shared_memory_limit = 0  # the limit the attention launchers see now (bytes)
+
+
+def capture_ptxas_log(self, src, metadata, opt, capability):
+    """CUDABackend.make_cubin with ptxas' -v report kept (Triton prints it when asked, else drops it)."""
+    knobs.nvidia.dump_ptxas_log = True
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        cubin = make_cubin(self, src, metadata, opt, capability)
+    ptxas_logs[metadata["hash"]] = log.getvalue()
+    return cubin
 
 
 def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
@@ -52,75 +79,81 @@ def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
         kernel = JITFunction_run(self, *args, grid=grid, warmup=True, **kwargs)
     except Exception as error:
         raise RuntimeError(f"{self.fn.__name__} with {kwargs} does not compile: {error}") from error
-    compiled.append(
+    variant = compiled.setdefault(
+        kernel.hash,
         {
             "kernel": self.fn.__name__,
             "constexprs": {name: value for name, value in constexprs.items() if not hasattr(value, "dtype")},
-            "dtypes": sorted({str(arg.dtype).removeprefix("torch.") for arg in args if isinstance(arg, torch.Tensor)}),
+            "dtype": next(str(arg.dtype).removeprefix("torch.") for arg in args if isinstance(arg, torch.Tensor)),
             "num_warps": kernel.metadata.num_warps,
             "num_stages": kernel.metadata.num_stages,
             "shared_bytes": kernel.metadata.shared,
-        }
+            "ptxas": ptxas_logs[kernel.hash],
+            "launched_under": [],  # the shared-memory limits under which a launcher picked it
+        },
     )
+    if warmup:
+        return kernel
+    if kernel.metadata.shared > shared_memory_limit:  # what Triton checks when it loads the kernel to launch it
+        raise OutOfResources(kernel.metadata.shared, shared_memory_limit, "shared memory")
+    if shared_memory_limit not in variant["launched_under"]:
+        variant["launched_under"].append(shared_memory_limit)
     return kernel
 
 
 JITFunction_run = JITFunction.run
+make_cubin = CUDABackend.make_cubin
+
+
+class AttentionFeatures(NamedTuple):
+    """One set of the attention kernels' switches; each problem is run with each set."""
+
+    name: str
+    full: bool  # a band (causal and a window), softcap, ALiBi, sinks and an upstream dlse
+    packed: bool  # packed sequences (else a padding mask when full)
+    dropout: bool
+
+
+ATTENTION_FEATURES = [
+    AttentionFeatures("plain", False, False, False),
+    AttentionFeatures("dropout", False, False, True),
+    AttentionFeatures("all, padding mask", True, False, False),
+    AttentionFeatures("all, padding mask, dropout", True, False, True),
+    AttentionFeatures("all, packed, dropout", True, True, True),
+]
 
 
 def attention_problems():
     from fastattn.kernels import attention
 
-    # (head_dim, dtype): each bucket of the launcher's GPU table at its largest head dim (the most shared
-    # memory), in float16 and bfloat16 taking turns, plus head dims that are not powers of two.
-    shapes = [(16, torch.float16), (64, torch.bfloat16), (96, torch.float16), (128, torch.bfloat16)]
-    shapes += [(128, torch.float16), (256, torch.bfloat16), (256, torch.float16)]
-    shapes += [(40, torch.float32), (128, torch.float32), (256, torch.float32)]
-    for index, (head_dim, dtype) in enumerate(shapes):
-        causal, padded, dropout = index % 2 == 0, index % 3 == 0, index % 4 == 1
-        q = torch.randn(1, 2, 33, head_dim, dtype=dtype)
-        k = torch.randn(1, 1, 47, head_dim, dtype=dtype)
-        v = torch.randn(1, 1, 47, head_dim, dtype=dtype)
-        mask = torch.ones(1, 47, dtype=torch.bool) if padded else None
-        scale, dropout_p = head_dim**-0.5, 0.1 if dropout else 0.0
-        features = attention.Features(  # each feature on in some problems and off in others
-            window=(5, 3) if index % 5 == 1 else (-1, -1),
-            softcap=30.0 if index % 3 == 1 else 0.0,
-            alibi_slopes=torch.rand(2) if index % 4 == 2 else None,
-            sinks=torch.randn(2) if index % 3 == 2 else None,
-        )
-        out, lse = attention.attention_fwd(q, k, v, mask, causal, scale, dropout_p, 7, features)
-        dlse = torch.zeros_like(lse) if index % 2 == 0 else None
-        for deterministic in (False, True):
-            do = torch.randn_like(out)
-            attention.attention_bwd(
-                do, q, k, v, out, lse, dlse, mask, causal, scale, dropout_p, 7, deterministic, features
-            )
-    # packed sequences, with and without the other features
-    cu_seqlens = torch.tensor([0, 5, 33], dtype=torch.int32)
-    for dtype, sinks in ((torch.bfloat16, torch.randn(2)), (torch.float32, None)):
-        q, k, v = torch.randn(33, 2, 64, dtype=dtype), torch.randn(33, 1, 64, dtype=dtype), torch.randn(33, 1, 64)
-        packed = attention.Features(
-            sinks=sinks, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=28, max_seqlen_k=28
-        )
-        out, lse = attention.attention_fwd(q, k, v.to(dtype), None, True, 0.125, 0.0, 7, packed)
-        for deterministic in (False, True):
-            attention.attention_bwd(
-                torch.randn_like(out),
-                q,
-                k,
-                v.to(dtype),
-                out,
-                lse,
-                None,
-                None,
-                True,
-                0.125,
-                0.0,
-                7,
-                deterministic,
-                packed,
-            )
+    seq_q, seq_k, heads_q, heads_kv = 33, 47, 2, 1
+    cu_seqlens = torch.tensor([0, 5, seq_q], dtype=torch.int32)  # packed: keys as many as queries
+    buckets = sorted({(fp32, up_to) for _, fp32, _, up_to in attention._GPU_CONFIGS})
+    for fp32, head_dim in buckets:  # the largest head dim of each bucket: the most registers and shared memory
+        for dtype in (torch.float32,) if fp32 else (torch.float16, torch.bfloat16):
+            for features in ATTENTION_FEATURES:
+                nk = seq_q if features.packed else seq_k
+                shape_q = (seq_q, heads_q, head_dim) if features.packed else (1, heads_q, seq_q, head_dim)
+                shape_k = (nk, heads_kv, head_dim) if features.packed else (1, heads_kv, nk, head_dim)
+                q, k, v = torch.randn(shape_q, dtype=dtype), torch.randn(shape_k, dtype=dtype), torch.randn(shape_k)
+                v = v.to(dtype)
+                mask = torch.ones(1, nk, dtype=torch.bool) if features.full and not features.packed else None
+                packed = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=28, max_seqlen_k=28)
+                extra = attention.Features(
+                    window=(5, 3) if features.full else (-1, -1),
+                    softcap=30.0 if features.full else 0.0,
+                    alibi_slopes=torch.rand(heads_q) if features.full else None,
+                    sinks=torch.randn(heads_q) if features.full else None,
+                    **(packed if features.packed else {}),
+                )
+                causal, scale, dropout_p = features.full, head_dim**-0.5, 0.1 if features.dropout else 0.0
+                out, lse = attention.attention_fwd(q, k, v, mask, causal, scale, dropout_p, 7, extra)
+                dlse = torch.zeros_like(lse) if features.full else None
+                for deterministic in (False, True):
+                    do = torch.randn_like(out)
+                    attention.attention_bwd(
+                        do, q, k, v, out, lse, dlse, mask, causal, scale, dropout_p, 7, deterministic, extra
+                    )
     attention.dropout_keep_mask(1, 2, 33, 47, 0.1, 7, "cpu")
 
 
@@ -172,6 +205,7 @@ NORM_PROBLEMS = [
     NormProblem(8, 512, torch.bfloat16, True, None, None),
     NormProblem(4, 4096, torch.float32, False, torch.float32, torch.float32),  # the largest backward row tile
     NormProblem(2, 16384, torch.float16, True, None, None),  # the largest forward row tile; backward loops
+    NormProblem(2, 16384, torch.float16, False, torch.float32, torch.float32),  # ... its most registers
     NormProblem(2, 65536, torch.bfloat16, False, torch.float32, torch.float32),  # both loop
     NormProblem(1, 32768, torch.float32, True, None, None),
 ]
@@ -235,25 +269,32 @@ def defined_kernels() -> list[str]:
     return sorted(name for name in names if name.endswith("_kernel"))
 
 
-def main(arch: int) -> int:
+def main(arch: int, limits: list[int]) -> int:
+    global shared_memory_limit
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("TRITON_INTERPRET must be unset: the interpreter's kernels cannot be compiled", file=sys.stderr)
         return 2
     driver.set_active(CompileOnlyDriver(arch))
     JITFunction.run = compile_instead_of_launch
+    CUDABackend.make_cubin = capture_ptxas_log
+    knobs.compilation.always_compile = True  # a kernel found in Triton's cache would come without ptxas' report
     from fastattn.kernels import interpreter
 
     interpreter.interpreted = lambda device: False  # choose as for a GPU
-    for problems in (attention_problems, decode_problems, norm_problems, sampling_problems, probe_problems):
-        try:
-            problems()
-        except Exception:
-            print(f"sm_{arch}: {problems.__name__} failed after compiling {len(compiled)} variants:", file=sys.stderr)
-            traceback.print_exc()
-            return 1
-    print(json.dumps({"defined": defined_kernels(), "compiled": compiled}))
+    for shared_memory_limit in limits:
+        for problems in (attention_problems, decode_problems, norm_problems, sampling_problems, probe_problems):
+            try:
+                problems()
+            except Exception:
+                where = f"sm_{arch} with {shared_memory_limit} bytes of shared memory"
+                print(f"{where}: {problems.__name__} failed after compiling {len(compiled)} variants:", file=sys.stderr)
+                traceback.print_exc()
+                return 1
+    print(json.dumps({"arch": arch, "defined": defined_kernels(), "compiled": list(compiled.values())}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1])))
+    if len(sys.argv) < 3:
+        sys.exit(__doc__.split("\n\n")[1])
+    sys.exit(main(int(sys.argv[1]), [int(limit) for limit in sys.argv[2:]]))
