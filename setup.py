@@ -218,9 +218,23 @@ if __name__ == "__main__":  # as pip and setuptools run it; bench/static_resourc
         package_data={"fastattn.data": ["*.txt", "*.npz", "README.md"]},  # the shipped data sets
         ext_modules=ext_modules,
         cmdclass=cmdclass,
-        install_requires=["torch>=2.5", "triton>=3.0", "numpy", "tqdm", "matplotlib"],
+        # The core: torch, Triton where torch's own wheels bring it, numpy for the shipped digits. The rest
+        # is optional, and the command that needs a missing extra says which one to install.
+        install_requires=["torch>=2.5", "triton>=3.0; platform_system == 'Linux'", "numpy"],
         extras_require={
-            "dev": ["pytest", "pytest-benchmark", "pybind11", "ninja"],
+            "plot": ["matplotlib"],  # bench --plot, train vae's PNG
+            "progress": ["tqdm"],  # progress bars
             "hf": ["transformers"],
+            "dev": [  # the test suite (the browser test of the attention graph: playwright) and the lint
+                "pytest",
+                "pytest-benchmark",
+                "pybind11",
+                "ninja",
+                "ruff",
+                "playwright",
+                "matplotlib",
+                "tqdm",
+                "transformers",
+            ],
         },
     )
