@@ -11,7 +11,7 @@ from .backends import available_backends, use_backend
 from .ops.attention import attention, attention_varlen, scaled_dot_product_attention
 from .ops.norm import layer_norm, rms_norm
 from .ops.sampling import sample
-from .patch import patch
+from .patch import patch, patch_sdpa
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "layer_norm",
     "nn",
     "patch",
+    "patch_sdpa",
     "reference",
     "rms_norm",
     "sample",

@@ -4,7 +4,7 @@
     model = fastattn.patch(model)     # nn.MultiheadAttention, nn.LayerNorm, nn.RMSNorm -> fastattn.nn
     model.fastattn_replaced           # ['encoder.layers.0.self_attn', 'encoder.layers.0.norm1', ...]
 
-    with fastattn.patch.sdpa():       # F.scaled_dot_product_attention -> fastattn's, in this block only
+    with fastattn.patch_sdpa():       # F.scaled_dot_product_attention -> fastattn's, in this block only
         logits = model(tokens)
 
 The swapped modules subclass the ones they replace and take over their parameters (the very
@@ -128,15 +128,15 @@ def patch(model: nn.Module, *, attention: bool = True, norm: bool = True) -> nn.
     swapped classes. The names of the swapped modules (``""`` for the model itself) are appended to
     ``model.fastattn_replaced`` and logged at INFO level by the ``fastattn.patch`` logger.
 
-    ``fastattn.patch.sdpa()`` is the other way in, for models that call
-    ``F.scaled_dot_product_attention`` themselves (see :func:`sdpa`).
+    :func:`fastattn.patch_sdpa` is the other way in, for models that call
+    ``F.scaled_dot_product_attention`` themselves.
     """
     return swap_modules(model, functools.partial(replacement_for, attention=attention, norm=norm))
 
 
 # ------------------------------------------------------------- routing F.scaled_dot_product_attention
 @contextlib.contextmanager
-def sdpa() -> Iterator[None]:
+def patch_sdpa() -> Iterator[None]:
     """Within the block, calls of ``torch.nn.functional.scaled_dot_product_attention`` go to
     :func:`fastattn.scaled_dot_product_attention` (torch's semantics, fused kernels where they serve
     the inputs, torch's own function otherwise); on leaving the block, torch's function is back.
@@ -146,7 +146,7 @@ def sdpa() -> Iterator[None]:
     time; code that imported the function by name earlier keeps torch's. Never on by default; it
     affects every thread while the block runs.
 
-    >>> with fastattn.patch.sdpa():
+    >>> with fastattn.patch_sdpa():
     ...     out = model(x)
     """
     torch_sdpa = F.scaled_dot_product_attention
@@ -157,4 +157,12 @@ def sdpa() -> Iterator[None]:
         F.scaled_dot_product_attention = torch_sdpa
 
 
-patch.sdpa = sdpa
+def _sdpa_under_its_old_name():
+    """``fastattn.patch.sdpa()``, the old name of :func:`patch_sdpa`: warns, then does the same."""
+    import warnings
+
+    warnings.warn("fastattn.patch.sdpa() is now fastattn.patch_sdpa()", DeprecationWarning, stacklevel=2)
+    return patch_sdpa()
+
+
+patch.sdpa = _sdpa_under_its_old_name

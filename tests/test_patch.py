@@ -2,7 +2,6 @@
 training and evaluation, and the opt-in routing of F.scaled_dot_product_attention."""
 
 import copy
-import importlib
 import logging
 
 import pytest
@@ -13,8 +12,6 @@ from torch import nn
 import fastattn
 from fastattn.ops import attention as attention_ops
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
-
-patch_module = importlib.import_module("fastattn.patch")  # `fastattn.patch` is the function
 
 
 @pytest.fixture
@@ -241,7 +238,7 @@ def test_sdpa_routes_calls_to_fastattn_within_the_block_only(mask, kernel_calls)
         ref = model.double()(x.double(), **as64)
         plain = model.float()(x, **kwargs)
         assert kernel_calls == []
-        with fastattn.patch.sdpa():
+        with fastattn.patch_sdpa():
             assert F.scaled_dot_product_attention is not torch_sdpa
             out = model(x, **kwargs)
     assert F.scaled_dot_product_attention is torch_sdpa
@@ -252,12 +249,15 @@ def test_sdpa_routes_calls_to_fastattn_within_the_block_only(mask, kernel_calls)
 def test_sdpa_routing_is_undone_on_errors_and_reaches_torch_modules(kernel_calls):
     torch_sdpa = F.scaled_dot_product_attention
     with pytest.raises(RuntimeError, match="inside"):
-        with fastattn.patch.sdpa():
+        with fastattn.patch_sdpa():
             raise RuntimeError("inside")
     assert F.scaled_dot_product_attention is torch_sdpa
     mha = nn.MultiheadAttention(16, 2, batch_first=True)  # torch's own module calls F's SDPA
     x = torch.randn(2, 5, 16)
-    with fastattn.patch.sdpa():
+    with fastattn.patch_sdpa():
         mha(x, x, x, need_weights=False)
     assert kernel_calls
-    assert patch_module.sdpa is fastattn.patch.sdpa
+    with pytest.warns(DeprecationWarning, match="patch_sdpa"):  # the old name still works
+        with fastattn.patch.sdpa():
+            assert F.scaled_dot_product_attention is not torch_sdpa
+    assert F.scaled_dot_product_attention is torch_sdpa

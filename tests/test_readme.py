@@ -27,7 +27,7 @@ SNIPPETS = section_snippets()
 def test_the_section_has_the_three_ways_in():
     assert len(SNIPPETS) == 3
     assert "fastattn.attention(" in SNIPPETS[0] and "fastattn.nn.MultiheadAttention(" in SNIPPETS[0]
-    assert "fastattn.patch(" in SNIPPETS[1] and "fastattn.patch.sdpa()" in SNIPPETS[1]
+    assert "fastattn.patch(" in SNIPPETS[1] and "fastattn.patch_sdpa()" in SNIPPETS[1]
     assert 'attn_implementation="fastattn"' in SNIPPETS[2]
 
 

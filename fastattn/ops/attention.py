@@ -20,7 +20,7 @@ from .. import backends, reference
 from . import refuse_double_backward
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Torch's function, bound once: fastattn.patch.sdpa() may rebind the name in torch.nn.functional to
+# Torch's function, bound once: fastattn.patch_sdpa() may rebind the name in torch.nn.functional to
 # ours, and our fallbacks must still reach torch's.
 _torch_sdpa = F.scaled_dot_product_attention
 MAX_FUSED_HEAD_DIM = 256

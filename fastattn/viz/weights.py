@@ -66,7 +66,7 @@ def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
     calls run on the backend ``"auto"`` picks among those that can.
 
     It rebinds ``fastattn.attention`` for the duration of the block (calls from elsewhere pass through
-    unchanged), so, like :func:`fastattn.patch.sdpa`, it affects every thread while the block runs.
+    unchanged), so, like :func:`fastattn.patch_sdpa`, it affects every thread while the block runs.
 
     >>> with record_attention(model) as calls:
     ...     model(tokens)
