@@ -212,18 +212,18 @@ NORM_PROBLEMS = [
 
 
 def norm_problems():
-    from fastattn.kernels import layer_norm
+    from fastattn.kernels import norm
 
     for problem in NORM_PROBLEMS:
         x = torch.randn(problem.rows, problem.hidden, dtype=problem.dtype)
         residual = None if problem.residual_dtype is None else torch.randn_like(x, dtype=problem.residual_dtype)
         weight = None if problem.param_dtype is None else torch.randn(problem.hidden, dtype=problem.param_dtype)
         bias = None if problem.rms or weight is None else torch.randn_like(weight)
-        y, s, mean, rstd = layer_norm.norm_fwd(
+        y, s, mean, rstd = norm.norm_fwd(
             x, residual, weight, bias, 1e-5, rms=problem.rms, residual_in_fp32=residual is not None
         )
         for ds in (None, torch.randn_like(s)) if residual is not None else (None,):
-            layer_norm.norm_bwd(torch.randn_like(y), ds, x, residual, weight, bias, mean, rstd, rms=problem.rms)
+            norm.norm_bwd(torch.randn_like(y), ds, x, residual, weight, bias, mean, rstd, rms=problem.rms)
 
 
 def sampling_problems():

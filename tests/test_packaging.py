@@ -33,7 +33,7 @@ def test_hugging_face_kernels_import_from_the_repository_root():
 import transformers, fastattn
 from transformers.integrations import hub_kernels
 import kernels
-import fastattn.kernels.attention, fastattn.kernels.layer_norm, fastattn.kernels.sampling
+import fastattn.kernels.attention, fastattn.kernels.norm, fastattn.kernels.sampling
 print(kernels.__file__)
 print(fastattn.kernels.attention.__file__)
 print(",".join(fastattn.available_backends()))
@@ -74,7 +74,7 @@ def test_the_wheel_adds_only_fastattn(tmp_path):
     assert top_level - metadata == {"fastattn"} and len(metadata) == 1, (
         f"the wheel installs these top-level names: {sorted(top_level)}"
     )
-    for module in ("kernels/attention.py", "kernels/layer_norm.py", "kernels/sampling.py", "bench/harness.py"):
+    for module in ("kernels/attention.py", "kernels/norm.py", "kernels/sampling.py", "bench/harness.py"):
         assert f"fastattn/{module}" in names, f"fastattn/{module} is missing from the wheel"
     assert "fastattn/data/tinyshakespeare.txt" in names, "the shipped data set is missing from the wheel"
 

@@ -102,8 +102,8 @@ def _norm_fwd_triton(
     residual_in_fp32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """x, residual: (..., N); weight, bias: (N,). Returns (y, s, mean, rstd); s is empty without a
-    residual, mean is empty for RMSNorm (see ``fastattn.kernels.layer_norm.norm_fwd``)."""
-    from ..kernels import layer_norm as kernels  # imported on first use: triton reads TRITON_INTERPRET then
+    residual, mean is empty for RMSNorm (see ``fastattn.kernels.norm.norm_fwd``)."""
+    from ..kernels import norm as kernels  # imported on first use: triton reads TRITON_INTERPRET then
 
     return kernels.norm_fwd(x, residual, weight, bias, eps, rms=rms, residual_in_fp32=residual_in_fp32)
 
@@ -122,7 +122,7 @@ def _norm_bwd_triton(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (dx, dresidual, dw, db); dresidual is empty unless the residual's dtype differs from
     x's (it equals dx), dw/db are empty without weight/bias."""
-    from ..kernels import layer_norm as kernels
+    from ..kernels import norm as kernels
 
     return kernels.norm_bwd(dy, ds, x, residual, weight, bias, mean, rstd, rms=rms)
 
