@@ -154,6 +154,19 @@ def _sequence(
 
 
 @triton.jit
+def _program_tile(
+    num_blocks,  # row tiles per head: cdiv(rows, BLOCK)
+    heads,  # heads of the tensor whose rows are tiled
+    BLOCK: tl.constexpr,  # rows per tile
+):
+    """This program's tile of the 1-D grid: (its first row, b * heads + h, b, h with b and h int64). The
+    row tiles of one head are neighbours in the grid, so they share K/V (or Q, dO) in L2."""
+    pid = tl.program_id(0)
+    bh = pid // num_blocks
+    return (pid % num_blocks) * BLOCK, bh, (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)
+
+
+@triton.jit
 def _visible(
     rows,  # query indices, int32, broadcastable against cols
     cols,  # key indices, int32
@@ -332,13 +345,8 @@ def _attn_fwd_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % num_m_blocks  # query blocks of one head are neighbours: they share K/V in L2
-    bh = pid // num_m_blocks
-    b = (bh // heads_q).to(tl.int64)
-    h = (bh % heads_q).to(tl.int64)
+    start_m, bh, b, h = _program_tile(num_m_blocks, heads_q, BLOCK_M)
     h_kv = h // group
-    start_m = pid_m * BLOCK_M
     first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
     first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
     if start_m >= seq_q:  # a packed sequence shorter than the longest
@@ -420,12 +428,7 @@ def _attn_bwd_preprocess_kernel(
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % num_m_blocks
-    bh = pid // num_m_blocks
-    b = (bh // heads_q).to(tl.int64)
-    h = (bh % heads_q).to(tl.int64)
-    start_m = pid_m * BLOCK_M
+    start_m, bh, b, h = _program_tile(num_m_blocks, heads_q, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
 
@@ -443,7 +446,7 @@ def _attn_bwd_preprocess_kernel(
         lse = tl.load(Lse + rows, mask=offs_m < seq_q, other=float("inf"))  # rows past the end: weight 0
         sink = tl.load(Sinks + h).to(tl.float32)
         weight = tl.where(lse == float("-inf"), 0.0, tl.exp2((sink - lse) * LOG2E))  # sink = lse = -inf: 0
-        tl.store(DsinkPartial + pid, -tl.sum(weight * delta, 0))
+        tl.store(DsinkPartial + tl.program_id(0), -tl.sum(weight * delta, 0))
 
 
 @triton.jit
@@ -509,12 +512,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,  # keys per program
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
-    pid = tl.program_id(0)
-    pid_n = pid % num_n_blocks
-    bh_kv = pid // num_n_blocks
-    b = (bh_kv // heads_kv).to(tl.int64)
-    h_kv = (bh_kv % heads_kv).to(tl.int64)
-    start_n = pid_n * BLOCK_N
+    start_n, _, b, h_kv = _program_tile(num_n_blocks, heads_kv, BLOCK_N)
     first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
     first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
     if start_n >= seq_k:  # a packed sequence shorter than the longest
@@ -645,13 +643,8 @@ def _attn_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % num_m_blocks
-    bh = pid // num_m_blocks
-    b = (bh // heads_q).to(tl.int64)
-    h = (bh % heads_q).to(tl.int64)
+    start_m, bh, b, h = _program_tile(num_m_blocks, heads_q, BLOCK_M)
     h_kv = h // group
-    start_m = pid_m * BLOCK_M
     first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
     first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
     if start_m >= seq_q:  # a packed sequence shorter than the longest
