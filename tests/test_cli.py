@@ -176,7 +176,11 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
 
 
 def test_ctrl_c_is_one_line_and_status_130(tmp_path):
-    """Ctrl-C in a command (here verify, while it runs its checks): no traceback."""
+    """Ctrl-C in a command (here verify, while it runs its checks): no traceback.
+
+    CPython drops a KeyboardInterrupt that lands while a finalizer runs (it prints "Exception ignored
+    in ..." and goes on), so on a busy machine one Ctrl-C can go unseen, as it would for a user, who
+    presses it again: so does this test, every 2 seconds."""
     process = subprocess.Popen(
         [sys.executable, "-m", "fastattn", "verify", "--op", "attention"],
         cwd=tmp_path,
@@ -187,9 +191,17 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path):
     try:
         first_line = process.stdout.readline()  # printed before the checks start
         assert first_line.startswith(("No GPU", "verify on")), first_line
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
+        for _ in range(30):
+            process.send_signal(signal.SIGINT)
+            try:
+                _, stderr = process.communicate(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     finally:
         process.kill()
     assert process.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].endswith("interrupted"), stderr[-2000:]
+    # No traceback of ours: the only ones allowed are CPython's reports of an interrupt it dropped.
+    assert stderr.count("Traceback") <= stderr.count("Exception ignored in"), stderr[-2000:]
