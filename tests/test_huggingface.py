@@ -71,12 +71,12 @@ MODELS = {
 
 def eager_and_fastattn(name):
     """The eager model and a copy on fastattn (attn_implementation="fastattn" at construction, norms
-    swapped by fastattn.integrations.huggingface.patch), with the same random weights."""
+    swapped by fastattn.integrations.huggingface.patch_transformers), with the same random weights."""
     make_config, auto = MODELS[name]
     eager = auto.from_config(make_config(), attn_implementation="eager").eval()
     ours = auto.from_config(make_config(), attn_implementation="fastattn").eval()
     ours.load_state_dict(eager.state_dict())
-    return eager, fastattn_hf.patch(ours, attention=False)
+    return eager, fastattn_hf.patch_transformers(ours, attention=False)
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_patch_sets_the_implementation_and_swaps_plain_rms_norms_only():
     model = auto.from_config(make_config(), attn_implementation="eager")
     model.model.extra_norm = OffsetRMSNorm(64)
     final_norm = model.model.norm
-    assert fastattn_hf.patch(model) is model
+    assert fastattn_hf.patch_transformers(model) is model
     assert model.config._attn_implementation == "fastattn"
     assert type(model.model.norm) is fastattn.nn.RMSNorm
     assert model.model.norm.weight is final_norm.weight
@@ -183,6 +183,14 @@ def test_patch_sets_the_implementation_and_swaps_plain_rms_norms_only():
     assert type(model.model.extra_norm) is OffsetRMSNorm
     assert "model.norm" in model.fastattn_replaced and "model.extra_norm" not in model.fastattn_replaced
     assert "fastattn" in transformers.AttentionInterface._global_mapping
+
+
+def test_the_former_name_patch_still_works_with_a_deprecation_warning():
+    make_config, auto = MODELS["llama"]
+    model = auto.from_config(make_config(), attn_implementation="eager")
+    with pytest.warns(DeprecationWarning, match="patch_transformers"):
+        assert fastattn_hf.patch(model) is model
+    assert model.config._attn_implementation == "fastattn"
 
 
 # --------------------------------------------------------------------- the attention function itself

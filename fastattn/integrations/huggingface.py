@@ -2,7 +2,7 @@
 
     import fastattn.integrations.huggingface as fastattn_hf     # registers "fastattn" with transformers
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="fastattn")
-    fastattn_hf.patch(model)       # and swap the norms; or patch() an already loaded model for both
+    fastattn_hf.patch_transformers(model)  # and swap the norms; or do both to an already loaded model
 
 Importing this module registers :func:`attention_forward` with transformers' ``AttentionInterface``
 under the name ``"fastattn"``, and transformers' SDPA mask builder with ``AttentionMaskInterface``
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -350,7 +351,7 @@ def _replacement(module: nn.Module, *, attention: bool, norm: bool) -> nn.Module
     return _rms_norm_replacement(module)
 
 
-def patch(model: nn.Module, *, attention: bool = True, norm: bool = True) -> nn.Module:
+def patch_transformers(model: nn.Module, *, attention: bool = True, norm: bool = True) -> nn.Module:
     """Puts a transformers model on fastattn, in place.
 
     - ``attention=True``: the model (a ``PreTrainedModel``) and its sub-models get
@@ -366,6 +367,14 @@ def patch(model: nn.Module, *, attention: bool = True, norm: bool = True) -> nn.
     if attention and isinstance(model, PreTrainedModel):
         model.set_attn_implementation(IMPLEMENTATION)  # and its sub-models'
     return swap_modules(model, lambda module: _replacement(module, attention=attention, norm=norm))
+
+
+def patch(model: nn.Module, *, attention: bool = True, norm: bool = True) -> nn.Module:
+    """The former name of :func:`patch_transformers` (``fastattn.patch`` is the module patcher)."""
+    warnings.warn(
+        "fastattn.integrations.huggingface.patch() is now patch_transformers()", DeprecationWarning, stacklevel=2
+    )
+    return patch_transformers(model, attention=attention, norm=norm)
 
 
 register()
