@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import fastattn
-from fastattn import reference
+from fastattn import capabilities, reference
 
 from . import metrics
 from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module, torch_compiled
@@ -38,7 +38,6 @@ TITLE = "attention"
 HIDDEN = 2048
 TOKENS = 16384
 SEQUENCE_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
-HEAD_DIMS = (64, 128, 256)
 QUICK_SEQUENCE_LENGTHS = (1024, 4096, 16384)
 QUICK_HEAD_DIMS = (64, 128)
 TINY_SEQUENCE_LENGTHS = (64, 128, 256)
@@ -46,6 +45,12 @@ TINY_HEADS, TINY_HEAD_DIM = 8, 64
 SCORES_MEMORY_FRACTION = 0.5  # providers that store the N×N scores skip shapes needing more of the GPU
 SCORE_COPIES = {"fwd": 4, "bwd": 8}  # scores, masked scores, exp, probabilities (and their gradients)
 FLASHINFER_WORKSPACE_BYTES = 128 * 2**20  # the size flashinfer's own examples allocate
+
+
+def head_dims() -> tuple[int, ...]:
+    """The standard grid's head dims: 64, 128 and the widest our fused backends both serve (256)."""
+    widest = capabilities.fused_max_head_dim()
+    return tuple(d for d in (64, 128) if d < widest) + (widest,)
 
 
 def _case(batch, heads, n, head_dim, causal, mode, dtype, device, quick) -> Case:
@@ -102,7 +107,7 @@ def _standard_cases(device: torch.device, dtype: torch.dtype) -> list[Case]:
             n in QUICK_SEQUENCE_LENGTHS and d in QUICK_HEAD_DIMS,
         )
         for mode in ("fwd", "bwd")
-        for d in HEAD_DIMS
+        for d in head_dims()
         for causal in (False, True)
         for n in SEQUENCE_LENGTHS
     ]

@@ -60,7 +60,7 @@ def run(device: torch.device) -> tuple[list[MemoryScaling], list[str]]:
     if device.type != "cuda":
         return [], ["skipped: no GPU (peak GPU memory needs one)"]
     results, notes = [], []
-    for backend in ("cuda", "triton"):
+    for backend in fastattn.backends.FUSED:
         why = ours_unavailable(backend, "attention")
         if why is not None:
             notes.append(f"{backend}: not measured: {why}")

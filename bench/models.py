@@ -176,7 +176,7 @@ def providers(gpt, config, device: torch.device) -> list[Provider]:
 
             return run
 
-        family = "ours" if name in ("cuda", "triton") else "pytorch"
+        family = "ours" if name in fastattn.backends.FUSED else "pytorch"
         why = ours_unavailable(name, "attention") if family == "ours" else None
         return Provider(
             name,

@@ -3,7 +3,40 @@
 // pybind11 with torch's type casters (Tensor, dtype); much lighter to compile than torch/extension.h
 #include <torch/csrc/utils/pybind.h>
 
+#include "common/check.h"
+#include "common/limits.h"
 #include "ops.h"
+
+namespace {
+
+// What the kernels serve, per op: fastattn.capabilities reads this, so that no Python file restates a
+// limit of the C++ code. The feature names are those of fastattn.capabilities.FEATURES.
+pybind11::dict capabilities() {
+  namespace py = pybind11;
+  py::list dtypes;
+  for (const at::ScalarType dtype : fastattn::kFloatDtypes) dtypes.append(py::cast(dtype));
+  const auto op = [&](py::tuple features) {
+    py::dict entry;
+    entry["dtypes"] = py::tuple(dtypes);
+    entry["features"] = features;
+    return entry;
+  };
+  py::dict attention = op(py::make_tuple("dropout", "deterministic", "return_lse", "window", "softcap",
+                                         "alibi_slopes", "sinks", "varlen"));
+  attention["max_head_dim"] = fastattn::kMaxHeadDim;
+  py::dict kvcache = op(py::make_tuple("return_lse", "window", "softcap", "alibi_slopes", "paged"));
+  kvcache["max_head_dim"] = fastattn::kMaxHeadDim;
+  py::dict sampling = op(py::make_tuple());
+  sampling["max_vocab"] = fastattn::kMaxVocab;
+  py::dict table;
+  table["attention"] = attention;
+  table["kvcache"] = kvcache;
+  table["norm"] = op(py::make_tuple());
+  table["sampling"] = sampling;
+  return table;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastattn CUDA kernels (LayerNorm/RMSNorm, sampling, attention); see fastattn.ops";
@@ -36,6 +69,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_shared_memory", &fastattn::attention_shared_memory,
         "(forward, backward) shared memory per block of the attention kernels, in bytes", arg("dtype"),
         arg("head_dim"));
+  m.def("capabilities", &capabilities, "what the kernels serve, per op: dtypes, features and limits");
   m.def("kernel_image_error", &fastattn::kernel_image_error,
         "empty when the extension can run on CUDA device `device`, else why not", arg("device"));
 }

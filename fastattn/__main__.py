@@ -27,7 +27,7 @@ def command_env(args: argparse.Namespace) -> int:
     _use_interpreter_without_gpu()  # as verify, demo and bench do: the backends listed are theirs
     import torch
 
-    from . import backends
+    from . import backends, capabilities
 
     lines = [
         ("fastattn", __import__("fastattn").__version__),
@@ -51,6 +51,9 @@ def command_env(args: argparse.Namespace) -> int:
     for name in backends.AUTO_ORDER:
         reasons = backends.platform_reasons(name)
         print(f"  {name:<7} {'available' if not reasons else 'unavailable: ' + '; '.join(reasons)}")
+    print()
+    print("what each backend serves (dtypes; limits; optional features):")
+    print("\n".join(capabilities.describe()))
     return 0
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import enum
 import importlib
 import importlib.metadata
 import importlib.util
@@ -35,12 +36,38 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS = ("cuda", "triton", "torch", "naive")
+
+class Backend(str, enum.Enum):
+    """A backend. Each member is also its name as a str (``Backend.CUDA == "cuda"``), so a user may pass
+    either, and it prints as its name."""
+
+    CUDA = "cuda"
+    TRITON = "triton"
+    TORCH = "torch"
+    NAIVE = "naive"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:  # a list of backends prints as the names a user would type
+        return repr(self.value)
+
+    __format__ = str.__format__  # f"{Backend.CUDA:<7}" pads the name, on every Python version
+    __hash__ = str.__hash__  # equal to its name, so hashed as its name: {"cuda": x}[Backend.CUDA] is x
+
+    @property
+    def fused(self) -> bool:
+        """One of ours: its kernels are fastattn's own (CUDA C++ or Triton)."""
+        return self in FUSED
+
+
+BACKENDS = tuple(Backend)
+FUSED = (Backend.CUDA, Backend.TRITON)
 # "auto" tries ours first, then PyTorch's, then the reference. Triton comes before CUDA until the two
 # have been timed against each other on a GPU: the Triton kernels' numerics are tested on every run
 # (on the CPU, through the interpreter), the CUDA kernels' only where a GPU is present.
-AUTO_ORDER = ("triton", "cuda", "torch", "naive")
-_CHOICES = ("auto",) + BACKENDS
+AUTO_ORDER = (Backend.TRITON, Backend.CUDA, Backend.TORCH, Backend.NAIVE)
+CHOICES = ("auto", *(backend.value for backend in Backend))  # what a backend= argument accepts
 
 # The innermost use_backend of the running thread or asyncio task (None: none is active). A context
 # variable, not a global: two threads choosing different backends at once each keep their own.
@@ -52,10 +79,14 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def _check_name(name: str, what: str) -> str:
-    if name not in _CHOICES:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, _CHOICES))}, got {name!r}")
-    return name
+def parse(name: str, what: str = "backend") -> Backend | str:
+    """``name`` as a :class:`Backend`, or ``"auto"``; anything else raises a ValueError naming ``what``."""
+    if name == "auto":
+        return "auto"
+    try:
+        return Backend(name)
+    except ValueError:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, CHOICES))}, got {name!r}") from None
 
 
 def _import_error(module: str) -> str | None:
@@ -86,16 +117,17 @@ def triton_version() -> str | None:
 
 def platform_reasons(name: str) -> list[str]:
     """Why backend ``name`` cannot run on this machine at all (empty when it can)."""
-    if name in ("torch", "naive"):
+    backend = Backend(name)
+    if not backend.fused:
         return []
     # Only the triton backend depends on TRITON_INTERPRET: the environment lookup costs about 0.8 µs.
-    return list(_platform_reasons(name, name == "triton" and triton_interpreting()))
+    return list(_platform_reasons(backend, backend is Backend.TRITON and triton_interpreting()))
 
 
-_platform_reasons_found: dict[tuple[str, bool], tuple[str, ...]] = {}
+_platform_reasons_found: dict[tuple[Backend, bool], tuple[str, ...]] = {}
 
 
-def _platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
+def _platform_reasons(name: Backend, interpreting: bool) -> tuple[str, ...]:
     # Asked on every op call: worked out once per name (and TRITON_INTERPRET setting), as
     # torch.cuda.is_available() does not change within a process; uncached, this took 1-4 µs a call.
     key = (name, interpreting)
@@ -108,13 +140,13 @@ def _platform_reasons(name: str, interpreting: bool) -> tuple[str, ...]:
     return _platform_reasons_found[key]
 
 
-def _find_platform_reasons(name: str, interpreting: bool, probe: bool = True) -> tuple[str, ...]:
-    if name == "cuda":
+def _find_platform_reasons(name: Backend, interpreting: bool, probe: bool = True) -> tuple[str, ...]:
+    if name is Backend.CUDA:
         if EXTENSION_ERROR is not None:
             return (f"extension not built: {EXTENSION_ERROR}",)
         if not torch.cuda.is_available():
             return ("no CUDA GPU is available",)
-    elif name == "triton":
+    elif name is Backend.TRITON:
         if not TRITON_FOUND:
             return ("triton is not installed",)
         if not torch.cuda.is_available() and not interpreting:
@@ -142,16 +174,17 @@ def _triton_probe_error() -> str | None:
 
 def device_reasons(name: str, device: torch.device) -> list[str]:
     """Why backend ``name`` cannot run on tensors of ``device`` (empty when it can)."""
-    if name in ("torch", "naive"):
+    backend = Backend(name)
+    if not backend.fused:
         return []
-    reasons = platform_reasons(name)
+    reasons = platform_reasons(backend)
     if reasons:
         return reasons
-    if name == "cuda":
+    if backend is Backend.CUDA:
         if device.type != "cuda":
             return [f"needs CUDA tensors, got {device.type} tensors"]
         return list(_cuda_device_reasons(_device_index(device)))
-    if name == "triton":
+    if backend is Backend.TRITON:
         if device.type == "cpu" and not triton_interpreting():
             return ["CPU tensors need TRITON_INTERPRET=1 (Triton's interpreter)"]
         if device.type not in ("cpu", "cuda"):
@@ -199,18 +232,18 @@ def shared_memory_limit(device: torch.device) -> int:
     return torch.cuda.get_device_properties(_device_index(device)).shared_memory_per_block_optin
 
 
-def available_backends() -> list[str]:
+def available_backends() -> list[Backend]:
     """The backends that can run on this machine, in the order ``auto`` tries them."""
     return [name for name in AUTO_ORDER if not platform_reasons(name)]
 
 
-def default_backend() -> str:
+def default_backend() -> Backend | str:
     """What ``backend="auto"`` means right now: the innermost :func:`use_backend`, else
     ``FASTATTN_BACKEND``, else ``"auto"``."""
     block_default = _block_default.get()
     if block_default is not None:
         return block_default
-    return _check_name(os.environ.get("FASTATTN_BACKEND", "auto"), "FASTATTN_BACKEND")
+    return parse(os.environ.get("FASTATTN_BACKEND", "auto"), "FASTATTN_BACKEND")
 
 
 @contextlib.contextmanager
@@ -221,24 +254,24 @@ def use_backend(name: str) -> Iterator[None]:
     >>> with fastattn.use_backend("triton"):
     ...     out = fastattn.attention(q, k, v, causal=True)
     """
-    token = _block_default.set(_check_name(name, "backend"))
+    token = _block_default.set(parse(name, "backend"))
     try:
         yield
     finally:
         _block_default.reset(token)
 
 
-def select(op: str, backend: str, reasons: Callable[[str], list[str]]) -> str:
+def select(op: str, backend: str, reasons: Callable[[Backend], list[str]]) -> Backend:
     """The backend that serves a call of ``op``.
 
     ``reasons(name)`` lists why backend ``name`` cannot serve this call. ``backend`` is what the caller
     asked for; ``"auto"`` defers to :func:`default_backend` and then to :data:`AUTO_ORDER`.
     """
-    requested = _check_name(backend, "backend")
+    requested = parse(backend, "backend")
     if requested == "auto":
         requested = default_backend()
     candidates = AUTO_ORDER if requested == "auto" else (requested,)
-    for name in candidates:
+    for name in map(Backend, candidates):
         if not reasons(name):
             return name
     every = {name: reasons(name) for name in BACKENDS}
@@ -246,5 +279,5 @@ def select(op: str, backend: str, reasons: Callable[[str], list[str]]) -> str:
     if requested == "auto":
         head = f"{op}: no backend can serve these inputs"
     else:
-        head = f"{op}: backend {requested!r} cannot serve these inputs"
+        head = f"{op}: backend '{requested}' cannot serve these inputs"
     raise NotImplementedError(head + ":\n" + "\n".join(lines))

@@ -75,10 +75,10 @@ from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
 from . import interpreter
+from .capabilities import MAX_HEAD_DIM
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2
-MAX_HEAD_DIM = 256  # largest head dim the kernels serve (BLOCK_D = 256)
 MIN_BLOCK = 16  # tl.dot needs every block dimension >= 16
 PREPROCESS_ROWS = 64  # rows per program of the (memory-bound, one pass) delta preprocess
 
@@ -807,7 +807,7 @@ def _candidates(kernel: str, device: torch.device, head_dim: int, dtype: torch.d
     if interpreter.interpreted(device):
         return (_INTERPRETER_CONFIG,)
     fp32 = dtype == torch.float32
-    up_to = next(d for d in (64, 128, 256) if head_dim <= d and (kernel, fp32, dropout, d) in _GPU_CONFIGS)
+    up_to = min(d for (k, f, p, d) in _GPU_CONFIGS if (k, f, p) == (kernel, fp32, dropout) and head_dim <= d)
     return _GPU_CONFIGS[(kernel, fp32, dropout, up_to)]
 
 

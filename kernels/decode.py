@@ -25,7 +25,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import interpreter
-from .attention import LN2, LOG2E, MAX_HEAD_DIM, MIN_BLOCK, _cast, _dot, _scores, _visible
+from .attention import LN2, LOG2E, MIN_BLOCK, _cast, _dot, _scores, _visible
+from .capabilities import MAX_HEAD_DIM
 
 # Keys per tile and rows per program. Decode reads each K/V tile once per group of query heads: 64
 # keys x D=128 x 2 bytes = 16 KB per tile and operand, 2 stages of K and V in 64 KB of shared memory.

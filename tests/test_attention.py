@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import reference
+from fastattn import backends, capabilities, reference
 from fastattn.kernels import attention as kernels
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 
-BACKENDS = ["cuda", "triton"]
+BACKENDS = backends.FUSED
+WIDEST = capabilities.fused_max_head_dim()  # the largest head dim both fused backends serve
 
 
 @pytest.fixture(params=BACKENDS)
@@ -196,13 +197,13 @@ SHAPES = [
     _shape(1, 2, 2, 128, 128, 96, torch.float16, True, False),
     _shape(1, 1, 1, 200, 1025, 111, torch.bfloat16, True, True),
     _shape(1, 1, 1, 1025, 200, 128, torch.float32, False, False),
-    _shape(1, 2, 1, 97, 128, 256, torch.float16, False, True),
+    _shape(1, 2, 1, 97, 128, WIDEST, torch.float16, False, True),
     _shape(2, 2, 2, 17, 200, 1, torch.float32, True, False),
     _shape(1, 2, 2, 128, 97, 8, torch.bfloat16, False, True),
-    _shape(1, 2, 2, 200, 17, 256, torch.float32, True, False),
+    _shape(1, 2, 2, 200, 17, WIDEST, torch.float32, True, False),
     _shape(1, 2, 2, 1025, 1, 40, torch.float16, False, True),
     _shape(2, 8, 2, 1025, 1025, 128, torch.bfloat16, True, False, slow=True),
-    _shape(2, 4, 4, 1025, 2048, 256, torch.float16, False, True, slow=True),
+    _shape(2, 4, 4, 1025, 2048, WIDEST, torch.float16, False, True, slow=True),
     _shape(1, 8, 1, 2048, 1025, 59, torch.float32, True, False, slow=True),
 ]
 

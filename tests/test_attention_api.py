@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fastattn
-from fastattn import backends, reference
+from fastattn import backends, capabilities, reference
 from fastattn.ops import attention as attention_ops
 
 
@@ -109,9 +109,10 @@ def test_unknown_backend():
 
 
 # ------------------------------------------------------------------------ backend choice, fallback
-def test_head_dim_over_256_is_refused_by_the_fused_backend_and_auto_falls_back():
-    q, k, v = qkv(head_dim=320, nq=3, nk=4)
-    with pytest.raises(NotImplementedError, match="triton: .*head_dim 320 is larger than 256"):
+def test_head_dim_over_the_limit_is_refused_by_the_fused_backend_and_auto_falls_back():
+    limit = capabilities.max_head_dim("triton")
+    q, k, v = qkv(head_dim=limit + 64, nq=3, nk=4)
+    with pytest.raises(NotImplementedError, match=f"triton: .*head_dim {limit + 64} is larger than {limit}"):
         fastattn.attention(q, k, v, backend="triton")
     out = fastattn.attention(q, k, v)
     torch.testing.assert_close(out, reference.attention(q, k, v))

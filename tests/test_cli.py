@@ -10,17 +10,19 @@ import pytest
 import torch
 
 from fastattn import __main__ as cli
-from fastattn import backends, verify
+from fastattn import backends, capabilities, verify
 from fastattn.verify.common import Case, Row
 
 
 def test_env_lists_every_backend_with_its_state(capsys):
     assert cli.main(["env"]) == 0
     out = capsys.readouterr().out
-    states = {line.split()[0]: line.split()[1] for line in out.split("backends")[1].splitlines()[1:] if line.strip()}
+    section, table = out.split("backends (in the order auto tries them):\n")[1].split("\n\n")
+    states = {line.split()[0]: line.split()[1] for line in section.splitlines()}
     assert set(states) == {"triton", "cuda", "torch", "naive"}, out
     assert states["torch"] == states["naive"] == "available"
     assert all(state in ("available", "unavailable:") for state in states.values()), out
+    assert table.splitlines()[1:] == capabilities.describe(), out  # what each backend serves
 
 
 def test_verify_writes_json_and_exits_zero_when_everything_passes(tmp_path, capsys):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import backends, reference
+from fastattn import backends, capabilities, reference
 
 CUDA_OPS = ("attention_fwd_cuda", "attention_bwd_cuda", "norm_fwd_cuda", "norm_bwd_cuda", "sample_cuda")
 EXTENSION_FUNCTIONS = (
@@ -97,7 +97,7 @@ def test_op_layers_list_no_missing_cuda_kernel(C):
     q = torch.randn(1, 2, 3, 8)
     x = torch.randn(3, 8)
     reasons = (
-        attention._backend_reasons("cuda", q, q, q, deterministic=True, return_lse=True)
+        attention._backend_reasons("cuda", q, q, q, used={"deterministic", "return_lse"})
         + norm._backend_reasons("cuda", x, (8,), None, None, None)
         + sampling._backend_reasons("cuda", x)
     )
@@ -113,7 +113,7 @@ SM86_SHARED_MEMORY = 99 * KIB  # opt-in limit per block of sm_86 and sm_89 (sm_8
 @pytest.mark.parametrize("head_dim", [1, 8, 32, 33, 64, 96, 128, 129, 192, 256])
 def test_attention_shared_memory_fits_every_sm80_and_sm90_block(C, dtype, head_dim):
     """Every kernel fits sm_80's 163 KiB; all but the head_dim > 128 backwards (and the float32
-    head_dim > 128 forward) fit sm_86's 99 KiB, as the shared_memory_reasons docstring says."""
+    head_dim > 128 forward) fit sm_86's 99 KiB, as the cuda_shared_memory_reasons docstring says."""
     forward, backward = C.attention_shared_memory(dtype, head_dim)
     assert 0 < forward <= backward <= 163 * KIB, (forward, backward)
     too_big_for_sm86 = head_dim > 128 and (dtype == torch.float32 or head_dim > 192)
@@ -124,23 +124,22 @@ def test_attention_shared_memory_fits_every_sm80_and_sm90_block(C, dtype, head_d
 def test_attention_shared_memory_checks_its_arguments(C):
     with pytest.raises(RuntimeError, match="dtype must be float16, bfloat16 or float32, got Int"):
         C.attention_shared_memory(torch.int32, 64)
-    with pytest.raises(RuntimeError, match="head_dim must be in 1..256, got 257"):
-        C.attention_shared_memory(torch.float16, 257)
+    limit = C.capabilities()["attention"]["max_head_dim"]
+    with pytest.raises(RuntimeError, match=f"head_dim must be in 1..{limit}, got {limit + 1}"):
+        C.attention_shared_memory(torch.float16, limit + 1)
 
 
 def test_shared_memory_reasons_name_the_need_and_the_limit(C, monkeypatch):
     """On a GPU with sm_86's limit, the head_dim 256 backward is refused before launch, with the sizes;
     the forward alone is not."""
-    from fastattn.ops import attention
-
     monkeypatch.setattr(backends, "shared_memory_limit", lambda device: SM86_SHARED_MEMORY)
     gpu = torch.device("cuda", 0)
-    assert attention.shared_memory_reasons(torch.float16, 256, False, gpu) == []
-    assert attention.shared_memory_reasons(torch.float16, 256, True, gpu) == [
+    assert capabilities.cuda_shared_memory_reasons(torch.float16, 256, False, gpu) == []
+    assert capabilities.cuda_shared_memory_reasons(torch.float16, 256, True, gpu) == [
         "the torch.float16 head_dim 256 backward needs 99.25 KiB of shared memory per block, cuda:0 allows 99.00 KiB"
     ]
-    assert len(attention.shared_memory_reasons(torch.float32, 256, True, gpu)) == 2
-    assert attention.shared_memory_reasons(torch.bfloat16, 128, True, gpu) == []
+    assert len(capabilities.cuda_shared_memory_reasons(torch.float32, 256, True, gpu)) == 2
+    assert capabilities.cuda_shared_memory_reasons(torch.bfloat16, 128, True, gpu) == []
 
 
 def test_old_gpus_are_refused_with_the_capability(C, monkeypatch):
@@ -274,6 +273,8 @@ def test_cpu_tensors_are_refused(C, function, make_args, message):
         getattr(C, function)(**make_args())
 
 
+# One more than the extension's largest head dim (it is not built: these tests are skipped).
+TOO_WIDE = (capabilities.max_head_dim("cuda") or 0) + 1
 BAD_ARGUMENTS = [
     # dtypes
     (
@@ -312,8 +313,10 @@ BAD_ARGUMENTS = [
     ("attention_fwd", _attention_args(v=torch.randn(2, 2, 7, 8)), "k and v must have one shape"),
     (
         "attention_fwd",
-        _attention_args(q=torch.randn(2, 4, 5, 300), k=torch.randn(2, 2, 6, 300), v=torch.randn(2, 2, 6, 300)),
-        "head_dim must be in 1..256, got 300",
+        _attention_args(
+            q=torch.randn(2, 4, 5, TOO_WIDE), k=torch.randn(2, 2, 6, TOO_WIDE), v=torch.randn(2, 2, 6, TOO_WIDE)
+        ),
+        f"head_dim must be in 1..{TOO_WIDE - 1}, got {TOO_WIDE}",
     ),
     (
         "attention_fwd",

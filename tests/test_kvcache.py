@@ -274,7 +274,7 @@ def test_without_the_fused_kernels_auto_picks_a_backend_that_serves_the_call(mon
     want, want_lse = expected(cache, q, new_k, new_v, torch.float64, causal=True, window=None, softcap=0.0, alibi=None)
     k_cache, v_cache = cache.k_cache.clone(), cache.v_cache.clone()
     monkeypatch.setenv("FASTATTN_BACKEND", "torch")
-    with pytest.raises(NotImplementedError, match="return_lse: torch"):
+    with pytest.raises(NotImplementedError, match="torch: return_lse: not supported"):
         flash_attn_with_kvcache(
             q, k_cache, v_cache, new_k, new_v, causal=True, return_softmax_lse=True, **cache.keywords()
         )

@@ -18,7 +18,7 @@ from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_re
 from fastattn.verify import norm as verify_norm
 from fastattn.verify.norm import Problem, forward_backward, make_inputs, reports
 
-BACKENDS = ["cuda", "triton"]  # the fused backends under test
+BACKENDS = backends.FUSED  # the fused backends under test
 OPS = ["layer_norm", "rms_norm"]
 HIDDEN_SIZES = [1, 3, 100, 1023, 1024, 4097, 65536, 70000]  # row path, looped backward, looped both
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]

@@ -26,7 +26,7 @@ from fastattn.verify.sampling import (
     tied_logits,
 )
 
-BACKENDS = ["cuda", "triton"]  # the fused backends under test
+BACKENDS = backends.FUSED  # the fused backends under test
 GPU = torch.cuda.is_available()
 DRAWS = 10**6 if GPU else 10**5  # per distribution case
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

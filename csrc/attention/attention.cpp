@@ -20,7 +20,6 @@ namespace fastattn {
 
 namespace {
 
-constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxSeq = int64_t(1) << 30;
 
 bool aligned16(const at::Tensor& t) {

@@ -21,7 +21,7 @@ cudaError_t dispatch_decode(const AttnParams& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_attention_decode(const AttnParams& p, cudaStream_t stream) {
-  if (p.head_dim < 1 || p.head_dim > 256) return cudaErrorInvalidValue;
+  if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;
   switch (p.dtype) {
     case DType::kFloat16:
       return dispatch_decode<__half>(p, stream);

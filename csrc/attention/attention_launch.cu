@@ -78,7 +78,7 @@ cudaError_t kernel_image_status(int device) {
 }
 
 cudaError_t launch_attention_fwd(const AttnParams& p, cudaStream_t stream) {
-  if (p.head_dim < 1 || p.head_dim > 256) return cudaErrorInvalidValue;
+  if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;
   switch (p.dtype) {
     case DType::kFloat16:
       return dispatch_half(p, [&](auto hd) { return attn::run_fwd<__half, decltype(hd)::value>(p, stream); });
@@ -90,7 +90,7 @@ cudaError_t launch_attention_fwd(const AttnParams& p, cudaStream_t stream) {
 }
 
 cudaError_t launch_attention_bwd(const AttnParams& p, cudaStream_t stream) {
-  if (p.head_dim < 1 || p.head_dim > 256) return cudaErrorInvalidValue;
+  if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;
   const cudaError_t err = attn::run_bwd_preprocess(p, stream);
   if (err != cudaSuccess) return err;
   switch (p.dtype) {

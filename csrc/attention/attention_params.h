@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "common/limits.h"
 #include "common/types.h"
 
 namespace fastattn {
@@ -86,7 +87,7 @@ struct AttnParams {
   int group;  // heads_q / heads_kv
   int seq_q;
   int seq_k;
-  int head_dim;  // D, 1..256
+  int head_dim;  // D, 1..kMaxHeadDim
   float scale;   // softmax scale (natural-log units)
   float scale_log2;  // scale * log2(e)
   float dropout_p;   // probability of dropping (0: no dropout)

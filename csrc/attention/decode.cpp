@@ -53,7 +53,7 @@ std::vector<at::Tensor> attention_decode(const at::Tensor& q, const at::Tensor& 
   TORCH_CHECK(k_cache.size(3) == head_dim, "k_cache must have q's head_dim ", head_dim, ", got ", k_cache.sizes());
   TORCH_CHECK(heads_kv > 0 && heads_q % heads_kv == 0, "the query heads (", heads_q,
               ") must be a multiple of the key/value heads (", heads_kv, ")");
-  TORCH_CHECK(head_dim >= 1 && head_dim <= 256, "head_dim must be in 1..256, got ", head_dim);
+  TORCH_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head_dim must be in 1..", kMaxHeadDim, ", got ", head_dim);
   TORCH_CHECK(present(cache_rows) != present(block_table),
               "give exactly one of cache_rows (a contiguous cache) and block_table (a paged one)");
   if (present(cache_rows)) check_int32_vector(*cache_rows, "cache_rows", batch);

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <iterator>
 #include <optional>
 #include <string>
 
@@ -24,8 +26,11 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
               t.device());
 }
 
+// The dtypes of every kernel (DType); _C.capabilities() exports them to Python.
+constexpr at::ScalarType kFloatDtypes[] = {at::kHalf, at::kBFloat16, at::kFloat};
+
 inline void check_float_dtype(at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
+  TORCH_CHECK(std::find(std::begin(kFloatDtypes), std::end(kFloatDtypes), dtype) != std::end(kFloatDtypes), name,
               " must be float16, bfloat16 or float32, got ", dtype);
 }
 

@@ -24,7 +24,7 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& tempe
   check_last_dim_contiguous(logits, "logits");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   TORCH_CHECK(vocab >= 1, "logits must have at least one token, got shape ", logits.sizes());
-  TORCH_CHECK(vocab <= INT32_MAX, "logits: at most 2^31 - 1 tokens per row, got ", vocab);
+  TORCH_CHECK(vocab <= kMaxVocab, "logits: at most ", kMaxVocab, " tokens per row, got ", vocab);
   TORCH_CHECK(splits >= 0 && splits <= vocab, "splits must be 0 (chosen for the GPU) or in [1, vocab = ", vocab,
               "], got ", splits);
   for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&temperature, "temperature"},

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/limits.h"
 #include "common/types.h"
 
 namespace fastattn {

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends import BACKENDS
+from .. import backends
 from ..ops.attention import attention
 
 
@@ -80,9 +80,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             device=device,
             dtype=dtype,
         )
-        if backend not in ("auto",) + BACKENDS:
-            raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = backends.parse(backend)
 
     def extra_repr(self) -> str:
         return (

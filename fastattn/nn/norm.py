@@ -15,13 +15,6 @@ from .. import backends
 from ..ops.norm import layer_norm, rms_norm
 
 
-def _check_backend(backend: str) -> str:
-    choices = ("auto",) + backends.BACKENDS
-    if backend not in choices:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, choices))}, got {backend!r}")
-    return backend
-
-
 class LayerNorm(torch.nn.LayerNorm):
     """``torch.nn.LayerNorm`` on :func:`fastattn.layer_norm`.
 
@@ -40,7 +33,7 @@ class LayerNorm(torch.nn.LayerNorm):
         backend: str = "auto",
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
-        self.backend = _check_backend(backend)
+        self.backend = backends.parse(backend)
 
     def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
         return layer_norm(
@@ -75,7 +68,7 @@ class RMSNorm(torch.nn.RMSNorm):
         backend: str = "auto",
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
-        self.backend = _check_backend(backend)
+        self.backend = backends.parse(backend)
 
     def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
         return rms_norm(

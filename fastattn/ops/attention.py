@@ -16,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import backends, reference
+from .. import backends, capabilities, reference
+from ..backends import Backend
 from . import refuse_double_backward
 
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Torch's function, bound once: fastattn.patch_sdpa() may rebind the name in torch.nn.functional to
 # ours, and our fallbacks must still reach torch's.
 _torch_sdpa = F.scaled_dot_product_attention
-MAX_FUSED_HEAD_DIM = 256
 
 
 # ------------------------------------------------------------------------------------ input checks
@@ -129,69 +128,26 @@ def checked_features(q, causal, window, softcap, alibi_slopes, sinks) -> dict:
     return features
 
 
-# What the torch backend can express through scaled_dot_product_attention's mask.
-TORCH_FEATURES = ("window", "alibi_slopes")
-
-
-def _backend_reasons(name, q, k, v, *, deterministic, return_lse, features=None) -> list[str]:
-    """Why backend ``name`` cannot serve this attention call (empty: it can)."""
-    reasons = backends.device_reasons(name, q.device)
-    if name in ("cuda", "triton"):
-        reasons += fused_input_reasons(q)
-        if name == "cuda" and not reasons:  # the kernels' shared memory is known for the served shapes only
-            needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-            reasons += shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
-    if name == "torch":
-        reasons += torch_reasons(q, deterministic=deterministic, return_lse=return_lse, features=features)
-    return reasons
-
-
-def torch_reasons(q, *, deterministic, return_lse, features) -> list[str]:
-    """Why PyTorch's scaled_dot_product_attention cannot serve a call (empty: it can)."""
-    reasons = []
-    if features and set(features) - set(TORCH_FEATURES):
-        unsupported = ", ".join(sorted(set(features) - set(TORCH_FEATURES)))
-        reasons.append(f"{unsupported}: scaled_dot_product_attention has no such option")
+def used_features(features: dict, *, dropout_p=0.0, deterministic=False, return_lse=False, device=None) -> set[str]:
+    """The optional features (``fastattn.capabilities.FEATURES``) a call of the attention ops uses."""
+    used = set(features)
+    if dropout_p > 0:
+        used.add("dropout")
+    if deterministic and device is not None and device.type == "cuda":  # on the CPU every backward is
+        used.add("deterministic")
     if return_lse:
-        reasons.append("return_lse: torch's scaled_dot_product_attention does not return the log-sum-exp")
-    if deterministic and q.device.type == "cuda":
-        reasons.append("deterministic=True: scaled_dot_product_attention's CUDA backward is not guaranteed to be")
+        used.add("return_lse")
+    return used
+
+
+def _backend_reasons(name, q, k, v, *, used: set[str], op: str = "attention") -> list[str]:
+    """Why backend ``name`` cannot serve this call of ``op`` with the ``used`` features (empty: it can)."""
+    reasons = backends.device_reasons(name, q.device)
+    reasons += capabilities.reasons(op, name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)
+    if name == Backend.CUDA and not reasons:  # the kernels' shared memory is known for the served shapes only
+        needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        reasons += capabilities.cuda_shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
     return reasons
-
-
-def fused_input_reasons(q: Tensor) -> list[str]:
-    """Why the fused kernels cannot take ``q``'s dtype or head dim (empty: they can)."""
-    reasons = []
-    if q.dtype not in FUSED_DTYPES:
-        reasons.append(f"dtype {q.dtype} is not supported (float16, bfloat16, float32)")
-    if q.shape[-1] > MAX_FUSED_HEAD_DIM:
-        reasons.append(f"head_dim {q.shape[-1]} is larger than {MAX_FUSED_HEAD_DIM}")
-    return reasons
-
-
-def shared_memory_reasons(dtype: torch.dtype, head_dim: int, needs_backward: bool, device: torch.device) -> list[str]:
-    """Why the CUDA kernels for (dtype, head_dim) cannot launch on ``device`` for lack of shared memory.
-
-    The largest tiles need more than some GPUs allow one block: the float16/bfloat16 backward at
-    head_dim > 192 takes 99.25 KiB, and float32 at head_dim > 128 takes 100.13 KiB forward and
-    132.25 KiB backward, where sm_86 and sm_89 allow 99 KiB (sm_80 163 KiB, sm_90 227 KiB). Such calls
-    go to another backend (or, with ``backend="cuda"``, raise) rather than fail at launch.
-    """
-    forward, backward = _cuda_shared_memory(dtype, head_dim)
-    limit = backends.shared_memory_limit(device)
-    needs = [("forward", forward)] + ([("backward", backward)] if needs_backward else [])
-    return [
-        f"the {dtype} head_dim {head_dim} {which} needs {size / 1024:.2f} KiB of shared memory per block, "
-        f"{device} allows {limit / 1024:.2f} KiB"
-        for which, size in needs
-        if size > limit
-    ]
-
-
-@functools.cache
-def _cuda_shared_memory(dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
-    forward, backward = backends._C.attention_shared_memory(dtype, head_dim)
-    return forward, backward
 
 
 # --------------------------------------------------------------------------- the Triton custom ops
@@ -538,12 +494,12 @@ def _attention_naive(q, k, v, key_padding_mask, causal, scale, dropout_p, determ
     return out.to(q.dtype), lse
 
 
-_FUSED_FORWARD = {"cuda": _attention_fwd_cuda, "triton": _attention_fwd_triton}
+_FUSED_FORWARD = {Backend.CUDA: _attention_fwd_cuda, Backend.TRITON: _attention_fwd_triton}
 _IMPLEMENTATIONS = {
-    "cuda": functools.partial(_attention_fused, _attention_fwd_cuda),
-    "triton": functools.partial(_attention_fused, _attention_fwd_triton),
-    "torch": _attention_torch,
-    "naive": _attention_naive,
+    Backend.CUDA: functools.partial(_attention_fused, _attention_fwd_cuda),
+    Backend.TRITON: functools.partial(_attention_fused, _attention_fwd_triton),
+    Backend.TORCH: _attention_torch,
+    Backend.NAIVE: _attention_naive,
 }
 
 
@@ -631,13 +587,10 @@ def attention(
     _check_inputs(q, k, v, key_padding_mask, dropout_p, scale)
     features = checked_features(q, causal, window, softcap, alibi_slopes, sinks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    name = backends.select(
-        "attention",
-        backend,
-        lambda candidate: _backend_reasons(
-            candidate, q, k, v, deterministic=deterministic, return_lse=return_lse, features=features
-        ),
+    used = used_features(
+        features, dropout_p=dropout_p, deterministic=deterministic, return_lse=return_lse, device=q.device
     )
+    name = backends.select("attention", backend, lambda candidate: _backend_reasons(candidate, q, k, v, used=used))
     implementation = _IMPLEMENTATIONS[name]
     out, lse = implementation(q, k, v, key_padding_mask, causal, scale, float(dropout_p), deterministic, **features)
     return (out, lse) if return_lse else out
@@ -716,12 +669,10 @@ def attention_varlen(
     features = checked_features(batched_q, causal, window, softcap, alibi_slopes, sinks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
-    def reasons(candidate: str) -> list[str]:
-        if candidate == "torch":
-            return ["packed sequences (varlen): scaled_dot_product_attention has no packed layout"]
-        return _backend_reasons(candidate, q[None], k[None], v[None], deterministic=deterministic, return_lse=False)
-
-    name = backends.select("attention_varlen", backend, reasons)
+    used = {"varlen"} | used_features(features, dropout_p=dropout_p, deterministic=deterministic, device=q.device)
+    name = backends.select(
+        "attention_varlen", backend, lambda candidate: _backend_reasons(candidate, q[None], k[None], v[None], used=used)
+    )
     if name in _FUSED_FORWARD:
         seed = _dropout_seed(float(dropout_p))
         out, lse = _FUSED_FORWARD[name](
@@ -801,13 +752,13 @@ def scaled_dot_product_attention(
     tensors = (query, key, value)
     if not all(isinstance(t, Tensor) and t.dim() == 4 for t in tensors):
         return torch_sdpa()
-    if query.dtype not in FUSED_DTYPES or not (query.dtype == key.dtype == value.dtype):
+    if not (query.dtype == key.dtype == value.dtype):
         return torch_sdpa()
     if not (query.device == key.device == value.device) or key.shape != value.shape:
         return torch_sdpa()
     batch, heads_q, nq, head_dim = query.shape
     heads_kv, nk = key.shape[1], key.shape[2]
-    if key.shape[0] != batch or key.shape[3] != head_dim or not 1 <= head_dim <= MAX_FUSED_HEAD_DIM or heads_kv == 0:
+    if key.shape[0] != batch or key.shape[3] != head_dim or head_dim == 0 or heads_kv == 0:
         return torch_sdpa()
     if heads_q != heads_kv and not (enable_gqa and heads_kv > 0 and heads_q % heads_kv == 0):
         return torch_sdpa()
@@ -820,14 +771,15 @@ def scaled_dot_product_attention(
         key_padding_mask = _as_key_padding_mask(attn_mask, batch, nk)
         if key_padding_mask is None or key_padding_mask.device != query.device:
             return torch_sdpa()
+    # The fused backends that can serve the call (their dtypes and head dims: fastattn.capabilities).
+    used = used_features({}, dropout_p=dropout_p)
     fused = [
         name
         for name in backends.AUTO_ORDER
-        if name in ("cuda", "triton")
-        and not _backend_reasons(name, query, key, value, deterministic=False, return_lse=False)
+        if name in backends.FUSED and not _backend_reasons(name, query, key, value, used=used)
     ]
     default = backends.default_backend()
-    if default in ("torch", "naive") or not fused or (default != "auto" and default not in fused):
+    if not fused or (default != "auto" and default not in fused):
         return torch_sdpa()
     return attention(
         query,

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .. import backends
-from .attention import attention, checked_features, fused_input_reasons, torch_reasons
+from .. import backends, capabilities
+from ..backends import Backend
+from .attention import attention, checked_features, used_features
 from .rotary import apply_rotary_emb
 
 PAGE_MULTIPLE = 16  # block sizes the paged cache takes: multiples of 16 (the kernels' smallest tile)
@@ -264,9 +265,8 @@ def attention_with_kvcache(
     # Checked before the cache is written: a call that raises leaves it as it was.
     features = checked_features(q.transpose(1, 2), causal, window, softcap, alibi_slopes, None)
     window = features.get("window")  # two ints (the sides may come as integer tensors), None when unlimited
-    name = backends.select(
-        "flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q, features, return_lse)
-    )
+    used = used_features(features, return_lse=return_lse) | ({"paged"} if layout.paged else set())
+    name = backends.select("flash_attn_with_kvcache", backend, lambda candidate: _reasons(candidate, q, used))
     if rotary_cos is not None:
         start = layout.lengths  # the new tokens' first position in the cache (FlashAttention-2: leftpad included)
         if k is not None:
@@ -283,7 +283,7 @@ def attention_with_kvcache(
             q = q.reshape(batch, new_q, *q.shape[2:])
     if k is not None:
         append(k_cache, v_cache, k, v, layout)
-    if name in ("cuda", "triton"):
+    if name.fused:
         out, lse = _split_kv(
             name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits
         )
@@ -317,7 +317,7 @@ def _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap,
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     table = layout.block_table.to(torch.int32).contiguous() if layout.paged else None
     rows = None if layout.paged else layout.rows.to(torch.int32)
-    if name == "triton":
+    if name == Backend.TRITON:
         from ..kernels import decode  # imported on first use: triton reads TRITON_INTERPRET then
 
         return decode.decode_attention(
@@ -385,12 +385,8 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _reasons(name: str, q: Tensor, features: dict, return_lse: bool) -> list[str]:
-    """Why backend ``name`` cannot serve a KV-cache call; the torch and naive backends run
-    fastattn.attention on each sequence's keys gathered."""
+def _reasons(name: str, q: Tensor, used: set[str]) -> list[str]:
+    """Why backend ``name`` cannot serve a KV-cache call using the ``used`` features; the torch and
+    naive backends run fastattn.attention on each sequence's keys gathered."""
     reasons = backends.device_reasons(name, q.device)
-    if name in ("cuda", "triton"):
-        reasons += fused_input_reasons(q)
-    if name == "torch":
-        reasons += torch_reasons(q, deterministic=False, return_lse=return_lse, features=features)
-    return reasons
+    return reasons + capabilities.reasons("kvcache", name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import backends, reference
+from .. import backends, capabilities, reference
+from ..backends import Backend
 from . import refuse_double_backward
-
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ------------------------------------------------------------------------------------ input checks
@@ -81,12 +80,12 @@ def _check_inputs(op, x, normalized_shape, weight, bias, residual, eps, residual
 def _backend_reasons(name, x, shape, weight, bias, residual) -> list[str]:
     """Why backend ``name`` cannot serve this norm call (empty: it can)."""
     reasons = backends.device_reasons(name, x.device)
-    if name in ("cuda", "triton"):
-        for label, tensor in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
-            if tensor is not None and tensor.dtype not in FUSED_DTYPES:
-                reasons.append(f"{label} dtype {tensor.dtype} is not supported (float16, bfloat16, float32)")
-        if math.prod(shape) == 0:
-            reasons.append("normalized_shape has no elements")
+    operands = (("x", x), ("weight", weight), ("bias", bias), ("residual", residual))
+    reasons += capabilities.reasons(
+        "norm", name, dtypes=[(label, tensor.dtype) for label, tensor in operands if tensor is not None]
+    )
+    if name in backends.FUSED and math.prod(shape) == 0:
+        reasons.append("normalized_shape has no elements")
     return reasons
 
 
@@ -322,10 +321,10 @@ def _norm_naive(x, shape, weight, bias, eps, residual, residual_in_fp32, rms):
 
 
 _IMPLEMENTATIONS = {
-    "cuda": functools.partial(_norm_fused, _norm_fwd_cuda),
-    "triton": functools.partial(_norm_fused, _norm_fwd_triton),
-    "torch": _norm_torch,
-    "naive": _norm_naive,
+    Backend.CUDA: functools.partial(_norm_fused, _norm_fwd_cuda),
+    Backend.TRITON: functools.partial(_norm_fused, _norm_fwd_triton),
+    Backend.TORCH: _norm_torch,
+    Backend.NAIVE: _norm_naive,
 }
 
 

@@ -19,10 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from .. import backends, reference
+from .. import backends, capabilities, reference
+from ..backends import Backend
 
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_FUSED_VOCAB = 2**31 - 1  # token indices and counts are int32 in the kernel
 INT64 = torch.iinfo(torch.int64)
 
 
@@ -143,12 +142,7 @@ def _seeds(seed, generator, batch: int, logits: Tensor) -> Tensor:
 def _backend_reasons(name: str, logits: Tensor) -> list[str]:
     """Why backend ``name`` cannot serve this sampling call (empty: it can)."""
     reasons = backends.device_reasons(name, logits.device)
-    if name in ("cuda", "triton"):
-        if logits.dtype not in FUSED_DTYPES:
-            reasons.append(f"dtype {logits.dtype} is not supported (float16, bfloat16, float32)")
-        if logits.shape[-1] > MAX_FUSED_VOCAB:
-            reasons.append(f"vocabulary size {logits.shape[-1]} is larger than {MAX_FUSED_VOCAB}")
-    return reasons
+    return reasons + capabilities.reasons("sampling", name, dtypes=[("", logits.dtype)], vocab=logits.shape[-1])
 
 
 # ---------------------------------------------------------------------------- the Triton custom op
@@ -229,10 +223,10 @@ def _sample_reference(logits, temperature, top_k, top_p, min_p, seeds, return_lo
 
 # torch has no fused sampling op: its backend is the sort-based reference (same stream, same tokens).
 _IMPLEMENTATIONS = {
-    "cuda": _sample_cuda,
-    "triton": _sample_triton,
-    "torch": _sample_reference,
-    "naive": _sample_reference,
+    Backend.CUDA: _sample_cuda,
+    Backend.TRITON: _sample_triton,
+    Backend.TORCH: _sample_reference,
+    Backend.NAIVE: _sample_reference,
 }
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import reference
+from .. import capabilities, reference
 from ..ops.attention import attention, attention_varlen
 from ..testing import FORWARD_FACTOR, GRADIENT_FACTOR, error_report
 from .common import Case, Row
@@ -113,16 +113,21 @@ QUICK_SHAPES = (
     Shape(2, 4, 2, 33, 47, 32, padding=True, alibi=True),  # BLOOM, MPT
     Shape(2, 4, 4, 50, 50, 64, causal=True, padding=True, sinks=True),  # gpt-oss; a row with no key
 )
-FULL_SHAPES = QUICK_SHAPES + (
-    Shape(1, 8, 2, 2048, 2048, 128, causal=True, window=(511, 0), sinks=True),
-    Shape(1, 8, 8, 1024, 1024, 256, causal=True, softcap=50.0),
-    Shape(2, 8, 8, 1025, 1025, 128, causal=True),
-    Shape(2, 8, 2, 1025, 1025, 64, padding=True),
-    Shape(1, 4, 4, 128, 1025, 256, causal=True),
-    Shape(2, 6, 3, 200, 1025, 111, causal=True, padding=True),
-    Shape(4, 16, 16, 2048, 2048, 96),
-    Shape(1, 2, 2, 4096, 4096, 16, causal=True),
-)
+
+
+def full_shapes() -> tuple[Shape, ...]:
+    """The GPU grid: the quick one, longer sequences, and the widest head dim the fused backends serve."""
+    widest = capabilities.fused_max_head_dim()
+    return QUICK_SHAPES + (
+        Shape(1, 8, 2, 2048, 2048, 128, causal=True, window=(511, 0), sinks=True),
+        Shape(1, 8, 8, 1024, 1024, widest, causal=True, softcap=50.0),
+        Shape(2, 8, 8, 1025, 1025, 128, causal=True),
+        Shape(2, 8, 2, 1025, 1025, 64, padding=True),
+        Shape(1, 4, 4, 128, 1025, widest, causal=True),
+        Shape(2, 6, 3, 200, 1025, 111, causal=True, padding=True),
+        Shape(4, 16, 16, 2048, 2048, 96),
+        Shape(1, 2, 2, 4096, 4096, 16, causal=True),
+    )
 
 
 def check_varlen(lengths: tuple[tuple[int, int], ...], dtype: torch.dtype, backend: str, device: torch.device) -> Row:
@@ -167,7 +172,7 @@ FULL_VARLEN = ((512, 512), (37, 37), (0, 5), (1, 1), (1900, 2048), (300, 300))
 
 def cases(device: torch.device, full: bool) -> list[Case]:
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
-    shapes = FULL_SHAPES if full else QUICK_SHAPES
+    shapes = full_shapes() if full else QUICK_SHAPES
     padded = [
         Case(OP, dtype, str(shape), functools.partial(check, shape, dtype)) for shape in shapes for dtype in dtypes
     ]

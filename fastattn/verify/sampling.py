@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import backends, reference
 from ..ops.sampling import _backend_reasons, row_parameters, sample
 from .common import Case, Row
 
@@ -58,7 +58,7 @@ class Filters:
 def kept_set(backend: str, logits: Tensor, filters: Filters) -> Tensor:
     """Bool (B, V): the tokens ``backend`` may draw from. Raises NotImplementedError for a backend that
     exposes no kept set (the reference backends are the oracle itself)."""
-    if backend not in ("triton", "cuda"):
+    if backend not in backends.FUSED:
         raise NotImplementedError(f"{backend}: no kept-set hook (torch and naive are the reference itself)")
     reasons = _backend_reasons(backend, logits)
     if reasons:
