@@ -150,89 +150,56 @@ def _backend_reasons(name, q, k, v, *, used: set[str], op: str = "attention") ->
     return reasons
 
 
-# --------------------------------------------------------------------------- the Triton custom ops
-# Both fused backends share one schema. Beyond the padded call's arguments, the features come last
-# with defaults that switch them off: window sides (-1: unlimited), softcap (0: off), ALiBi slopes,
+# ------------------------------------------------------------------- the fused backends' custom ops
+# Both fused backends share one schema per op. Beyond the padded call's arguments, the features come
+# last with defaults that switch them off: window sides (-1: unlimited), softcap (0: off), ALiBi slopes,
 # sinks, and packed sequences (cu_seqlens given: q, k, v are (total, H, D) and lse is (Hq, total_q)).
 # The backward returns dsinks too: float32 (Hq,), zeros without sinks.
-@torch.library.custom_op("fastattn::attention_fwd_triton", mutates_args=())
-def _attention_fwd_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    key_padding_mask: Tensor | None,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    seed: int,
-    deterministic: bool,
-    window_left: int = -1,
-    window_right: int = -1,
-    softcap: float = 0.0,
-    alibi_slopes: Tensor | None = None,
-    sinks: Tensor | None = None,
-    cu_seqlens_q: Tensor | None = None,
-    cu_seqlens_k: Tensor | None = None,
-    max_seqlen_q: int = 0,
-    max_seqlen_k: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """The fused forward; ``deterministic`` is not used here, only carried to the backward."""
+_FEATURES_SCHEMA = (
+    "SymInt window_left=-1, SymInt window_right=-1, float softcap=0., Tensor? alibi_slopes=None, "
+    "Tensor? sinks=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, SymInt max_seqlen_q=0, "
+    "SymInt max_seqlen_k=0"
+)
+_OPTIONS_SCHEMA = "Tensor? key_padding_mask, bool causal, float scale, float dropout_p, SymInt seed, bool deterministic"
+_FORWARD_SCHEMA = f"(Tensor q, Tensor k, Tensor v, {_OPTIONS_SCHEMA}, {_FEATURES_SCHEMA}) -> (Tensor, Tensor)"
+_BACKWARD_SCHEMA = (
+    f"(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, {_OPTIONS_SCHEMA}, "
+    f"{_FEATURES_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+# What an op's implementation gets for the features the caller left out: the dispatcher passes only
+# the arguments given.
+_FEATURE_DEFAULTS = (-1, -1, 0.0, None, None, None, None, 0, 0)
+
+
+def _all_features(given: tuple) -> tuple:
+    """The nine feature arguments of a fused op's call, the missing ones at their defaults."""
+    return given + _FEATURE_DEFAULTS[len(given) :]
+
+
+def _triton_features(given: tuple):
+    """The feature arguments as the Triton kernels take them (``kernels.attention.Features``)."""
     from ..kernels import attention as kernels  # imported on first use: triton reads TRITON_INTERPRET then
 
-    features = kernels.Features(
-        (window_left, window_right),
-        softcap,
-        alibi_slopes,
-        sinks,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-    )
-    out, lse = kernels.attention_fwd(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, features)
+    window_left, window_right, *rest = _all_features(given)
+    return kernels.Features((window_left, window_right), *rest)
+
+
+@torch.library.custom_op("fastattn::attention_fwd_triton", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _attention_fwd_triton(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic, *features):
+    """The fused forward; ``deterministic`` is not used here, only carried to the backward."""
+    from ..kernels import attention as kernels
+
+    options = (key_padding_mask, causal, scale, dropout_p, seed)
+    out, lse = kernels.attention_fwd(q, k, v, *options, _triton_features(features))
     return out.contiguous(), lse.contiguous()
 
 
-@torch.library.custom_op("fastattn::attention_bwd_triton", mutates_args=())
-def _attention_bwd_triton(
-    dout: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    lse: Tensor,
-    dlse: Tensor | None,
-    key_padding_mask: Tensor | None,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    seed: int,
-    deterministic: bool,
-    window_left: int = -1,
-    window_right: int = -1,
-    softcap: float = 0.0,
-    alibi_slopes: Tensor | None = None,
-    sinks: Tensor | None = None,
-    cu_seqlens_q: Tensor | None = None,
-    cu_seqlens_k: Tensor | None = None,
-    max_seqlen_q: int = 0,
-    max_seqlen_k: int = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op("fastattn::attention_bwd_triton", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _attention_bwd_triton(dout, q, k, v, out, lse, dlse, *options_and_features):
     from ..kernels import attention as kernels
 
-    features = kernels.Features(
-        (window_left, window_right),
-        softcap,
-        alibi_slopes,
-        sinks,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-    )
-    dq, dk, dv, dsinks = kernels.attention_bwd(
-        dout, q, k, v, out, lse, dlse, key_padding_mask, causal, scale, dropout_p, seed, deterministic, features
-    )
+    options, features = options_and_features[:6], options_and_features[6:]
+    dq, dk, dv, dsinks = kernels.attention_bwd(dout, q, k, v, out, lse, dlse, *options, _triton_features(features))
     if dsinks is None:
         dsinks = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dsinks
@@ -303,122 +270,41 @@ def _register_fakes_and_autograd(forward, backward) -> None:
 _register_fakes_and_autograd(_attention_fwd_triton, _attention_bwd_triton)
 
 
-# ----------------------------------------------------------------------------- the CUDA custom ops
 def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def _cuda_features(alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k) -> tuple:
-    """The feature tensors as the C++ side takes them: float32 contiguous slopes and sinks, contiguous offsets."""
-    return (
-        alibi_slopes.to(torch.float32).contiguous() if alibi_slopes is not None else None,
-        sinks.to(torch.float32).contiguous() if sinks is not None else None,
-        cu_seqlens_q.contiguous() if cu_seqlens_q is not None else None,
-        cu_seqlens_k.contiguous() if cu_seqlens_k is not None else None,
-    )
+def _cuda_features(given: tuple) -> tuple:
+    """The feature arguments as the C++ side takes them: float32 contiguous slopes and sinks, contiguous
+    offsets."""
+    window_left, window_right, softcap, alibi_slopes, sinks, cu_q, cu_k, max_q, max_k = _all_features(given)
+    alibi_slopes, sinks = (t.to(torch.float32).contiguous() if t is not None else None for t in (alibi_slopes, sinks))
+    cu_q, cu_k = (t.contiguous() if t is not None else None for t in (cu_q, cu_k))
+    return window_left, window_right, softcap, alibi_slopes, sinks, cu_q, cu_k, max_q, max_k
 
 
-@torch.library.custom_op("fastattn::attention_fwd_cuda", mutates_args=())
-def _attention_fwd_cuda(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    key_padding_mask: Tensor | None,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    seed: int,
-    deterministic: bool,
-    window_left: int = -1,
-    window_right: int = -1,
-    softcap: float = 0.0,
-    alibi_slopes: Tensor | None = None,
-    sinks: Tensor | None = None,
-    cu_seqlens_q: Tensor | None = None,
-    cu_seqlens_k: Tensor | None = None,
-    max_seqlen_q: int = 0,
-    max_seqlen_k: int = 0,
-) -> tuple[Tensor, Tensor]:
+@torch.library.custom_op("fastattn::attention_fwd_cuda", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _attention_fwd_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, seed, deterministic, *features):
     """The CUDA C++ forward (csrc/attention, same dropout stream as the Triton kernel); ``deterministic``
     is only carried to the backward, whose CUDA kernels are deterministic either way (no atomics)."""
     from .. import _C
 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k = _cuda_features(alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k)
-    out, lse = _C.attention_fwd(
-        q,
-        k,
-        v,
-        key_padding_mask,
-        causal,
-        scale,
-        dropout_p,
-        seed,
-        window_left,
-        window_right,
-        softcap,
-        alibi_slopes,
-        sinks,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-    )
+    options = (key_padding_mask, causal, scale, dropout_p, seed)
+    out, lse = _C.attention_fwd(q, k, v, *options, *_cuda_features(features))
     return out, lse
 
 
-@torch.library.custom_op("fastattn::attention_bwd_cuda", mutates_args=())
-def _attention_bwd_cuda(
-    dout: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    lse: Tensor,
-    dlse: Tensor | None,
-    key_padding_mask: Tensor | None,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    seed: int,
-    deterministic: bool,
-    window_left: int = -1,
-    window_right: int = -1,
-    softcap: float = 0.0,
-    alibi_slopes: Tensor | None = None,
-    sinks: Tensor | None = None,
-    cu_seqlens_q: Tensor | None = None,
-    cu_seqlens_k: Tensor | None = None,
-    max_seqlen_q: int = 0,
-    max_seqlen_k: int = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op("fastattn::attention_bwd_cuda", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _attention_bwd_cuda(dout, q, k, v, out, lse, dlse, *options_and_features):
     from .. import _C
 
     dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
-    alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k = _cuda_features(alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k)
+    # deterministic (options[5]) is not passed on: the CUDA backward has no atomics
+    options, features = options_and_features[:5], options_and_features[6:]
     dq, dk, dv, dsinks = _C.attention_bwd(
-        dout,
-        q,
-        k,
-        v,
-        out,
-        lse.contiguous(),
-        dlse,
-        key_padding_mask,
-        causal,
-        scale,
-        dropout_p,
-        seed,
-        window_left,
-        window_right,
-        softcap,
-        alibi_slopes,
-        sinks,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
+        dout, q, k, v, out, lse.contiguous(), dlse, *options, *_cuda_features(features)
     )
     return dq, dk, dv, dsinks
 

@@ -90,37 +90,30 @@ def _backend_reasons(name, x, shape, weight, bias, residual) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the Triton custom ops
-@torch.library.custom_op("fastattn::norm_fwd_triton", mutates_args=())
-def _norm_fwd_triton(
-    x: Tensor,
-    residual: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    rms: bool,
-    residual_in_fp32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """x, residual: (..., N); weight, bias: (N,). Returns (y, s, mean, rstd); s is empty without a
-    residual, mean is empty for RMSNorm (see ``fastattn.kernels.norm.norm_fwd``)."""
+# Both fused backends share one schema per op.
+# The forward: x, residual (..., N); weight, bias (N,). Returns (y, s, mean, rstd); s is empty without a
+# residual, mean is empty for RMSNorm (see ``fastattn.kernels.norm.norm_fwd``).
+_FORWARD_SCHEMA = (
+    "(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, bool rms, bool residual_in_fp32) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+# The backward returns (dx, dresidual, dw, db); dresidual is empty unless the residual's dtype differs
+# from x's (it equals dx), dw/db are empty without weight/bias.
+_BACKWARD_SCHEMA = (
+    "(Tensor dy, Tensor? ds, Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, Tensor mean, "
+    "Tensor rstd, bool rms) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("fastattn::norm_fwd_triton", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _norm_fwd_triton(x, residual, weight, bias, eps, rms, residual_in_fp32):
     from ..kernels import norm as kernels  # imported on first use: triton reads TRITON_INTERPRET then
 
     return kernels.norm_fwd(x, residual, weight, bias, eps, rms=rms, residual_in_fp32=residual_in_fp32)
 
 
-@torch.library.custom_op("fastattn::norm_bwd_triton", mutates_args=())
-def _norm_bwd_triton(
-    dy: Tensor,
-    ds: Tensor | None,
-    x: Tensor,
-    residual: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    mean: Tensor,
-    rstd: Tensor,
-    rms: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (dx, dresidual, dw, db); dresidual is empty unless the residual's dtype differs from
-    x's (it equals dx), dw/db are empty without weight/bias."""
+@torch.library.custom_op("fastattn::norm_bwd_triton", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _norm_bwd_triton(dy, ds, x, residual, weight, bias, mean, rstd, rms):
     from ..kernels import norm as kernels
 
     return kernels.norm_bwd(dy, ds, x, residual, weight, bias, mean, rstd, rms=rms)
@@ -200,16 +193,8 @@ def _cuda_rows(t: Tensor | None, n: int) -> Tensor | None:
     return t if n <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("fastattn::norm_fwd_cuda", mutates_args=())
-def _norm_fwd_cuda(
-    x: Tensor,
-    residual: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    rms: bool,
-    residual_in_fp32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op("fastattn::norm_fwd_cuda", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _norm_fwd_cuda(x, residual, weight, bias, eps, rms, residual_in_fp32):
     """The CUDA C++ kernels (csrc/norm) behind the Triton op's signature and outputs."""
     from .. import _C
 
@@ -231,18 +216,8 @@ def _norm_fwd_cuda(
     )
 
 
-@torch.library.custom_op("fastattn::norm_bwd_cuda", mutates_args=())
-def _norm_bwd_cuda(
-    dy: Tensor,
-    ds: Tensor | None,
-    x: Tensor,
-    residual: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    mean: Tensor,
-    rstd: Tensor,
-    rms: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op("fastattn::norm_bwd_cuda", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _norm_bwd_cuda(dy, ds, x, residual, weight, bias, mean, rstd, rms):
     """As ``_norm_bwd_triton``; dW/dB are reduced in a fixed order (bitwise reproducible)."""
     from .. import _C
 

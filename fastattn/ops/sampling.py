@@ -153,17 +153,17 @@ def _sample_fake(logits, temperature, top_k, top_p, min_p, seeds, return_logprob
     return tokens, logits.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
 
 
-@torch.library.custom_op("fastattn::sample_triton", mutates_args=())
-def _sample_triton(
-    logits: Tensor,
-    temperature: Tensor,
-    top_k: Tensor,
-    top_p: Tensor,
-    min_p: Tensor,
-    seeds: Tensor,
-    return_logprobs: bool,
-) -> tuple[Tensor, Tensor]:
-    """The fused kernel: int64 tokens (B,) and float32 log-probs (B,), or (0,) without return_logprobs."""
+# Both fused backends share one schema: int64 tokens (B,) and float32 log-probs (B,), or (0,) without
+# return_logprobs.
+_SCHEMA = (
+    "(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, Tensor seeds, "
+    "bool return_logprobs) -> (Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("fastattn::sample_triton", mutates_args=(), schema=_SCHEMA)
+def _sample_triton(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
+    """The fused Triton kernel (kernels/sampling.py)."""
     from ..kernels import sampling as kernels  # imported on first use: triton reads TRITON_INTERPRET then
 
     return kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs)
@@ -173,34 +173,17 @@ _sample_triton.register_fake(_sample_fake)
 
 
 # ------------------------------------------------------------------------------ the CUDA custom op
-@torch.library.custom_op("fastattn::sample_cuda", mutates_args=())
-def _sample_cuda(
-    logits: Tensor,
-    temperature: Tensor,
-    top_k: Tensor,
-    top_p: Tensor,
-    min_p: Tensor,
-    seeds: Tensor,
-    return_logprobs: bool,
-) -> tuple[Tensor, Tensor]:
+@torch.library.custom_op("fastattn::sample_cuda", mutates_args=(), schema=_SCHEMA)
+def _sample_cuda(logits, temperature, top_k, top_p, min_p, seeds, return_logprobs):
     """The CUDA C++ kernel (csrc/sampling): the Triton kernel's thresholds and random stream, so the
     same seeds give the same tokens."""
     from .. import _C
 
     if logits.shape[-1] > 1 and logits.stride(-1) != 1:
         logits = logits.contiguous()
-    tokens, logprobs, _ = _C.sample(
-        logits,
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        seeds,
-        draw=True,
-        return_logprobs=return_logprobs,
-        write_mask=False,
-        splits=0,  # chosen for the batch, vocabulary and GPU: several blocks per row at small batch
-    )
+    # splits=0: chosen for the batch, vocabulary and GPU (several blocks per row at small batch)
+    parameters = (temperature, top_k, top_p, min_p, seeds)
+    tokens, logprobs, _ = _C.sample(logits, *parameters, draw=True, return_logprobs=return_logprobs, write_mask=False)
     return tokens, logprobs
 
 
