@@ -32,7 +32,16 @@ import fastattn
 from fastattn import capabilities, reference
 
 from . import metrics
-from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module, torch_compiled
+from .harness import (
+    Case,
+    Provider,
+    Skip,
+    backward_call,
+    ours_unavailable,
+    peer_module,
+    reference_provider,
+    torch_compiled,
+)
 
 TITLE = "attention"
 HIDDEN = 2048
@@ -340,17 +349,7 @@ def _naive(compiled: bool) -> Provider:
         keywords = _attention_keywords(case, inputs)
         return _in_mode(case, inputs, lambda: function(q, k, v, **keywords))
 
-    if not compiled:
-        return Provider("naive", "pytorch", "fastattn.reference.attention", build)
-    return Provider(
-        "torch.compile",
-        "pytorch",
-        "torch.compile(fastattn.reference.attention)",
-        build,
-        unavailable=unavailable,
-        context=compile_context,
-        cpu_opt_in=True,
-    )
+    return reference_provider("naive", "fastattn.reference.attention", build, compiled, unavailable)
 
 
 def _flash_attn(module_name: str, package: str) -> Provider:

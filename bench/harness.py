@@ -280,6 +280,22 @@ def torch_compiled(function: Callable) -> tuple[Callable | None, str | None]:
         return None, f"torch.compile does not work here: {type(error).__name__}: {error}"
 
 
+def reference_provider(name: str, description: str, build: Callable, compiled: bool, unavailable: str | None):
+    """The PyTorch reference ``description`` as provider ``name``, or under ``torch.compile`` (``compiled``:
+    ``build`` then calls the compiled function, and ``unavailable`` says why torch.compile cannot run)."""
+    if not compiled:
+        return Provider(name, "pytorch", description, build)
+    return Provider(
+        "torch.compile",
+        "pytorch",
+        f"torch.compile({description})",
+        build,
+        unavailable=unavailable,
+        context=compile_context,
+        cpu_opt_in=True,
+    )
+
+
 def ours_unavailable(name: str, api: str) -> str | None:
     """Why our backend ``name`` cannot be timed here (None when it can), for the op ``fastattn.<api>``."""
     import fastattn

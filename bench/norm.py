@@ -24,7 +24,16 @@ import fastattn
 from fastattn import reference
 
 from . import metrics
-from .harness import Case, Provider, Skip, backward_call, compile_context, ours_unavailable, peer_module, torch_compiled
+from .harness import (
+    Case,
+    Provider,
+    Skip,
+    backward_call,
+    ours_unavailable,
+    peer_module,
+    reference_provider,
+    torch_compiled,
+)
 
 TITLE = "norm"
 OPS = ("layer_norm", "rms_norm")
@@ -161,17 +170,7 @@ def _naive(compiled: bool) -> Provider:
             return _in_mode(case, inputs, lambda: function(x, shape, weight, bias, eps, residual=residual))
         return _in_mode(case, inputs, lambda: function(x, shape, weight, eps, residual=residual))
 
-    if not compiled:
-        return Provider("naive", "pytorch", "fastattn.reference.layer_norm / rms_norm", build)
-    return Provider(
-        "torch.compile",
-        "pytorch",
-        "torch.compile(fastattn.reference.layer_norm / rms_norm)",
-        build,
-        unavailable=unavailable,
-        context=compile_context,
-        cpu_opt_in=True,
-    )
+    return reference_provider("naive", "fastattn.reference.layer_norm / rms_norm", build, compiled, unavailable)
 
 
 def _liger() -> Provider:

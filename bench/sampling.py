@@ -28,7 +28,7 @@ from fastattn import reference
 from fastattn.ops import sampling as sampling_ops
 
 from . import metrics
-from .harness import Case, Provider, compile_context, ours_unavailable, peer_module, torch_compiled
+from .harness import Case, Provider, ours_unavailable, peer_module, reference_provider, torch_compiled
 
 TITLE = "sampling"
 VOCABULARIES = (32000, 128256)
@@ -130,17 +130,7 @@ def _reference(compiled: bool) -> Provider:
         logits, settings = inputs["logits"], _settings(case)
         return lambda: function(logits, **settings)
 
-    if not compiled:
-        return Provider("torch", "pytorch", "fastattn.reference.sample (sort-based)", build)
-    return Provider(
-        "torch.compile",
-        "pytorch",
-        "torch.compile(fastattn.reference.sample)",
-        build,
-        unavailable=unavailable,
-        context=compile_context,
-        cpu_opt_in=True,
-    )
+    return reference_provider("torch", "fastattn.reference.sample (sort-based)", build, compiled, unavailable)
 
 
 def _multinomial() -> Provider:
