@@ -147,6 +147,12 @@ def fused_max_head_dim(op: str = "attention") -> int:
     return min(limit for backend in backends.FUSED if (limit := max_head_dim(backend, op)) is not None)
 
 
+def fused_dtypes(op: str) -> tuple[torch.dtype, ...]:
+    """The dtypes both fused backends serve for ``op`` (the extension's, where it is built)."""
+    known = [capability.dtypes for backend in backends.FUSED if (capability := of(op, backend)) is not None]
+    return tuple(dtype for dtype in known[0] if all(dtype in dtypes for dtypes in known))
+
+
 def cuda_shared_memory_reasons(
     dtype: torch.dtype, head_dim: int, needs_backward: bool, device: torch.device
 ) -> list[str]:

@@ -90,3 +90,16 @@ def test_backend_is_a_str_enum():
     assert all(isinstance(name, Backend) for name in fastattn.available_backends())
     with pytest.raises(ValueError, match="backend must be one of 'auto', 'cuda', 'triton', 'torch', 'naive'"):
         backends.parse("flash")
+
+
+def test_a_dtype_dropped_from_a_backend_leaves_the_grids_and_is_refused(monkeypatch):
+    declared = dict(capabilities._TABLE[Backend.TRITON])
+    declared["attention"] = capabilities.Capability(**{**vars(declared["attention"]), "dtypes": (torch.float32,)})
+    declared["norm"] = capabilities.Capability((torch.float32,))
+    monkeypatch.setitem(capabilities._TABLE, Backend.TRITON, declared)
+    assert capabilities.fused_dtypes("norm") == (torch.float32,)
+    assert {case.dtype for case in verify_attention.cases(torch.device("cpu"), full=False)} == {torch.float32}
+    if "triton" in fastattn.available_backends():
+        x = torch.randn(3, 8, dtype=torch.float16)
+        with pytest.raises(NotImplementedError, match=r"triton: x dtype torch.float16 is not supported \(float32\)"):
+            fastattn.layer_norm(x, (8,), backend="triton")

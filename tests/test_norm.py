@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fastattn
-from fastattn import backends
+from fastattn import backends, capabilities
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 from fastattn.verify import norm as verify_norm
 from fastattn.verify.norm import Problem, forward_backward, make_inputs, reports
@@ -21,7 +21,7 @@ from fastattn.verify.norm import Problem, forward_backward, make_inputs, reports
 BACKENDS = backends.FUSED  # the fused backends under test
 OPS = ["layer_norm", "rms_norm"]
 HIDDEN_SIZES = [1, 3, 100, 1023, 1024, 4097, 65536, 70000]  # row path, looped backward, looped both
-DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+DTYPES = capabilities.fused_dtypes("norm")
 GPU = torch.cuda.is_available()
 
 

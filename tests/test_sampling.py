@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import backends, reference
+from fastattn import backends, capabilities, reference
 from fastattn.ops import sampling as ops
 from fastattn.verify import sampling as verify_sampling
 from fastattn.verify.sampling import (
@@ -29,7 +29,7 @@ from fastattn.verify.sampling import (
 BACKENDS = backends.FUSED  # the fused backends under test
 GPU = torch.cuda.is_available()
 DRAWS = 10**6 if GPU else 10**5  # per distribution case
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = capabilities.fused_dtypes("sampling")
 INF = math.inf
 
 

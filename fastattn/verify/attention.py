@@ -171,7 +171,7 @@ FULL_VARLEN = ((512, 512), (37, 37), (0, 5), (1, 1), (1900, 2048), (300, 300))
 
 
 def cases(device: torch.device, full: bool) -> list[Case]:
-    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    dtypes = capabilities.fused_dtypes("attention")
     shapes = full_shapes() if full else QUICK_SHAPES
     padded = [
         Case(OP, dtype, str(shape), functools.partial(check, shape, dtype)) for shape in shapes for dtype in dtypes

@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import capabilities, reference
 from ..ops.norm import layer_norm, rms_norm
 from ..testing import FORWARD_FACTOR, GRADIENT_FACTOR, ErrorReport, error_report
 from .common import Case, Row
@@ -211,7 +211,7 @@ def full_problem(op: str, shape: tuple[int, ...], dtype: torch.dtype, *, mixed: 
 
 
 def _grid(op: str, full: bool) -> list[Problem]:
-    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    dtypes = capabilities.fused_dtypes("norm")
     if not full:  # seconds under the interpreter; every kernel path once
         return [full_problem(op, (4, 100), dtype) for dtype in dtypes] + [
             full_problem(op, (3, 1023), torch.bfloat16, mixed=True),

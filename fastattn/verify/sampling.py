@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import backends, reference
+from .. import backends, capabilities, reference
 from ..ops.sampling import _backend_reasons, row_parameters, sample
 from .common import Case, Row
 
@@ -276,7 +276,7 @@ def cases(device: torch.device, full: bool) -> list[Case]:
     vocabs = (32000, 128256) if full else (300,)
     batch = 64 if full else 8
     result: list[Case] = []
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for dtype in capabilities.fused_dtypes("sampling"):
         for vocab in vocabs:
             for index, (kind, label) in enumerate(MASK_KINDS.items()):
                 rows = 8 if kind.startswith("edges") else batch
