@@ -147,6 +147,12 @@ def fused_max_head_dim(op: str = "attention") -> int:
     return min(limit for backend in backends.FUSED if (limit := max_head_dim(backend, op)) is not None)
 
 
+def lacks(op: str, backend: str, feature: str) -> bool:
+    """True when ``backend`` (a name, or "auto") is known not to serve ``feature`` for ``op``."""
+    capability = None if backend == "auto" else of(op, backend)
+    return capability is not None and feature not in capability.features
+
+
 def fused_dtypes(op: str) -> tuple[torch.dtype, ...]:
     """The dtypes both fused backends serve for ``op`` (the extension's, where it is built)."""
     known = [capability.dtypes for backend in backends.FUSED if (capability := of(op, backend)) is not None]

@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import capabilities
 from ..ops.attention import attention
 from .sequence import check_same_on_every_rank, group_layout, zigzag_chunks
 
@@ -245,10 +246,10 @@ def _check(q, k, v, causal, scale, window, backend) -> None:
         and all(isinstance(side, int) and not isinstance(side, bool) and side >= -1 for side in window)
     ):
         raise ValueError(f"ring_attention: window must be None or (left, right), two ints >= -1, got {window!r}")
-    if backend == "torch":
+    if capabilities.lacks("attention", backend, "return_lse"):
         raise ValueError(
-            "ring_attention: backend 'torch' cannot serve it: merging the blocks needs their log-sum-exp, which "
-            "scaled_dot_product_attention does not return; use 'auto', 'cuda', 'triton' or 'naive'"
+            f"ring_attention: backend '{backend}' cannot serve it: merging the blocks needs their log-sum-exp, "
+            "which it does not return; use 'auto' or a backend whose capabilities include return_lse"
         )
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .. import backends, capabilities
 from .gpt import GPT
 from .layers import AttentionLayer
 
@@ -174,10 +175,11 @@ def check(
             raise ValueError(
                 f"argument --parallel: context: ring attention has no dropout, and the model's is {dropout}"
             )
-        if backend == "torch":
+        if capabilities.lacks("attention", backend, "return_lse"):
+            serving = [name for name in backends.BACKENDS if not capabilities.lacks("attention", name, "return_lse")]
             raise ValueError(
-                "argument --backend: torch cannot serve --parallel context: ring attention merges its blocks by "
-                "their log-sum-exp, which torch's attention does not return; use auto, cuda, triton or naive"
+                f"argument --backend: {backend} cannot serve --parallel context: ring attention merges its blocks "
+                f"by their log-sum-exp, which it does not return; use auto, {', '.join(serving)}"
             )
 
 
