@@ -8,7 +8,8 @@ layout, and with ``return_attn_probs=True`` also ``softmax_lse`` (float32 ``(bat
 
 Deliberate differences from FlashAttention-2:
 
-- any device, float32 as well as float16/bfloat16, every head dim from 1 to 256;
+- any device, float32 as well as float16/bfloat16, every head dim from 1 to the fused backends' limit
+  (``fastattn.capabilities``; larger ones on the torch or naive backend);
 - ``S_dmask`` (only with ``dropout_p > 0``, else None, as there) is ``(batch, heads, seqlen_q,
   seqlen_k)`` (padded to the longest sequences for varlen), not rounded up to FlashAttention's tiles.
   As there, it holds the unnormalized probabilities ``exp(s - m)``, negative where dropped, with ``m``

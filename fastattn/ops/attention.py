@@ -420,7 +420,9 @@ def attention(
     Args:
         q: ``(B, Hq, Nq, D)``; k, v: ``(B, Hkv, Nk, D)`` with ``Hq % Hkv == 0`` (GQA/MQA: query head
             ``h`` reads key/value head ``h // (Hq // Hkv)``; K and V are never copied per head).
-            ``D`` from 1 to 256 on the fused backends; float16, bfloat16 or float32. Any strides
+            ``D`` from 1 to the fused backends' limit, in their dtypes (``fastattn.capabilities``:
+            ``python -m fastattn env`` prints them); larger ``D`` and other dtypes go to torch or
+            naive. Any strides
             whose last dimension is contiguous: a ``(B, N, H, D)`` tensor passed through
             ``.transpose(1, 2)`` costs no copy.
         causal: mask aligned to the **bottom-right** corner: query ``i`` sees key ``j`` iff
