@@ -139,6 +139,24 @@ def _store_tile(
 
 
 @triton.jit
+def _load_tiles(
+    head_a,  # pointers to row 0 of one head of two matrices with the same rows (K and V, Q and dO, O and dO)
+    head_b,
+    start,  # first row of the tiles
+    n_rows,  # rows of the matrices
+    stride_a,  # elements between rows of each
+    stride_b,
+    offs_r,  # arange(0, rows of the tiles)
+    offs_d,  # arange(0, BLOCK_D)
+    head_dim,  # D
+):
+    """The two (len(offs_r), BLOCK_D) tiles of rows start + offs_r: see _load_tile."""
+    a = _load_tile(head_a, start, n_rows, stride_a, offs_r, offs_d, head_dim)
+    b = _load_tile(head_b, start, n_rows, stride_b, offs_r, offs_d, head_dim)
+    return a, b
+
+
+@triton.jit
 def _sequence(
     CuSeqlens,  # (B + 1,) int32 offsets of the packed sequences (unused without VARLEN)
     b,  # sequence (batch) index, int64
@@ -164,6 +182,35 @@ def _program_tile(
     pid = tl.program_id(0)
     bh = pid // num_blocks
     return (pid % num_blocks) * BLOCK, bh, (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)
+
+
+@triton.jit
+def _sequences(CuSeqlensQ, CuSeqlensK, b, seq_q, seq_k, VARLEN: tl.constexpr):
+    """(first query row, Nq, first key row, Nk) of sequence ``b``: see _sequence."""
+    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
+    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    return first_q, seq_q, first_k, seq_k
+
+
+@triton.jit
+def _query_program(
+    num_m_blocks,  # cdiv(Nq, BLOCK_M)
+    heads_q,  # Hq
+    group,  # Hq // Hkv
+    CuSeqlensQ,  # see _sequence
+    CuSeqlensK,
+    seq_q,  # Nq (packed: the longest query sequence)
+    seq_k,  # Nk (packed: the longest key sequence)
+    VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """The tile of a forward or dQ program, BLOCK_M query rows of one (sequence, query head): (start_m,
+    b * Hq + h, b, h, its key/value head, then the sequence's as _sequences gives them). The kernels make
+    their offsets after their early return: made before it, they cost registers (ptxas)."""
+    start_m, bh, b, h = _program_tile(num_m_blocks, heads_q, BLOCK_M)
+    h_kv = h // group
+    first_q, seq_q, first_k, seq_k = _sequences(CuSeqlensQ, CuSeqlensK, b, seq_q, seq_k, VARLEN)
+    return start_m, bh, b, h, h_kv, first_q, seq_q, first_k, seq_k
 
 
 @triton.jit
@@ -257,11 +304,50 @@ def _scores(
     return s
 
 
+# _tile_scores takes what every tile of a program is scored with as one tuple, ``scoring`` = (Nq, Nk,
+# window_left, window_right, kpm_row, stride_mn, scale, softcap, slope): _visible's and _scores' arguments.
+# Triton unpacks tuples at compile time, so this is the same code as passing each on its own.
+@triton.jit
+def _tile_scores(
+    a,  # (len(rows), BLOCK_D) tile: qk = a · bᵀ (q and k; k and q for the transposed tile)
+    b,  # (len(cols), BLOCK_D) tile
+    rows,  # query indices (1-D)
+    cols,  # key indices (1-D)
+    scoring,  # see above
+    IEEE: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr,
+    BAND: tl.constexpr,
+    HAS_KPM: tl.constexpr,
+    TRANSPOSED: tl.constexpr,  # a = k, b = q: the (keys, queries) tile of dK/dV
+):
+    """(qk, the base-2 scores of _scores, the visibility of _visible) of one tile."""
+    seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, scale, softcap, slope = scoring
+    qk = _dot(a, tl.trans(b), IEEE)
+    if TRANSPOSED:  # broadcast after the dot, not before: the order of the ops moves ptxas's registers
+        rows, cols = rows[None, :], cols[:, None]
+    else:
+        rows, cols = rows[:, None], cols[None, :]
+    s = _scores(qk, rows, cols, seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
+    visible = _visible(rows, cols, seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, BAND, HAS_KPM)
+    return qk, s, visible
+
+
 @triton.jit
 def _softcap_grad(qk, scale, softcap):
     """d(c · tanh(x / c))/dx at x = scale · qk: 1 - tanh²."""
     cap = _tanh(qk * (scale / softcap))
     return 1.0 - cap * cap
+
+
+@triton.jit
+def _score_grad(p, dp, delta, visible, qk, scale, softcap, SOFTCAP: tl.constexpr):
+    """dS = P ∘ (dP - delta) (1 - tanh² with softcap) of a tile, or of a transposed one with delta a row.
+    A select, not p * (...): a NaN/inf dO or dlse on a row that sees no key stays out of the gradients."""
+    ds = tl.where(visible, p * (dp - delta), 0.0)
+    if SOFTCAP:
+        ds = ds * _softcap_grad(qk, scale, softcap)
+    return ds
 
 
 @triton.jit
@@ -345,10 +431,9 @@ def _attn_fwd_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
-    start_m, bh, b, h = _program_tile(num_m_blocks, heads_q, BLOCK_M)
-    h_kv = h // group
-    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
-    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    start_m, bh, b, h, h_kv, first_q, seq_q, first_k, seq_k = _query_program(
+        num_m_blocks, heads_q, group, CuSeqlensQ, CuSeqlensK, seq_q, seq_k, VARLEN, BLOCK_M
+    )
     if start_m >= seq_q:  # a packed sequence shorter than the longest
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -361,6 +446,7 @@ def _attn_fwd_kernel(
     v_head = V + b * stride_vb + h_kv * stride_vh + first_k * stride_vn
     kpm_row = Kpm + b * stride_mb
     slope = _alibi_slope(Alibi, b, h, stride_ab, ALIBI)
+    scoring = (seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, scale, softcap, slope)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max of S (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running Σ exp2(S - m_i), before dropout
@@ -373,13 +459,8 @@ def _attn_fwd_kernel(
     lo, hi = _key_range(start_m, seq_q, seq_k, window_left, window_right, BLOCK_M, BLOCK_N, BAND)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_tile(k_head, start_n, seq_k, stride_kn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-        v = _load_tile(v_head, start_n, seq_k, stride_vn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-        qk = _dot(q, tl.trans(k), IEEE)  # (BLOCK_M, BLOCK_N)
-        s = _scores(qk, offs_m[:, None], cols[None, :], seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
-        visible = _visible(
-            offs_m[:, None], cols[None, :], seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, BAND, HAS_KPM
-        )
+        k, v = _load_tiles(k_head, v_head, start_n, seq_k, stride_kn, stride_vn, offs_n, offs_d, head_dim)
+        qk, s, visible = _tile_scores(q, k, offs_m, cols, scoring, IEEE, SOFTCAP, ALIBI, BAND, HAS_KPM, False)
         s = tl.where(visible, s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -435,8 +516,7 @@ def _attn_bwd_preprocess_kernel(
     local_m = tl.arange(0, BLOCK_M)
     o_head = Out + b * stride_ob + h * stride_oh
     do_head = DO + b * stride_dob + h * stride_doh
-    o = _load_tile(o_head, start_m, seq_q, stride_om, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
-    do = _load_tile(do_head, start_m, seq_q, stride_dom, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
+    o, do = _load_tiles(o_head, do_head, start_m, seq_q, stride_om, stride_dom, local_m, offs_d, head_dim)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     rows = bh.to(tl.int64) * seq_q + offs_m
     if HAS_DLSE:
@@ -513,8 +593,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
     start_n, _, b, h_kv = _program_tile(num_n_blocks, heads_kv, BLOCK_N)
-    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
-    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    first_q, seq_q, first_k, seq_k = _sequences(CuSeqlensQ, CuSeqlensK, b, seq_q, seq_k, VARLEN)
     if start_n >= seq_k:  # a packed sequence shorter than the longest
         return
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -524,8 +603,7 @@ def _attn_bwd_dkdv_kernel(
     local_n = tl.arange(0, BLOCK_N)
     k_head = K + b * stride_kb + h_kv * stride_kh + first_k * stride_kn
     v_head = V + b * stride_vb + h_kv * stride_vh + first_k * stride_vn
-    k = _load_tile(k_head, start_n, seq_k, stride_kn, local_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-    v = _load_tile(v_head, start_n, seq_k, stride_vn, local_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
+    k, v = _load_tiles(k_head, v_head, start_n, seq_k, stride_kn, stride_vn, local_n, offs_d, head_dim)
     kpm_row = Kpm + b * stride_mb
 
     keep_scale = tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
@@ -540,27 +618,15 @@ def _attn_bwd_dkdv_kernel(
         q_head = Q + b * stride_qb + h * stride_qh + first_q * stride_qm
         do_head = DO + b * stride_dob + h * stride_doh + first_q * stride_dom
         slope = _alibi_slope(Alibi, b, h, stride_ab, ALIBI)
+        scoring = (seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, scale, softcap, slope)
         for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
-            q = _load_tile(q_head, start_m, seq_q, stride_qm, offs_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
-            do = _load_tile(do_head, start_m, seq_q, stride_dom, offs_m, offs_d, head_dim)  # like q
+            q, do = _load_tiles(q_head, do_head, start_m, seq_q, stride_qm, stride_dom, offs_m, offs_d, head_dim)
             lse = tl.load(Lse + row_0 + rows, mask=rows < seq_q, other=0.0) * LOG2E
             delta = tl.load(Delta + row_0 + rows, mask=rows < seq_q, other=0.0)
 
-            qk_t = _dot(k, tl.trans(q), IEEE)  # (BLOCK_N, BLOCK_M): (Q Kᵀ)ᵀ
-            s_t = _scores(qk_t, rows[None, :], offs_n[:, None], seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
-            visible = _visible(
-                rows[None, :],
-                offs_n[:, None],
-                seq_q,
-                seq_k,
-                window_left,
-                window_right,
-                kpm_row,
-                stride_mn,
-                BAND,
-                HAS_KPM,
-            )
+            # (BLOCK_N, BLOCK_M) tiles: qk_t = (Q Kᵀ)ᵀ, s_t = Sᵀ
+            qk_t, s_t, visible = _tile_scores(k, q, rows, offs_n, scoring, IEEE, SOFTCAP, ALIBI, BAND, HAS_KPM, True)
             p_t = tl.exp2(tl.where(visible, s_t - lse[None, :], float("-inf")))  # Pᵀ
             dp_t = _dot(v, tl.trans(do), IEEE)  # (dO Vᵀ)ᵀ
             if DROPOUT:
@@ -569,10 +635,7 @@ def _attn_bwd_dkdv_kernel(
                 dp_t = tl.where(keep_t, dp_t * keep_scale, 0.0)
             else:
                 dv += _dot(_cast(p_t, do.dtype, IEEE), do, IEEE)
-            # a select, not p_t * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
-            ds_t = tl.where(visible, p_t * (dp_t - delta[None, :]), 0.0)  # dSᵀ
-            if SOFTCAP:
-                ds_t = ds_t * _softcap_grad(qk_t, scale, softcap)
+            ds_t = _score_grad(p_t, dp_t, delta[None, :], visible, qk_t, scale, softcap, SOFTCAP)  # dSᵀ
             ds_t = _cast(ds_t, q.dtype, IEEE)
             dk += _dot(ds_t, q, IEEE)
             if DQ_ATOMIC:
@@ -643,10 +706,9 @@ def _attn_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     BLOCK_D: tl.constexpr,  # head dim padded to a power of two >= 16
 ):
-    start_m, bh, b, h = _program_tile(num_m_blocks, heads_q, BLOCK_M)
-    h_kv = h // group
-    first_q, seq_q = _sequence(CuSeqlensQ, b, seq_q, VARLEN)
-    first_k, seq_k = _sequence(CuSeqlensK, b, seq_k, VARLEN)
+    start_m, bh, b, h, h_kv, first_q, seq_q, first_k, seq_k = _query_program(
+        num_m_blocks, heads_q, group, CuSeqlensQ, CuSeqlensK, seq_q, seq_k, VARLEN, BLOCK_M
+    )
     if start_m >= seq_q:  # a packed sequence shorter than the longest
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -656,8 +718,7 @@ def _attn_bwd_dq_kernel(
     local_m = tl.arange(0, BLOCK_M)
     q_head = Q + b * stride_qb + h * stride_qh + first_q * stride_qm
     do_head = DO + b * stride_dob + h * stride_doh + first_q * stride_dom
-    q = _load_tile(q_head, start_m, seq_q, stride_qm, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
-    do = _load_tile(do_head, start_m, seq_q, stride_dom, local_m, offs_d, head_dim)  # (BLOCK_M, BLOCK_D)
+    q, do = _load_tiles(q_head, do_head, start_m, seq_q, stride_qm, stride_dom, local_m, offs_d, head_dim)
     row_0 = b * stride_lb + h * stride_lh + first_q  # row 0 of this head in Lse and Delta
     lse = tl.load(Lse + row_0 + offs_m, mask=offs_m < seq_q, other=0.0) * LOG2E
     delta = tl.load(Delta + row_0 + offs_m, mask=offs_m < seq_q, other=0.0)
@@ -665,6 +726,7 @@ def _attn_bwd_dq_kernel(
     v_head = V + b * stride_vb + h_kv * stride_vh + first_k * stride_vn
     kpm_row = Kpm + b * stride_mb
     slope = _alibi_slope(Alibi, b, h, stride_ab, ALIBI)
+    scoring = (seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, scale, softcap, slope)
 
     keep_scale = tl.where(dropout_p < 1.0, 1.0 / (1.0 - dropout_p), 0.0)  # p = 1 drops everything
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -672,21 +734,14 @@ def _attn_bwd_dq_kernel(
     lo, hi = _key_range(start_m, seq_q, seq_k, window_left, window_right, BLOCK_M, BLOCK_N, BAND)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_tile(k_head, start_n, seq_k, stride_kn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-        v = _load_tile(v_head, start_n, seq_k, stride_vn, offs_n, offs_d, head_dim)  # (BLOCK_N, BLOCK_D)
-        qk = _dot(q, tl.trans(k), IEEE)  # (BLOCK_M, BLOCK_N)
-        s = _scores(qk, offs_m[:, None], cols[None, :], seq_k - seq_q, scale, softcap, slope, SOFTCAP, ALIBI)
-        visible = _visible(
-            offs_m[:, None], cols[None, :], seq_q, seq_k, window_left, window_right, kpm_row, stride_mn, BAND, HAS_KPM
-        )
+        k, v = _load_tiles(k_head, v_head, start_n, seq_k, stride_kn, stride_vn, offs_n, offs_d, head_dim)
+        qk, s, visible = _tile_scores(q, k, offs_m, cols, scoring, IEEE, SOFTCAP, ALIBI, BAND, HAS_KPM, False)
         p = tl.exp2(tl.where(visible, s - lse[:, None], float("-inf")))  # rows with lse = -inf see nothing
         dp = _dot(do, tl.trans(v), IEEE)
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p)
             dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = tl.where(visible, p * (dp - delta[:, None]), 0.0)  # a select, as in dSᵀ
-        if SOFTCAP:
-            ds = ds * _softcap_grad(qk, scale, softcap)
+        ds = _score_grad(p, dp, delta[:, None], visible, qk, scale, softcap, SOFTCAP)
         dq += _dot(_cast(ds, k.dtype, IEEE), k, IEEE)
 
     dq_head = DQ + b * stride_dqb + h * stride_dqh + first_q * stride_dqm
@@ -723,6 +778,10 @@ class _Config(NamedTuple):
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int
+
+    def launch_options(self) -> dict:
+        """The tile constexprs and launch options of a kernel launched with this configuration."""
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, num_warps=self.num_warps, num_stages=self.num_stages)
 
 
 # GPU tiles, keyed by (kernel, fp32 inputs, dropout, head dim up to): the candidates, best first; the
@@ -924,35 +983,79 @@ def _layout(q: Tensor, k: Tensor, features: Features) -> _Layout:
     return _Layout(features.cu_seqlens_q.numel() - 1, features.max_seqlen_q, features.max_seqlen_k, True)
 
 
-class _FeatureArguments(NamedTuple):
-    """The kernels' arguments for a call's features: tensors (a dummy pointer where absent), scalars, flags."""
+class _Call(NamedTuple):
+    """What the forward, dK/dV and dQ kernels of one call take alike (a dummy pointer for an absent tensor)."""
 
-    cu_seqlens_q: Tensor
-    cu_seqlens_k: Tensor
-    alibi: Tensor
-    stride_ab: int  # ALiBi slopes' batch stride (0: one slope per head)
-    window_left: int
-    window_right: int
-    softcap: float
-    flags: dict  # the constexprs BAND, SOFTCAP, ALIBI, VARLEN
+    layout: _Layout
+    inputs: tuple  # Kpm, CuSeqlensQ, CuSeqlensK, Alibi
+    strides: tuple  # the per-row tensors' (Lse, Delta, DQacc) along batch and heads, Kpm's, Alibi's along batch
+    sizes: tuple  # Hq // Hkv, Nq, Nk, D
+    options: tuple  # scale, window_left, window_right, softcap, dropout_p, seed
+    flags: dict  # the constexprs HAS_KPM, DROPOUT, IEEE, BLOCK_D, BAND, SOFTCAP, ALIBI, VARLEN
+
+    def arguments(self, tensors: tuple, strided: tuple, heads: tuple, num_blocks: int, inputs: tuple = ()) -> tuple:
+        """A kernel's positional arguments, in the order the three kernels share: its own ``tensors``, the
+        call's inputs and its own further ``inputs`` (the forward's sinks), the (batch, head, row) strides of
+        ``strided``, the call's strides, ``heads``, the sizes, ``num_blocks`` (its grid's tiles per head) and
+        the options."""
+        pointers = (*tensors, *self.inputs, *inputs)
+        strides = (*(stride for t in strided for stride in self.layout.strides(t)), *self.strides)
+        return (*pointers, *strides, *heads, *self.sizes, num_blocks, *self.options)
 
 
-def _feature_arguments(layout: _Layout, causal: bool, features: Features, like: Tensor) -> _FeatureArguments:
+def _call(
+    q: Tensor,
+    k: Tensor,
+    key_padding_mask: Tensor | None,
+    layout: _Layout,
+    rows: int,  # rows of a head in the per-row tensors: Nq, or total_q packed
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    features: Features,
+) -> _Call:
     left, right = features.window
     right = 0 if causal else right
     unlimited = layout.seq_q + layout.seq_k  # farther than any key from any diagonal
     alibi = features.alibi_slopes
     if alibi is not None:
         alibi = alibi.to(torch.float32).contiguous()
-    return _FeatureArguments(
-        features.cu_seqlens_q if layout.varlen else like,
-        features.cu_seqlens_k if layout.varlen else like,
-        alibi if alibi is not None else like,
-        alibi.shape[-1] if alibi is not None and alibi.dim() == 2 else 0,
-        left if left >= 0 else unlimited,
-        right if right >= 0 else unlimited,
-        float(features.softcap),
-        dict(BAND=left >= 0 or right >= 0, SOFTCAP=features.softcap > 0, ALIBI=alibi is not None, VARLEN=layout.varlen),
+    kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
+    heads_q, head_dim = q.shape[1], q.shape[-1]
+    return _Call(
+        layout,
+        (
+            kpm,
+            features.cu_seqlens_q if layout.varlen else q,
+            features.cu_seqlens_k if layout.varlen else q,
+            alibi if alibi is not None else q,
+        ),
+        (
+            *layout.row_strides(heads_q, rows),
+            stride_mb,
+            stride_mn,
+            alibi.shape[-1] if alibi is not None and alibi.dim() == 2 else 0,  # 0: one slope per head
+        ),
+        (heads_q // k.shape[1], layout.seq_q, layout.seq_k, head_dim),
+        (
+            float(scale),
+            left if left >= 0 else unlimited,
+            right if right >= 0 else unlimited,
+            float(features.softcap),
+            float(dropout_p),
+            int(seed),
+        ),
+        dict(
+            HAS_KPM=key_padding_mask is not None,
+            DROPOUT=dropout_p > 0.0,
+            IEEE=_ieee(q),
+            BLOCK_D=_block_d(head_dim),
+            BAND=left >= 0 or right >= 0,
+            SOFTCAP=features.softcap > 0,
+            ALIBI=alibi is not None,
+            VARLEN=layout.varlen,
+        ),
     )
 
 
@@ -986,7 +1089,7 @@ def attention_fwd(
     """
     layout = _layout(q, k, features)
     _check(q, k, v, key_padding_mask, layout.varlen)
-    heads_q, head_dim, heads_kv = q.shape[1], q.shape[-1], k.shape[1]
+    heads_q = q.shape[1]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # like q, contiguous
     lse_shape = (heads_q, q.shape[0]) if layout.varlen else (layout.batch, heads_q, layout.seq_q)
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
@@ -996,56 +1099,16 @@ def attention_fwd(
         return out.zero_(), _lse_without_keys(lse, features.sinks)
 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    extra = _feature_arguments(layout, causal, features, q)
+    call = _call(q, k, key_padding_mask, layout, q.shape[0], causal, scale, dropout_p, seed, features)
     sinks = features.sinks.contiguous() if features.sinks is not None else q
-    kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
-    flags = dict(
-        SINKS=features.sinks is not None,
-        HAS_KPM=key_padding_mask is not None,
-        DROPOUT=dropout_p > 0.0,
-        IEEE=_ieee(q),
-        BLOCK_D=_block_d(head_dim),
-        **extra.flags,
-    )
 
     def launch(cfg: _Config) -> None:
         num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
         _attn_fwd_kernel[(num_m_blocks * layout.batch * heads_q,)](
-            q,
-            k,
-            v,
-            out,
-            lse,
-            kpm,
-            extra.cu_seqlens_q,
-            extra.cu_seqlens_k,
-            extra.alibi,
-            sinks,
-            *layout.strides(q),
-            *layout.strides(k),
-            *layout.strides(v),
-            *layout.strides(out),
-            *layout.row_strides(heads_q, q.shape[0]),
-            stride_mb,
-            stride_mn,
-            extra.stride_ab,
-            heads_q,
-            heads_q // heads_kv,
-            layout.seq_q,
-            layout.seq_k,
-            head_dim,
-            num_m_blocks,
-            float(scale),
-            extra.window_left,
-            extra.window_right,
-            extra.softcap,
-            float(dropout_p),
-            int(seed),
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            **flags,
+            *call.arguments((q, k, v, out, lse), (q, k, v, out), (heads_q,), num_m_blocks, inputs=(sinks,)),
+            **cfg.launch_options(),
+            SINKS=features.sinks is not None,
+            **call.flags,
         )
 
     _launch_fitting("fwd", q, dropout_p > 0.0, launch)
@@ -1122,12 +1185,7 @@ def attention_bwd(
     if k.numel() == 0:
         return q.new_zeros(q.shape), dk, dv, dsinks
 
-    extra = _feature_arguments(layout, causal, features, q)
-    kpm, stride_mb, stride_mn = _padding_mask(key_padding_mask, q)
-    shared = [extra.cu_seqlens_q, extra.cu_seqlens_k, extra.alibi]
-    common = dict(HAS_KPM=key_padding_mask is not None, DROPOUT=dropout_p > 0.0, IEEE=_ieee(q), BLOCK_D=block_d)
-    common.update(extra.flags)
-    options = [float(scale), extra.window_left, extra.window_right, extra.softcap, float(dropout_p), int(seed)]
+    call = _call(q, k, key_padding_mask, layout, rows, causal, scale, dropout_p, seed, features)
 
     # float32 dQ rows laid out like lse's: (B, Hq, Nq, D), or packed (Hq, total_q, D)
     acc_shape = (heads_q, q.shape[0], head_dim) if layout.varlen else q.shape
@@ -1135,42 +1193,12 @@ def attention_bwd(
 
     def launch_dkdv(cfg: _Config) -> None:
         num_n_blocks = triton.cdiv(layout.seq_k, cfg.block_n)
+        tensors = (q, k, v, do, lse, delta, dk, dv, dq_acc if dq_acc is not None else delta)
         _attn_bwd_dkdv_kernel[(num_n_blocks * layout.batch * heads_kv,)](
-            q,
-            k,
-            v,
-            do,
-            lse,
-            delta,
-            dk,
-            dv,
-            dq_acc if dq_acc is not None else delta,
-            kpm,
-            *shared,
-            *layout.strides(q),
-            *layout.strides(k),
-            *layout.strides(v),
-            *layout.strides(do),
-            *layout.strides(dk),
-            *layout.strides(dv),
-            *layout.row_strides(heads_q, rows),
-            stride_mb,
-            stride_mn,
-            extra.stride_ab,
-            heads_q,
-            heads_kv,
-            heads_q // heads_kv,
-            layout.seq_q,
-            layout.seq_k,
-            head_dim,
-            num_n_blocks,
-            *options,
+            *call.arguments(tensors, (q, k, v, do, dk, dv), (heads_q, heads_kv), num_n_blocks),
             DQ_ATOMIC=not deterministic,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            **common,
+            **cfg.launch_options(),
+            **call.flags,
         )
 
     _launch_fitting("dkdv", q, dropout_p > 0.0, launch_dkdv)
@@ -1183,36 +1211,9 @@ def attention_bwd(
     def launch_dq(cfg: _Config) -> None:
         num_m_blocks = triton.cdiv(layout.seq_q, cfg.block_m)
         _attn_bwd_dq_kernel[(num_m_blocks * layout.batch * heads_q,)](
-            q,
-            k,
-            v,
-            do,
-            lse,
-            delta,
-            dq,
-            kpm,
-            *shared,
-            *layout.strides(q),
-            *layout.strides(k),
-            *layout.strides(v),
-            *layout.strides(do),
-            *layout.strides(dq),
-            *layout.row_strides(heads_q, rows),
-            stride_mb,
-            stride_mn,
-            extra.stride_ab,
-            heads_q,
-            heads_q // heads_kv,
-            layout.seq_q,
-            layout.seq_k,
-            head_dim,
-            num_m_blocks,
-            *options,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            **common,
+            *call.arguments((q, k, v, do, lse, delta, dq), (q, k, v, do, dq), (heads_q,), num_m_blocks),
+            **cfg.launch_options(),
+            **call.flags,
         )
 
     _launch_fitting("dq", q, dropout_p > 0.0, launch_dq)

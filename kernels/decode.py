@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import interpreter
-from .attention import LN2, LOG2E, MIN_BLOCK, _cast, _dot, _scores, _visible
+from .attention import LN2, LOG2E, MIN_BLOCK, _cast, _dot, _tile_scores
 from .capabilities import MAX_HEAD_DIM
 
 # Keys per tile and rows per program. Decode reads each K/V tile once per group of query heads: 64
@@ -121,6 +121,7 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
+    scoring = (seq_q, seq_k, window_left, window_right, Q, 0, scale, softcap, slope)  # no padding mask
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n  # key indices from the first position
         position = (first + cols).to(tl.int64)
@@ -135,9 +136,7 @@ def _decode_split_kernel(
         tile_mask = in_cache[:, None] & (offs_d < head_dim)[None, :]
         k = tl.load(k_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
-        qk = _dot(q, tl.trans(k), IEEE)
-        s = _scores(qk, query[:, None], cols[None, :], off, scale, softcap, slope, SOFTCAP, ALIBI)
-        visible = _visible(query[:, None], cols[None, :], seq_q, seq_k, window_left, window_right, Q, 0, BAND, False)
+        qk, s, visible = _tile_scores(q, k, query, cols, scoring, IEEE, SOFTCAP, ALIBI, BAND, False, False)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

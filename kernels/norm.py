@@ -175,32 +175,30 @@ def _norm_fwd_looped_kernel(
     r_row = R + row * stride_r
     cols = tl.arange(0, BLOCK_N)
     n = tl.cast(N, tl.float32)
-    # Pass 1: statistics, per lane, and s stored on the way.
+    # Pass 1: statistics, per lane, and s stored on the way (IS_RMS picks the accumulators at compile time).
     if IS_RMS:
         sum_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
-            offs = start + cols
-            in_row = offs < N
-            s = _load_sum(x_row + offs, r_row + offs, in_row, HAS_RESIDUAL)
-            if HAS_RESIDUAL:
-                tl.store(S + row * N + offs, s.to(S.dtype.element_ty), mask=in_row)
-            sum_sq += s * s
-        mean = 0.0
-        var = tl.div_rn(tl.sum(sum_sq, axis=0), n)
     else:
         count = tl.zeros([BLOCK_N], dtype=tl.float32)  # elements seen by each lane
         lane_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
         lane_m2 = tl.zeros([BLOCK_N], dtype=tl.float32)  # Σ (s - lane_mean)² of each lane
-        for start in range(0, N, BLOCK_N):
-            offs = start + cols
-            in_row = offs < N
-            s = _load_sum(x_row + offs, r_row + offs, in_row, HAS_RESIDUAL)
-            if HAS_RESIDUAL:
-                tl.store(S + row * N + offs, s.to(S.dtype.element_ty), mask=in_row)
+    for start in range(0, N, BLOCK_N):
+        offs = start + cols
+        in_row = offs < N
+        s = _load_sum(x_row + offs, r_row + offs, in_row, HAS_RESIDUAL)
+        if HAS_RESIDUAL:
+            tl.store(S + row * N + offs, s.to(S.dtype.element_ty), mask=in_row)
+        if IS_RMS:
+            sum_sq += s * s
+        else:
             count += in_row.to(tl.float32)
             delta = tl.where(in_row, s - lane_mean, 0.0)
             lane_mean += delta / tl.maximum(count, 1.0)
             lane_m2 += delta * (s - lane_mean)  # 0 where delta is 0
+    if IS_RMS:
+        mean = 0.0
+        var = tl.div_rn(tl.sum(sum_sq, axis=0), n)
+    else:
         # Chan et al.: merge the lanes. Lanes that saw nothing have count = mean = m2 = 0.
         mean = tl.div_rn(tl.sum(count * lane_mean, axis=0), n)
         spread = lane_mean - mean

@@ -206,20 +206,18 @@ def _gumbel(
 # ------------------------------------------------------------------------------------------- passes
 # One pass over the tokens [begin, end) of ROWS rows each: the single-row kernel runs them on whole rows,
 # the split kernels on one slice of a row per program, so both paths share every line that touches logits.
+# A pass takes what it reads as one tuple, ``span`` = (logits_ptr, row_offsets (ROWS,) int64, row_ok (ROWS,)
+# rows < B, temperature (ROWS,) float32, greedy (ROWS,) T == 0, begin: the slice's first token, end: one past
+# its last, <= V); Triton unpacks tuples at compile time, so this is the same code as passing each on its own.
 @triton.jit
 def _stats_pass(
-    logits_ptr,
-    row_offsets,  # (ROWS,) int64
-    row_ok,  # (ROWS,) rows < B
-    temperature,  # (ROWS,) float32
-    greedy,  # (ROWS,) T == 0
-    begin,  # first token of the slice
-    end,  # one past its last token, <= V
+    span,  # see above
     vocab,  # V: the index sentinel
     ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     """(max z, its first index, smallest key, NaN count, +inf count) of each row's slice."""
+    logits_ptr, row_offsets, row_ok, temperature, greedy, begin, end = span
     chunk = tl.arange(0, BLOCK_V)
     z_max = tl.full((ROWS,), -float("inf"), tl.float32)
     arg_max = tl.zeros((ROWS,), tl.int32)
@@ -263,13 +261,7 @@ def _top_k_bracket(searched, key_min, key_max, top_k, vocab):
 
 @triton.jit
 def _search_pass(
-    logits_ptr,
-    row_offsets,
-    row_ok,
-    temperature,
-    greedy,
-    begin,
-    end,
+    span,  # see _stats_pass
     lo,  # (ROWS,) int32 bracket floor
     hi,  # (ROWS,) int32 bracket ceiling
     floor,  # (ROWS,) int32 smallest key measured: lo + 1 (keys <= lo reach no pivot), or t_k in top-p's first pass
@@ -282,6 +274,7 @@ def _search_pass(
     """A search pass: (the weight at or above each pivot (ROWS, PIVOTS), the weight at or above ``floor``
     (ROWS,), up, down), weights in float64 (counts below 2^31 are exact); rows whose bracket is closed
     read nothing."""
+    logits_ptr, row_offsets, row_ok, temperature, greedy, begin, end = span
     chunk = tl.arange(0, BLOCK_V)
     pivots = _pivots(lo, hi, PIVOTS)
     weights = tl.zeros((ROWS, PIVOTS), tl.float64)
@@ -309,22 +302,13 @@ def _search_pass(
 
 @triton.jit
 def _draw_pass(
-    logits_ptr,
-    row_offsets,
-    row_ok,
-    temperature,
-    greedy,
-    begin,
-    end,
+    span,  # see _stats_pass
     vocab,
     rows,  # (ROWS,) row indices (for the mask)
-    valid,  # (ROWS,) rows with no NaN and a finite or +inf maximum
-    has_posinf,  # (ROWS,) rows drawing among their +inf entries
-    arg_max,  # (ROWS,) the greedy rows' token (for the mask)
-    threshold,  # (ROWS,) int32 key max(t_k, t_p)
-    min_p,  # (ROWS,) float64
-    z_shift,  # (ROWS,) float32 m
-    seed,  # (ROWS,) int64
+    # (ROWS,) each: valid: no NaN and a finite or +inf maximum; has_posinf: draws among its +inf entries;
+    # arg_max: the greedy rows' token (for the mask); threshold: int32 key max(t_k, t_p); min_p: float64;
+    # z_shift: float32 m; seed: int64
+    choice,  # (valid, has_posinf, arg_max, threshold, min_p, z_shift, seed)
     mask_ptr,  # (B, V) int8 out (WRITE_MASK)
     ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -334,6 +318,8 @@ def _draw_pass(
 ):
     """min-p, then Gumbel-max over the kept tokens of the slice: (best score, its first token (-1: none),
     the token's z - m, Σ_kept exp(z - m)); the kept set to ``mask_ptr``."""
+    logits_ptr, row_offsets, row_ok, temperature, greedy, begin, end = span
+    valid, has_posinf, arg_max, threshold, min_p, z_shift, seed = choice
     chunk = tl.arange(0, BLOCK_V)
     z_shift64 = z_shift.to(tl.float64)
     drawn = valid & ~greedy
@@ -426,32 +412,16 @@ def _sample_kernel(
     top_k = tl.load(top_k_ptr + rows, mask=row_ok, other=1)
     top_p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
 
-    z_max, arg_max, key_min, n_nan, n_posinf = _stats_pass(
-        logits_ptr, row_offsets, row_ok, temperature, greedy, 0, vocab, vocab, ROWS, BLOCK_V
-    )
+    span = (logits_ptr, row_offsets, row_ok, temperature, greedy, 0, vocab)  # whole rows
+
+    z_max, arg_max, key_min, n_nan, n_posinf = _stats_pass(span, vocab, ROWS, BLOCK_V)
     valid, has_posinf, searched, key_max, z_shift = _row_flags(z_max, n_nan, n_posinf, row_ok, greedy)
     z_shift64 = z_shift.to(tl.float64)
 
     # Top-k: the largest key t with count(key >= t) >= k.
     lo, hi = _top_k_bracket(searched, key_min, key_max, top_k, vocab)
     while tl.max(hi.to(tl.int64) - lo.to(tl.int64), 0) > 1:
-        counts, _, up, down = _search_pass(
-            logits_ptr,
-            row_offsets,
-            row_ok,
-            temperature,
-            greedy,
-            0,
-            vocab,
-            lo,
-            hi,
-            lo + 1,
-            z_shift64,
-            ROWS,
-            BLOCK_V,
-            PIVOTS,
-            False,
-        )
+        counts, _, up, down = _search_pass(span, lo, hi, lo + 1, z_shift64, ROWS, BLOCK_V, PIVOTS, False)
         lo, hi = _narrow(lo, hi, counts >= top_k[:, None], up, down)
     key_k = lo
 
@@ -460,23 +430,7 @@ def _sample_kernel(
     target = tl.full((ROWS,), -1.0, tl.float64)  # p · Z_k, measured in the first pass
     while tl.max(hi.to(tl.int64) - lo.to(tl.int64), 0) > 1:
         floor = tl.where(target < 0.0, key_k, lo + 1)  # the first pass also measures Z_k
-        masses, mass_k, up, down = _search_pass(
-            logits_ptr,
-            row_offsets,
-            row_ok,
-            temperature,
-            greedy,
-            0,
-            vocab,
-            lo,
-            hi,
-            floor,
-            z_shift64,
-            ROWS,
-            BLOCK_V,
-            PIVOTS,
-            True,
-        )
+        masses, mass_k, up, down = _search_pass(span, lo, hi, floor, z_shift64, ROWS, BLOCK_V, PIVOTS, True)
         target = tl.where(target < 0.0, top_p * mass_k, target)
         lo, hi = _narrow(lo, hi, masses >= target[:, None], up, down)
 
@@ -484,29 +438,9 @@ def _sample_kernel(
     # search starts at t_k); the kept set's mass for the log-prob.
     min_p = tl.load(min_p_ptr + rows, mask=row_ok, other=0.0)
     seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
+    choice = (valid, has_posinf, arg_max, lo, min_p, z_shift, seed)
     best, token, best_d, kept_sum = _draw_pass(
-        logits_ptr,
-        row_offsets,
-        row_ok,
-        temperature,
-        greedy,
-        0,
-        vocab,
-        vocab,
-        rows,
-        valid,
-        has_posinf,
-        arg_max,
-        lo,
-        min_p,
-        z_shift,
-        seed,
-        mask_ptr,
-        ROWS,
-        BLOCK_V,
-        DRAW,
-        RETURN_LOGPROBS,
-        WRITE_MASK,
+        span, vocab, rows, choice, mask_ptr, ROWS, BLOCK_V, DRAW, RETURN_LOGPROBS, WRITE_MASK
     )
     if DRAW:
         _store_draw(
@@ -528,15 +462,17 @@ MASS_PASS = tl.constexpr(2)  # top-p masses
 
 
 @triton.jit
-def _split_coordinates(n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS: tl.constexpr):
-    """(rows, row_ok, row_offsets, split, begin, end, temperature, greedy) of this program's slice."""
+def _split_coordinates(logits_ptr, n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS: tl.constexpr):
+    """(rows, row_ok, greedy, split, the span of _stats_pass) of this program's slice."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
     split = tl.program_id(1)
     begin = split * split_len
     end = tl.minimum(begin + split_len, vocab)
     temperature = tl.load(temperature_ptr + rows, mask=row_ok, other=1.0)
-    return rows, row_ok, rows.to(tl.int64) * stride_row, split, begin, end, temperature, temperature == 0.0
+    row_offsets = rows.to(tl.int64) * stride_row
+    greedy = temperature == 0.0
+    return rows, row_ok, greedy, split, (logits_ptr, row_offsets, row_ok, temperature, greedy, begin, end)
 
 
 @triton.jit
@@ -557,10 +493,7 @@ def _row_stats(stats_z_ptr, stats_i_ptr, rows, row_ok, vocab, SPLITS: tl.constex
 
 @triton.jit
 def _advance(
-    weights_ptr,
-    bounds_ptr,
-    bracket_ptr,
-    target_ptr,
+    workspace,  # (weights_ptr, bounds_ptr, bracket_ptr, target_ptr): see _split_search_kernel
     rows,
     row_ok,
     n_rows,
@@ -573,6 +506,7 @@ def _advance(
 ):
     """(lo, hi, target): the previous step's bracket narrowed by its splits' partials, summed in split
     order (every program of a launch computes the same bracket)."""
+    weights_ptr, bounds_ptr, bracket_ptr, target_ptr = workspace
     state = parity * n_rows + rows  # (ROWS,)
     lo = tl.load(bracket_ptr + state * 2, mask=row_ok, other=0)
     hi = tl.load(bracket_ptr + state * 2 + 1, mask=row_ok, other=1)
@@ -608,12 +542,10 @@ def _split_stats_kernel(
     ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    rows, row_ok, row_offsets, split, begin, end, temperature, greedy = _split_coordinates(
-        n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
+    rows, row_ok, greedy, split, span = _split_coordinates(
+        logits_ptr, n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
     )
-    z_max, arg_max, key_min, n_nan, n_posinf = _stats_pass(
-        logits_ptr, row_offsets, row_ok, temperature, greedy, begin, end, vocab, ROWS, BLOCK_V
-    )
+    z_max, arg_max, key_min, n_nan, n_posinf = _stats_pass(span, vocab, ROWS, BLOCK_V)
     slot = rows * SPLITS + split
     tl.store(stats_z_ptr + slot, z_max, mask=row_ok)
     tl.store(stats_i_ptr + slot * 4, arg_max, mask=row_ok)
@@ -649,8 +581,8 @@ def _split_search_kernel(
     """One search step: narrow the bracket with the previous step's partials, then measure this split's
     slice at the new pivots. The first top-p step (PREVIOUS = COUNT_PASS, MEASURE = MASS_PASS) closes
     top-k (t_k = lo) and opens the top-p bracket at t_k, measuring Z_k with it."""
-    rows, row_ok, row_offsets, split, begin, end, temperature, greedy = _split_coordinates(
-        n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
+    rows, row_ok, greedy, split, span = _split_coordinates(
+        logits_ptr, n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
     )
     top_k = tl.load(top_k_ptr + rows, mask=row_ok, other=1)
     top_p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
@@ -660,21 +592,8 @@ def _split_search_kernel(
         lo, hi = _top_k_bracket(searched, key_min, key_max, top_k, vocab)
         target = tl.full((ROWS,), -1.0, tl.float64)
     else:
-        lo, hi, target = _advance(
-            weights_ptr,
-            bounds_ptr,
-            bracket_ptr,
-            target_ptr,
-            rows,
-            row_ok,
-            n_rows,
-            1 - step % 2,
-            top_k,
-            top_p,
-            SPLITS,
-            PIVOTS,
-            PREVIOUS,
-        )
+        workspace = (weights_ptr, bounds_ptr, bracket_ptr, target_ptr)
+        lo, hi, target = _advance(workspace, rows, row_ok, n_rows, 1 - step % 2, top_k, top_p, SPLITS, PIVOTS, PREVIOUS)
     part = (step % 2 * n_rows + rows) * SPLITS + split  # (ROWS,)
     if MEASURE == MASS_PASS:
         if PREVIOUS == COUNT_PASS:  # top-k is done: t_k = lo
@@ -684,21 +603,7 @@ def _split_search_kernel(
     else:
         floor = lo + 1
     weights, floor_weight, up, down = _search_pass(
-        logits_ptr,
-        row_offsets,
-        row_ok,
-        temperature,
-        greedy,
-        begin,
-        end,
-        lo,
-        hi,
-        floor,
-        z_shift.to(tl.float64),
-        ROWS,
-        BLOCK_V,
-        PIVOTS,
-        MEASURE == MASS_PASS,
+        span, lo, hi, floor, z_shift.to(tl.float64), ROWS, BLOCK_V, PIVOTS, MEASURE == MASS_PASS
     )
     pivot = tl.arange(0, PIVOTS)[None, :]
     ok = row_ok[:, None]
@@ -744,8 +649,8 @@ def _split_draw_kernel(
     WRITE_MASK: tl.constexpr,
 ):
     """The threshold from the last top-p step, then this split's draw (and kept set)."""
-    rows, row_ok, row_offsets, split, begin, end, temperature, greedy = _split_coordinates(
-        n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
+    rows, row_ok, greedy, split, span = _split_coordinates(
+        logits_ptr, n_rows, vocab, split_len, stride_row, temperature_ptr, ROWS
     )
     top_k = tl.load(top_k_ptr + rows, mask=row_ok, other=1)
     top_p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
@@ -753,44 +658,11 @@ def _split_draw_kernel(
     seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
     z_max, arg_max, key_min, n_nan, n_posinf = _row_stats(stats_z_ptr, stats_i_ptr, rows, row_ok, vocab, SPLITS)
     valid, has_posinf, searched, key_max, z_shift = _row_flags(z_max, n_nan, n_posinf, row_ok, greedy)
-    threshold, _, _ = _advance(
-        weights_ptr,
-        bounds_ptr,
-        bracket_ptr,
-        target_ptr,
-        rows,
-        row_ok,
-        n_rows,
-        parity,
-        top_k,
-        top_p,
-        SPLITS,
-        PIVOTS,
-        MASS_PASS,
-    )
+    workspace = (weights_ptr, bounds_ptr, bracket_ptr, target_ptr)
+    threshold, _, _ = _advance(workspace, rows, row_ok, n_rows, parity, top_k, top_p, SPLITS, PIVOTS, MASS_PASS)
+    choice = (valid, has_posinf, arg_max, threshold, min_p, z_shift, seed)
     best, token, best_d, kept_sum = _draw_pass(
-        logits_ptr,
-        row_offsets,
-        row_ok,
-        temperature,
-        greedy,
-        begin,
-        end,
-        vocab,
-        rows,
-        valid,
-        has_posinf,
-        arg_max,
-        threshold,
-        min_p,
-        z_shift,
-        seed,
-        mask_ptr,
-        ROWS,
-        BLOCK_V,
-        DRAW,
-        RETURN_LOGPROBS,
-        WRITE_MASK,
+        span, vocab, rows, choice, mask_ptr, ROWS, BLOCK_V, DRAW, RETURN_LOGPROBS, WRITE_MASK
     )
     slot = rows * SPLITS + split
     tl.store(draw_f_ptr + slot * 3, best, mask=row_ok)
@@ -857,7 +729,9 @@ def _check_splits(splits: int) -> None:
         raise ValueError(f"splits must be a power of two >= 1 (or None: chosen per device), got {splits!r}")
 
 
-def _launch(logits, temperature, top_k, top_p, min_p, seeds, *, draw, return_logprobs, write_mask, splits):
+def _launch(logits, temperature, top_k, top_p, min_p, seeds, splits, *, return_logprobs=False, write_mask=False):
+    """(tokens, logprobs, mask) of sample(), or with ``write_mask`` the kept set of filter_mask() instead of a draw."""
+    draw = not write_mask
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     batch, vocab = logits.shape
@@ -1000,16 +874,7 @@ def sample(
     ``splits``: programs per row, a power of two (None: ``split_count`` for the device); every value
     draws the same tokens."""
     tokens, logprobs, _ = _launch(
-        logits,
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        seeds,
-        draw=True,
-        return_logprobs=return_logprobs,
-        write_mask=False,
-        splits=splits,
+        logits, temperature, top_k, top_p, min_p, seeds, splits, return_logprobs=return_logprobs
     )
     return tokens, logprobs
 
@@ -1024,16 +889,5 @@ def filter_mask(
 ) -> Tensor:
     """The kernel's kept set, bool (B, V): what ``reference.filter_logits(...) > -inf`` must equal."""
     seeds = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
-    _, _, mask = _launch(
-        logits,
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        seeds,
-        draw=False,
-        return_logprobs=False,
-        write_mask=True,
-        splits=splits,
-    )
+    _, _, mask = _launch(logits, temperature, top_k, top_p, min_p, seeds, splits, write_mask=True)
     return mask
