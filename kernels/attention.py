@@ -76,6 +76,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import interpreter
 from .capabilities import MAX_HEAD_DIM
+from .layout import last_dim_contiguous
 
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2
@@ -907,10 +908,6 @@ def _ieee(t: Tensor) -> bool:
     return t.dtype == torch.float32 or (interpreter.interpreted(t.device) and t.dtype == torch.bfloat16)
 
 
-def _last_dim_contiguous(t: Tensor) -> Tensor:
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def _padding_mask(key_padding_mask: Tensor | None, like: Tensor) -> tuple[Tensor, int, int]:
     """(uint8 view or dummy pointer, stride along batch, stride along keys)."""
     if key_padding_mask is None:
@@ -1098,7 +1095,7 @@ def attention_fwd(
     if k.numel() == 0:
         return out.zero_(), _lse_without_keys(lse, features.sinks)
 
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     call = _call(q, k, key_padding_mask, layout, q.shape[0], causal, scale, dropout_p, seed, features)
     sinks = features.sinks.contiguous() if features.sinks is not None else q
 
@@ -1149,7 +1146,7 @@ def attention_bwd(
         dsinks = torch.zeros(heads_q, device=q.device) if has_sinks else None
         return q.new_zeros(q.shape), dk.zero_(), dv.zero_(), dsinks
 
-    do, q, k, v, out = (_last_dim_contiguous(t) for t in (do, q, k, v, out))
+    do, q, k, v, out = (last_dim_contiguous(t) for t in (do, q, k, v, out))
     lse = lse.to(torch.float32).contiguous()
     rows = lse.numel() // heads_q  # per head: B·Nq, or total_q packed
     block_d = _block_d(head_dim)

@@ -27,6 +27,7 @@ from torch import Tensor
 from . import interpreter
 from .attention import LN2, LOG2E, MIN_BLOCK, _cast, _dot, _tile_scores
 from .capabilities import MAX_HEAD_DIM
+from .layout import last_dim_contiguous
 
 # Keys per tile and rows per program. Decode reads each K/V tile once per group of query heads: 64
 # keys x D=128 x 2 bytes = 16 KB per tile and operand, 2 stages of K and V in 64 KB of shared memory.
@@ -249,7 +250,7 @@ def decode_attention(
     ieee = q.dtype == torch.float32 or (interpreter.interpreted(q.device) and q.dtype == torch.bfloat16)
     out_part = torch.empty((batch, heads_q, num_splits, seq_q, head_dim), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((batch, heads_q, num_splits, seq_q), dtype=torch.float32, device=q.device)
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q = last_dim_contiguous(q)
     alibi = alibi_slopes.to(torch.float32).contiguous() if alibi_slopes is not None else None
     int32 = dict(dtype=torch.int32, device=q.device)
     _decode_split_kernel[(num_m_blocks * num_splits, batch * heads_kv)](

@@ -49,6 +49,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import interpreter
+from .layout import last_dim_contiguous
 
 # Tile sizes. The register numbers are ptxas -v for sm_90a (fp16 x with an fp32 residual and weight
 # unless said otherwise); the choices are still to be confirmed with the benchmark on an H100.
@@ -418,8 +419,7 @@ def _sum_partials_kernel(
 # -------------------------------------------------------------------------------------- launchers
 def _rows(t: Tensor) -> Tensor:
     """``t`` as (M, N) rows with a contiguous last dim: a view when the strides allow, else a copy."""
-    rows = t.reshape(-1, t.shape[-1])
-    return rows if rows.shape[-1] <= 1 or rows.stride(-1) == 1 else rows.contiguous()
+    return last_dim_contiguous(t.reshape(-1, t.shape[-1]))
 
 
 class _Config(NamedTuple):

@@ -92,6 +92,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import interpreter
+from .layout import last_dim_contiguous
 
 PIVOTS = 16  # keys tested per search pass: the bracket shrinks ~17× a pass, 8 passes for any float32 key
 KEY_FLOOR = tl.constexpr(-(2**31))  # below every float32 key (key(-inf) = -2139095041): masked-off elements
@@ -732,8 +733,7 @@ def _check_splits(splits: int) -> None:
 def _launch(logits, temperature, top_k, top_p, min_p, seeds, splits, *, return_logprobs=False, write_mask=False):
     """(tokens, logprobs, mask) of sample(), or with ``write_mask`` the kept set of filter_mask() instead of a draw."""
     draw = not write_mask
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
+    logits = last_dim_contiguous(logits)
     batch, vocab = logits.shape
     device = logits.device
     tokens = torch.empty(batch if draw else 0, dtype=torch.int64, device=device)

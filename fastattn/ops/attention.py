@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import backends, capabilities, reference
 from ..backends import Backend
+from ..kernels.layout import last_dim_contiguous  # plain torch: imports no Triton
 from . import refuse_double_backward
 
 # Torch's function, bound once: fastattn.patch_sdpa() may rebind the name in torch.nn.functional to
@@ -270,10 +271,6 @@ def _register_fakes_and_autograd(forward, backward) -> None:
 _register_fakes_and_autograd(_attention_fwd_triton, _attention_bwd_triton)
 
 
-def _last_dim_contiguous(t: Tensor) -> Tensor:
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def _cuda_features(given: tuple) -> tuple:
     """The feature arguments as the C++ side takes them: float32 contiguous slopes and sinks, contiguous
     offsets."""
@@ -289,7 +286,7 @@ def _attention_fwd_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, see
     is only carried to the backward, whose CUDA kernels are deterministic either way (no atomics)."""
     from .. import _C
 
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     options = (key_padding_mask, causal, scale, dropout_p, seed)
     out, lse = _C.attention_fwd(q, k, v, *options, *_cuda_features(features))
     return out, lse
@@ -299,7 +296,7 @@ def _attention_fwd_cuda(q, k, v, key_padding_mask, causal, scale, dropout_p, see
 def _attention_bwd_cuda(dout, q, k, v, out, lse, dlse, *options_and_features):
     from .. import _C
 
-    dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
+    dout, q, k, v, out = (last_dim_contiguous(t) for t in (dout, q, k, v, out))
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
     # deterministic (options[5]) is not passed on: the CUDA backward has no atomics
     options, features = options_and_features[:5], options_and_features[6:]

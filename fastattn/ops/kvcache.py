@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .. import backends, capabilities
 from ..backends import Backend
+from ..kernels.layout import last_dim_contiguous  # plain torch: imports no Triton
 from .attention import attention, checked_features, used_features
 from .rotary import apply_rotary_emb
 
@@ -343,7 +344,7 @@ def _split_kv(name, q, k_cache, v_cache, layout, scale, causal, window, softcap,
     split_size = -(-split_size // 32) * 32  # whole 32-key tiles
     alibi = alibi_slopes.to(torch.float32).contiguous() if alibi_slopes is not None else None
     out, lse = _C.attention_decode(
-        q if q.stride(-1) == 1 else q.contiguous(),
+        last_dim_contiguous(q),
         k_cache,
         v_cache,
         rows,

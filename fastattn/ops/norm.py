@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import backends, capabilities, reference
 from ..backends import Backend
+from ..kernels.layout import last_dim_contiguous  # plain torch: imports no Triton
 from . import refuse_double_backward
 
 
@@ -189,8 +190,7 @@ def _cuda_rows(t: Tensor | None, n: int) -> Tensor | None:
     """``t`` as (rows, n) with a contiguous last dimension (a view when the strides allow)."""
     if t is None:
         return None
-    t = t.reshape(-1, n)
-    return t if n <= 1 or t.stride(-1) == 1 else t.contiguous()
+    return last_dim_contiguous(t.reshape(-1, n))
 
 
 @torch.library.custom_op("fastattn::norm_fwd_cuda", mutates_args=(), schema=_FORWARD_SCHEMA)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import backends, capabilities, reference
 from ..backends import Backend
+from ..kernels.layout import last_dim_contiguous  # plain torch: imports no Triton
 
 INT64 = torch.iinfo(torch.int64)
 
@@ -179,8 +180,7 @@ def _sample_cuda(logits, temperature, top_k, top_p, min_p, seeds, return_logprob
     same seeds give the same tokens."""
     from .. import _C
 
-    if logits.shape[-1] > 1 and logits.stride(-1) != 1:
-        logits = logits.contiguous()
+    logits = last_dim_contiguous(logits)
     # splits=0: chosen for the batch, vocabulary and GPU (several blocks per row at small batch)
     parameters = (temperature, top_k, top_p, min_p, seeds)
     tokens, logprobs, _ = _C.sample(logits, *parameters, draw=True, return_logprobs=return_logprobs, write_mask=False)
