@@ -36,6 +36,22 @@ pybind11::dict capabilities() {
   return table;
 }
 
+// The attention ops take their features (ops.h) as the op layer's trailing arguments, named below with
+// the defaults that switch them off: op(features, lead...) is bound as a function of (lead...,
+// window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+// max_seqlen_k).
+template <class... Lead>
+auto features_last(std::vector<at::Tensor> (*op)(const fastattn::AttentionFeatures&, Lead...)) {
+  return [op](Lead... lead, int64_t window_left, int64_t window_right, double softcap,
+              const std::optional<at::Tensor>& alibi_slopes, const std::optional<at::Tensor>& sinks,
+              const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
+              int64_t max_seqlen_q, int64_t max_seqlen_k) {
+    return op({window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+               max_seqlen_k},
+              lead...);
+  };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -51,14 +67,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("logits"), arg("temperature"), arg("top_k"), arg("top_p"), arg("min_p"), arg("seeds"), arg("draw"),
         arg("return_logprobs"), arg("write_mask"), arg("splits") = 0);
   // The features' defaults switch them off, so a plain call names only the first arguments.
-  m.def("attention_fwd", &fastattn::attention_fwd, "FlashAttention-2 style forward", arg("q"), arg("k"), arg("v"),
-        arg("key_padding_mask"), arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"), arg("window_left") = -1,
-        arg("window_right") = -1, arg("softcap") = 0.0, arg("alibi_slopes") = pybind11::none(),
+  m.def("attention_fwd", features_last(&fastattn::attention_fwd), "FlashAttention-2 style forward", arg("q"),
+        arg("k"), arg("v"), arg("key_padding_mask"), arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"),
+        arg("window_left") = -1, arg("window_right") = -1, arg("softcap") = 0.0, arg("alibi_slopes") = pybind11::none(),
         arg("sinks") = pybind11::none(), arg("cu_seqlens_q") = pybind11::none(),
         arg("cu_seqlens_k") = pybind11::none(), arg("max_seqlen_q") = 0, arg("max_seqlen_k") = 0);
-  m.def("attention_bwd", &fastattn::attention_bwd, "FlashAttention-2 style backward (deterministic)", arg("dout"),
-        arg("q"), arg("k"), arg("v"), arg("out"), arg("lse"), arg("dlse"), arg("key_padding_mask"), arg("causal"),
-        arg("scale"), arg("dropout_p"), arg("seed"), arg("window_left") = -1, arg("window_right") = -1,
+  m.def("attention_bwd", features_last(&fastattn::attention_bwd), "FlashAttention-2 style backward (deterministic)",
+        arg("dout"), arg("q"), arg("k"), arg("v"), arg("out"), arg("lse"), arg("dlse"), arg("key_padding_mask"),
+        arg("causal"), arg("scale"), arg("dropout_p"), arg("seed"), arg("window_left") = -1, arg("window_right") = -1,
         arg("softcap") = 0.0, arg("alibi_slopes") = pybind11::none(), arg("sinks") = pybind11::none(),
         arg("cu_seqlens_q") = pybind11::none(), arg("cu_seqlens_k") = pybind11::none(), arg("max_seqlen_q") = 0,
         arg("max_seqlen_k") = 0);

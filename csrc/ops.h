@@ -36,33 +36,37 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& tempe
                                const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds, bool draw,
                                bool return_logprobs, bool write_mask, int64_t splits);
 
+// What an attention call computes besides plain softmax attention: the op layer's trailing arguments,
+// which api.cpp binds by name with defaults that switch them off (the members refer to the call's).
+// window (left, right), -1 unlimited; softcap > 0; alibi_slopes float32 (Hq,) or (B, Hq); sinks float32
+// (Hq,); packed sequences: cu_seqlens_q/k int32 (B + 1,) with q (total_q, Hq, D), k, v (total_k, Hkv, D),
+// max_seqlen_q/k at least the longest sequences (not checked here: the op layer checks the offsets),
+// lse then (Hq, total_q).
+struct AttentionFeatures {
+  int64_t window_left, window_right;
+  double softcap;
+  const std::optional<at::Tensor>& alibi_slopes;
+  const std::optional<at::Tensor>& sinks;
+  const std::optional<at::Tensor>& cu_seqlens_q;
+  const std::optional<at::Tensor>& cu_seqlens_k;
+  int64_t max_seqlen_q, max_seqlen_k;
+  bool packed() const { return cu_seqlens_q.has_value() && cu_seqlens_q->defined(); }
+};
+
 // Attention forward: q (B, Hq, Nq, D), k, v (B, Hkv, Nk, D), any strides with a contiguous last dim;
-// key_padding_mask bool (B, Nk). Returns {out shaped like q, contiguous, lse float32 (B, Hq, Nq)}.
-// Features (their defaults switch them off): window (left, right), -1 unlimited; softcap > 0;
-// alibi_slopes float32 (Hq,) or (B, Hq); sinks float32 (Hq,); packed sequences: cu_seqlens_q/k int32
-// (B + 1,) with q (total_q, Hq, D), k, v (total_k, Hkv, D), max_seqlen_q/k at least the longest
-// sequences (not checked here: the op layer checks the offsets), lse then (Hq, total_q).
-std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
-                                      double dropout_p, int64_t seed, int64_t window_left, int64_t window_right,
-                                      double softcap, const std::optional<at::Tensor>& alibi_slopes,
-                                      const std::optional<at::Tensor>& sinks,
-                                      const std::optional<at::Tensor>& cu_seqlens_q,
-                                      const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                      int64_t max_seqlen_k);
+// key_padding_mask bool (B, Nk). Returns {out shaped like q, contiguous, lse float32 (B, Hq, Nq)}. The
+// features come first here and last in Python (api.cpp).
+std::vector<at::Tensor> attention_fwd(const AttentionFeatures& f, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const std::optional<at::Tensor>& key_padding_mask,
+                                      bool causal, double scale, double dropout_p, int64_t seed);
 
 // Attention backward (deterministic: no atomics), same arguments as the forward after its outputs.
 // Returns {dq, dk, dv, dsinks}, contiguous; dsinks float32 (Hq,), zeros without sinks.
-std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      const std::optional<at::Tensor>& dlse,
+std::vector<at::Tensor> attention_bwd(const AttentionFeatures& f, const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                      const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
                                       const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
-                                      double dropout_p, int64_t seed, int64_t window_left, int64_t window_right,
-                                      double softcap, const std::optional<at::Tensor>& alibi_slopes,
-                                      const std::optional<at::Tensor>& sinks,
-                                      const std::optional<at::Tensor>& cu_seqlens_q,
-                                      const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                      int64_t max_seqlen_k);
+                                      double dropout_p, int64_t seed);
 
 // Split-KV attention of q (B, Sq, Hq, D) against a KV cache: contiguous (B_cache, S, Hkv, D) with
 // cache_rows int32 (B,), or paged (num_blocks, block_size, Hkv, D) with block_table int32 (B, max_blocks);

@@ -48,25 +48,13 @@ struct Strides {
       : b(packed ? 0 : t.stride(0)), h(t.stride(1)), n(packed ? t.stride(0) : t.stride(2)) {}
 };
 
-// What a call computes besides plain softmax attention (the op layer's trailing arguments).
-struct Features {
-  int64_t window_left, window_right;  // -1: unlimited
-  double softcap;                     // 0: off
-  const std::optional<at::Tensor>& alibi_slopes;
-  const std::optional<at::Tensor>& sinks;
-  const std::optional<at::Tensor>& cu_seqlens_q;
-  const std::optional<at::Tensor>& cu_seqlens_k;
-  int64_t max_seqlen_q, max_seqlen_k;
-  bool packed() const { return present(cu_seqlens_q); }
-};
-
 struct Sizes {
   int64_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim;  // packed: seq_* are the longest sequences
 };
 
 // Checks the dtypes and shapes of q, k, v, the mask and the features.
 Sizes check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const std::optional<at::Tensor>& key_padding_mask, const Features& f) {
+                   const std::optional<at::Tensor>& key_padding_mask, const AttentionFeatures& f) {
   const bool packed = f.packed();
   TORCH_CHECK(present(f.cu_seqlens_q) == present(f.cu_seqlens_k),
               "cu_seqlens_q and cu_seqlens_k must be given together (packed sequences) or not at all");
@@ -135,7 +123,7 @@ Sizes check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 }
 
 void check_devices(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const std::optional<at::Tensor>& key_padding_mask, const Features& f) {
+                   const std::optional<at::Tensor>& key_padding_mask, const AttentionFeatures& f) {
   check_cuda(q, "q");
   check_same_device(k, "k", q, "q");
   check_same_device(v, "v", q, "q");
@@ -152,7 +140,7 @@ std::vector<int64_t> lse_shape(const at::Tensor& q, const Sizes& z, bool packed)
 
 void fill_common(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale, double dropout_p,
-                 int64_t seed, const Sizes& z, const Features& f) {
+                 int64_t seed, const Sizes& z, const AttentionFeatures& f) {
   const bool packed = f.packed();
   p.q = q.data_ptr();
   p.k = k.data_ptr();
@@ -203,16 +191,9 @@ at::Tensor& fill_lse_without_keys(at::Tensor& lse, const std::optional<at::Tenso
 
 }  // namespace
 
-std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
-                                      double dropout_p, int64_t seed, int64_t window_left, int64_t window_right,
-                                      double softcap, const std::optional<at::Tensor>& alibi_slopes,
-                                      const std::optional<at::Tensor>& sinks,
-                                      const std::optional<at::Tensor>& cu_seqlens_q,
-                                      const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                      int64_t max_seqlen_k) {
-  const Features f{window_left, window_right, softcap,      alibi_slopes, sinks,
-                   cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k};
+std::vector<at::Tensor> attention_fwd(const AttentionFeatures& f, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const std::optional<at::Tensor>& key_padding_mask,
+                                      bool causal, double scale, double dropout_p, int64_t seed) {
   const Sizes z = check_inputs(q, k, v, key_padding_mask, f);
   check_options(scale, dropout_p);
   check_devices(q, k, v, key_padding_mask, f);
@@ -220,7 +201,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty(lse_shape(q, z, f.packed()), q.options().dtype(at::kFloat));
   if (out.numel() == 0 || z.seq_q == 0) return {out, lse};
-  if (k.numel() == 0) return {out.zero_(), fill_lse_without_keys(lse, sinks)};
+  if (k.numel() == 0) return {out.zero_(), fill_lse_without_keys(lse, f.sinks)};
 
   AttnParams p{};
   fill_common(p, q, k, v, key_padding_mask, causal, scale, dropout_p, seed, z, f);
@@ -233,18 +214,11 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   return {out, lse};
 }
 
-std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      const std::optional<at::Tensor>& dlse,
+std::vector<at::Tensor> attention_bwd(const AttentionFeatures& f, const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                      const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
                                       const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
-                                      double dropout_p, int64_t seed, int64_t window_left, int64_t window_right,
-                                      double softcap, const std::optional<at::Tensor>& alibi_slopes,
-                                      const std::optional<at::Tensor>& sinks,
-                                      const std::optional<at::Tensor>& cu_seqlens_q,
-                                      const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                      int64_t max_seqlen_k) {
-  const Features f{window_left, window_right, softcap,      alibi_slopes, sinks,
-                   cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k};
+                                      double dropout_p, int64_t seed) {
   const Sizes z = check_inputs(q, k, v, key_padding_mask, f);
   check_options(scale, dropout_p);
   check_qkv_like(dout, "dout", q, f.packed());
@@ -272,7 +246,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   if (q.numel() == 0 || z.seq_q == 0) return {dq.zero_(), dk.zero_(), dv.zero_(), dsinks};
 
   at::Tensor delta = at::empty(rows_shape, q.options().dtype(at::kFloat));
-  at::Tensor dsink_rows = present(sinks) ? at::empty(rows_shape, q.options().dtype(at::kFloat)) : at::Tensor();
+  at::Tensor dsink_rows = present(f.sinks) ? at::empty(rows_shape, q.options().dtype(at::kFloat)) : at::Tensor();
   AttnParams p{};
   fill_common(p, q, k, v, key_padding_mask, causal, scale, dropout_p, seed, z, f);
   p.out = const_cast<void*>(out.data_ptr());
@@ -283,7 +257,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   p.do_stride_b = dos.b, p.do_stride_h = dos.h, p.do_stride_n = dos.n;
   p.dlse = present(dlse) ? dlse->data_ptr<float>() : nullptr;
   p.delta = delta.data_ptr<float>();
-  p.dsink_rows = present(sinks) ? dsink_rows.data_ptr<float>() : nullptr;
+  p.dsink_rows = present(f.sinks) ? dsink_rows.data_ptr<float>() : nullptr;
   p.dq = dq.data_ptr();
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();
@@ -293,7 +267,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   // comes out 0; the preprocess still gives the sinks' gradient.
   p.vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout);
   FASTATTN_CHECK_LAUNCH(launch_attention_bwd(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream()));
-  if (present(sinks)) dsinks = dsink_rows.view({p.lse_batches, z.heads_q, p.lse_rows}).sum({0, 2});
+  if (present(f.sinks)) dsinks = dsink_rows.view({p.lse_batches, z.heads_q, p.lse_rows}).sum({0, 2});
   return {dq, dk, dv, dsinks};
 }
 

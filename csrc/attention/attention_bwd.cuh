@@ -28,38 +28,19 @@ namespace attn {
 
 // -------------------------------------------------------------------------------------- dK, dV
 template <typename T, int HD>
-struct DkdvShared {
-  using C = Config<HD>;
-  using KTile = mma::Tile<T, C::kKvBlockN, HD>;
-  using QTile = mma::Tile<T, C::kKvBlockM, HD>;
-  // K, V, Q, dO tiles, then lse (base 2) and delta of the query block
-  static constexpr size_t kBytes =
-      sizeof(T) * (2 * KTile::kElems + 2 * QTile::kElems) + 2 * sizeof(float) * C::kKvBlockM;
-};
-
-template <typename T, int HD>
 __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kernel(const AttnParams p) {
   using C = Config<HD>;
-  using S = DkdvShared<T, HD>;
   constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, NT = C::kBwdWarps * 32, HS = HD / C::kDSplit;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const typename S::KTile ks{reinterpret_cast<T*>(smem)};
-  const typename S::KTile vs{ks.data + S::KTile::kElems};
-  const typename S::QTile qs{vs.data + S::KTile::kElems};
-  const typename S::QTile dos{qs.data + S::QTile::kElems};
-  float* lse_s = reinterpret_cast<float*>(dos.data + S::QTile::kElems);
-  float* delta_s = lse_s + BM;
+  extern __shared__ __align__(16) unsigned char smem[];  // DkdvShared<T, HD>::kBytes
+  const auto& [ks, vs, qs, dos, lse_s, delta_s] = DkdvShared<T, HD>(smem);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int w_r = warp % 4, w_d = warp / 4;
   const int g = lane / 4, t = lane % 4;
-  const int num_n_blocks = int(ceil_div(p.seq_k, BN));
-  const BlockIndex idx(blockIdx.x, num_n_blocks, p.heads_kv);  // idx.h: the key/value head
-  const int start_n = idx.block * BN;
+  const auto& [idx, start_n] = KeyBlock(p, BN);  // idx.h: the key/value head
   const Sequence sq(p, idx.b);
   if (start_n >= sq.seq_k) return;  // a packed sequence shorter than the longest: the whole block leaves
-  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h + sq.first_k * p.k_stride_n;
-  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const auto& [k_head, v_head] = KvHeads<T>(p, sq, idx.b, idx.h);
   const bool dropout = p.dropout_p > 0.0f;
 
   load_tile(ks, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim, p.vec, tid, NT);
@@ -73,13 +54,7 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
   const int begin_m = query_begin(p, sq, start_n, BM), end_m = query_end(p, sq, start_n, BN);
 
   for (int gi = 0; gi < p.group; ++gi) {
-    const int h = idx.h * p.group + gi;
-    const int64_t bh = int64_t(idx.b) * p.heads_q + h;
-    const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h + sq.first_q * p.q_stride_n;
-    const T* do_head =
-        static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h + sq.first_q * p.do_stride_n;
-    const int64_t rows_h = lse_head(p, sq, idx.b, h);
-    const float slope = alibi_slope_log2(p, idx.b, h);
+    const auto& [bh, q_head, do_head, rows_h, slope] = QueryHead<T>(p, sq, idx.b, idx.h * p.group + gi);
     for (int start_m = begin_m; start_m < end_m; start_m += BM) {
       __syncthreads();  // every warp is done with the previous Q, dO, lse, delta
       load_tile(qs, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
@@ -98,29 +73,20 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
       mma::gemm_nt<T, HD, BM>(acc_dp, vs, w_r * 16, dos, 0, lane);
 
       // P^T (and its dropped version for dV), dS^T = P^T * (dP^T - delta).
-#pragma unroll
-      for (int n = 0; n < BM / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = n * 8 + 2 * t + (e & 1);  // query within the block
-          const int key = keys[e / 2];
-          const bool vis = visible(p, sq, start_m + qi, key);
-          // lse = -inf only for rows that see no key, which are invisible here
-          const float pr = vis ? exp2f(score(p, sq, slope, acc_s[n][e], start_m + qi, key) - lse_s[qi]) : 0.0f;
-          float dp = acc_dp[n][e], pd = pr;
-          if (dropout && vis) {
-            if (dropout_keep(p.seed, uint32_t(bh), start_m + qi, key, p.dropout_p)) {
-              dp *= p.keep_scale;
-              pd *= p.keep_scale;
-            } else {
-              dp = 0.0f;
-              pd = 0.0f;
-            }
-          }
-          // a select, not pr * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
-          acc_dp[n][e] = vis ? pr * (dp - delta_s[qi]) * softcap_grad(p, acc_s[n][e]) : 0.0f;  // dS^T
-          acc_s[n][e] = pd;  // P^T * Z / (1 - p), for dV
+      for_each_c<BM>(keys, 0, t, [&](int n, int e, int key, int qi) {  // qi: the query within the block
+        const bool vis = visible(p, sq, start_m + qi, key);
+        // lse = -inf only for rows that see no key, which are invisible here
+        const float pr = vis ? exp2f(score(p, sq, slope, acc_s[n][e], start_m + qi, key) - lse_s[qi]) : 0.0f;
+        float dp = acc_dp[n][e], pd = pr;
+        if (dropout && vis) {
+          const bool keep = dropout_keep(p.seed, uint32_t(bh), start_m + qi, key, p.dropout_p);
+          dp = keep ? dp * p.keep_scale : 0.0f;
+          pd = keep ? pd * p.keep_scale : 0.0f;
         }
+        // a select, not pr * (...): a NaN/inf dO or dlse on a row that sees no key stays out of dK
+        acc_dp[n][e] = vis ? pr * (dp - delta_s[qi]) * softcap_grad(p, acc_s[n][e]) : 0.0f;  // dS^T
+        acc_s[n][e] = pd;  // P^T * Z / (1 - p), for dV
+      });
       uint32_t pf[BM / 16][4], dsf[BM / 16][4];
       mma::c_to_a<T, BM>(pf, acc_s);
       mma::c_to_a<T, BM>(dsf, acc_dp);
@@ -153,39 +119,19 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dkdv_kern
 
 // ------------------------------------------------------------------------------------------- dQ
 template <typename T, int HD>
-struct DqShared {
-  using C = Config<HD>;
-  using QTile = mma::Tile<T, C::kQBlockM, HD>;
-  using KTile = mma::Tile<T, C::kQBlockN, HD>;
-  static constexpr size_t kBytes = sizeof(T) * (2 * QTile::kElems + 2 * KTile::kElems);
-};
-
-template <typename T, int HD>
 __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel(const AttnParams p) {
   using C = Config<HD>;
-  using S = DqShared<T, HD>;
   constexpr int BM = C::kQBlockM, BN = C::kQBlockN, NT = C::kBwdWarps * 32, HS = HD / C::kDSplit;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const typename S::QTile qs{reinterpret_cast<T*>(smem)};
-  const typename S::QTile dos{qs.data + S::QTile::kElems};
-  const typename S::KTile ks{dos.data + S::QTile::kElems};
-  const typename S::KTile vs{ks.data + S::KTile::kElems};
+  extern __shared__ __align__(16) unsigned char smem[];  // DqShared<T, HD>::kBytes
+  const auto& [qs, dos, ks, vs] = DqShared<T, HD>(smem);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int w_r = warp % 4, w_d = warp / 4;
   const int g = lane / 4, t = lane % 4;
-  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
-  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
-  const int h_kv = idx.h / p.group;
-  const int start_m = idx.block * BM;
+  const auto& [idx, h_kv, start_m] = QueryBlock(p, BM);
   const Sequence sq(p, idx.b);
   if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
-  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
-  const T* do_head =
-      static_cast<const T*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h + sq.first_q * p.do_stride_n;
-  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
-  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
-  const float slope = alibi_slope_log2(p, idx.b, idx.h);
+  const auto& [q_head, do_head, k_head, v_head, slope] = DqHeads<T>(p, sq, idx.b, idx.h, h_kv);
   const bool dropout = p.dropout_p > 0.0f;
 
   load_tile(qs, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim, p.vec, tid, NT);
@@ -218,20 +164,15 @@ __global__ void __launch_bounds__(Config<HD>::kBwdWarps * 32) attn_bwd_dq_kernel
     mma::zero(acc_dp);
     mma::gemm_nt<T, HD, BN>(acc_s, qs, w_r * 16, ks, 0, lane);    // S = Q K^T
     mma::gemm_nt<T, HD, BN>(acc_dp, dos, w_r * 16, vs, 0, lane);  // dP = dO V^T
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = start_n + n * 8 + 2 * t + (e & 1);
-        const int row = rows[e / 2];
-        const bool vis = visible(p, sq, row, col);
-        const float pr = vis ? exp2f(score(p, sq, slope, acc_s[n][e], row, col) - lse2[e / 2]) : 0.0f;
-        float dp = acc_dp[n][e];
-        if (dropout && vis)
-          dp = dropout_keep(p.seed, uint32_t(idx.bh), row, col, p.dropout_p) ? dp * p.keep_scale : 0.0f;
-        // dS (a select: see the dK/dV kernel)
-        acc_s[n][e] = vis ? pr * (dp - delta[e / 2]) * softcap_grad(p, acc_s[n][e]) : 0.0f;
-      }
+    for_each_c<BN>(rows, start_n, t, [&](int n, int e, int row, int col) {
+      const bool vis = visible(p, sq, row, col);
+      const float pr = vis ? exp2f(score(p, sq, slope, acc_s[n][e], row, col) - lse2[e / 2]) : 0.0f;
+      float dp = acc_dp[n][e];
+      if (dropout && vis)
+        dp = dropout_keep(p.seed, uint32_t(idx.bh), row, col, p.dropout_p) ? dp * p.keep_scale : 0.0f;
+      // dS (a select: see the dK/dV kernel)
+      acc_s[n][e] = vis ? pr * (dp - delta[e / 2]) * softcap_grad(p, acc_s[n][e]) : 0.0f;
+    });
     uint32_t dsf[BN / 16][4];
     mma::c_to_a<T, BN>(dsf, acc_s);
     mma::gemm_rn<T, BN, HS>(acc_dq, dsf, ks, 0, w_d * HS, lane);  // dQ += dS K

@@ -1,4 +1,5 @@
-// Pieces shared by the attention kernels: visibility, the dropout stream, tile loads, tile sizes.
+// Pieces shared by the attention kernels: tile sizes and shared-memory layouts, a block's place in the grid,
+// visibility, the dropout stream, tile loads, the float32 kernels' products.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -60,6 +61,50 @@ struct Config {
   static constexpr int kQBlockN = 32;                          // dQ kernel: keys per iteration
 };
 
+// The dynamic shared memory of each tensor-core kernel: its tiles one after the other, and its size in
+// bytes. The kernels take it apart: const auto& [qs, ks, vs] = FwdShared<T, HD>(smem).
+template <typename T, int HD>
+struct FwdShared {  // Q, then one K and one V buffer
+  using QTile = mma::Tile<T, Config<HD>::kFwdBlockM, HD>;
+  using KTile = mma::Tile<T, Config<HD>::kFwdBlockN, HD>;
+  static constexpr size_t kBytes = sizeof(T) * (QTile::kElems + 2 * KTile::kElems);
+  QTile q;
+  KTile k, v;
+  __device__ __forceinline__ explicit FwdShared(unsigned char* smem)
+      : q{reinterpret_cast<T*>(smem)}, k{q.data + QTile::kElems}, v{k.data + KTile::kElems} {}
+};
+template <typename T, int HD>
+struct DkdvShared {  // K, V, Q, dO tiles, then lse (base 2) and delta of the query block
+  using KTile = mma::Tile<T, Config<HD>::kKvBlockN, HD>;
+  using QTile = mma::Tile<T, Config<HD>::kKvBlockM, HD>;
+  static constexpr size_t kBytes =
+      sizeof(T) * (2 * KTile::kElems + 2 * QTile::kElems) + 2 * sizeof(float) * Config<HD>::kKvBlockM;
+  KTile k, v;
+  QTile q, dout;
+  float* lse;
+  float* delta;
+  __device__ __forceinline__ explicit DkdvShared(unsigned char* smem)
+      : k{reinterpret_cast<T*>(smem)},
+        v{k.data + KTile::kElems},
+        q{v.data + KTile::kElems},
+        dout{q.data + QTile::kElems},
+        lse(reinterpret_cast<float*>(dout.data + QTile::kElems)),
+        delta(lse + Config<HD>::kKvBlockM) {}
+};
+template <typename T, int HD>
+struct DqShared {  // Q, dO, K, V tiles
+  using QTile = mma::Tile<T, Config<HD>::kQBlockM, HD>;
+  using KTile = mma::Tile<T, Config<HD>::kQBlockN, HD>;
+  static constexpr size_t kBytes = sizeof(T) * (2 * QTile::kElems + 2 * KTile::kElems);
+  QTile q, dout;
+  KTile k, v;
+  __device__ __forceinline__ explicit DqShared(unsigned char* smem)
+      : q{reinterpret_cast<T*>(smem)},
+        dout{q.data + QTile::kElems},
+        k{dout.data + QTile::kElems},
+        v{k.data + KTile::kElems} {}
+};
+
 // One sequence's part of the problem: its lengths and first rows (packed sequences), its padding-mask row.
 struct Sequence {
   int seq_q, seq_k;          // its lengths (padded batches: Nq, Nk)
@@ -80,6 +125,21 @@ struct Sequence {
   }
   __device__ __forceinline__ int64_t offset() const { return int64_t(seq_k) - seq_q; }  // bottom-right corner
 };
+
+// Row 0 of the sequence (of batch b) in head h of q, k, v or dout, T their element type: where the
+// kernels' tiles of that head start.
+template <typename T> __device__ __forceinline__ const T* q_rows(const AttnParams& p, const Sequence& sq, int b, int h) {
+  return static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h + sq.first_q * p.q_stride_n;
+}
+template <typename T> __device__ __forceinline__ const T* k_rows(const AttnParams& p, const Sequence& sq, int b, int h) {
+  return static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h + sq.first_k * p.k_stride_n;
+}
+template <typename T> __device__ __forceinline__ const T* v_rows(const AttnParams& p, const Sequence& sq, int b, int h) {
+  return static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h + sq.first_k * p.v_stride_n;
+}
+template <typename T> __device__ __forceinline__ const T* do_rows(const AttnParams& p, const Sequence& sq, int b, int h) {
+  return static_cast<const T*>(p.dout) + b * p.do_stride_b + h * p.do_stride_h + sq.first_q * p.do_stride_n;
+}
 
 // Query i of the sequence may attend to key j (i < Nq and j < Nk are checked too).
 __device__ __forceinline__ bool visible(const AttnParams& p, const Sequence& sq, int i, int j) {
@@ -153,9 +213,36 @@ __device__ __forceinline__ float online_softmax_step(float s, float& m, float& l
   return pr;
 }
 
-// acc[r][c] += sum_j p[r][j] v[j][lane + 32c]: a warp's R rows times a BN-key tile of V in shared
-// memory (row stride ld), each lane owning head-dim columns lane + 32c. Between two __syncwarp: the
-// warp's lanes wrote p.
+// s[r] += a_r . b over the head dim, in shared memory: a_r the warp's R rows of a (rows warp * R + r,
+// stride lda), b the lane's row of the other operand (row lane, stride ldb); with lane j owning key j,
+// the lane's scores (the float32 kernels' layout). The second form makes two such products in one pass
+// (the backward's S and dP).
+template <int R>
+__device__ __forceinline__ void dot_rows(float (&s)[R], const float* a, int lda, const float* b, int ldb, int warp,
+                                         int lane, const AttnParams& p) {
+  for (int d = 0; d < p.head_dim; ++d) {
+    const float bd = b[lane * ldb + d];
+#pragma unroll
+    for (int r = 0; r < R; ++r) s[r] = fmaf(a[(warp * R + r) * lda + d], bd, s[r]);
+  }
+}
+template <int R>
+__device__ __forceinline__ void dot_rows(float (&s1)[R], float (&s2)[R], const float* a1, const float* a2, int lda,
+                                         const float* b1, const float* b2, int ldb, int warp, int lane,
+                                         const AttnParams& p) {
+  for (int d = 0; d < p.head_dim; ++d) {
+    const float b1d = b1[lane * ldb + d], b2d = b2[lane * ldb + d];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      s1[r] = fmaf(a1[(warp * R + r) * lda + d], b1d, s1[r]);
+      s2[r] = fmaf(a2[(warp * R + r) * lda + d], b2d, s2[r]);
+    }
+  }
+}
+
+// acc[r][c] += sum_j p[r][j] v[j][lane + 32c]: a warp's R rows times a BN-row tile of V (or K, for dQ) in
+// shared memory (row stride ld), each lane owning head-dim columns lane + 32c. Between two __syncwarp:
+// the warp's lanes wrote p.
 template <int R, int DC, int BN>
 __device__ __forceinline__ void accumulate_pv(float (&acc)[R][DC], const float (&p)[R][BN], const float* v, int ld,
                                               int lane) {
@@ -169,6 +256,22 @@ __device__ __forceinline__ void accumulate_pv(float (&acc)[R][DC], const float (
     }
   }
   __syncwarp();
+}
+
+// The end of a row's online softmax whose head-dim columns lane + 32c (c < DC) this lane accumulated:
+// out[d] = acc * scale / l for d < D (0 for a row that saw no key: l = 0), and lane 0 stores the row's
+// lse in natural log (-inf for a row that saw no key).
+template <int DC>
+__device__ __forceinline__ void finish_row(const float (&acc)[DC], float m, float l, float scale, float* out,
+                                           float* lse, int lane, const AttnParams& p) {
+  const bool no_key = l == 0.0f;
+  const float inv = no_key ? 0.0f : scale / l;
+#pragma unroll
+  for (int c = 0; c < DC; ++c) {
+    const int d = lane + 32 * c;
+    if (d < p.head_dim) out[d] = acc[c] * inv;
+  }
+  if (lane == 0) *lse = no_key ? -INFINITY : (m + log2f(l)) * kLn2;
 }
 
 // Row 0 of (b, h) in lse, delta and dlse.
@@ -209,6 +312,16 @@ __device__ __forceinline__ void load_tile(const mma::Tile<T, ROWS, HD>& tile, co
   }
 }
 
+// Calls f(n, e, row, col) for each element acc[n][e] of a warp's fp32 C fragments of 16 rows x NCOLS
+// (mma.cuh's layout): row rows[e / 2] (this thread's rows g and g + 8), column col0 + 8n + 2t + (e & 1).
+template <int NCOLS, class F>
+__device__ __forceinline__ void for_each_c(const int (&rows)[2], int col0, int t, F&& f) {
+#pragma unroll
+  for (int n = 0; n < NCOLS / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f(n, e, rows[e / 2], col0 + n * 8 + 2 * t + (e & 1));
+}
+
 // Rows [row0, row0 + n) of a contiguous float vector into shared memory (0 past `nrows`).
 __device__ __forceinline__ void load_rows(float* dst, const float* src, int row0, int n, int nrows, float scale,
                                           int tid, int nthreads) {
@@ -227,6 +340,78 @@ struct BlockIndex {
     b = int(bh / heads);
     h = int(bh % heads);
   }
+};
+
+// The block of a grid over blocks of `block_m` queries (forward, dQ): its query head (idx.b, idx.h), the
+// key/value head h_kv it reads and its first query start_m. The kernels take this and the structs below
+// apart by reference, const auto& [idx, h_kv, start_m] = QueryBlock(p, BM), and keep the block's
+// Sequence a variable of its own: taken apart by value, or with the Sequence as a member, they change
+// how ptxas allocates registers (the tensor-core forward at HD = 64 on sm_90: 160 instead of 130).
+struct QueryBlock {
+  BlockIndex idx;
+  int h_kv;
+  int start_m;
+  __device__ __forceinline__ QueryBlock(const AttnParams& p, int block_m)
+      : idx(blockIdx.x, int(ceil_div(p.seq_q, block_m)), p.heads_q),
+        h_kv(idx.h / p.group),
+        start_m(idx.block * block_m) {}
+};
+
+// The block of a grid over blocks of `block_n` keys (dK/dV): its key/value head (idx.b, idx.h) and its
+// first key start_n.
+struct KeyBlock {
+  BlockIndex idx;
+  int start_n;
+  __device__ __forceinline__ KeyBlock(const AttnParams& p, int block_n)
+      : idx(blockIdx.x, int(ceil_div(p.seq_k, block_n)), p.heads_kv), start_n(idx.block * block_n) {}
+};
+
+// The rows a block of the forward reads: the sequence's row 0 in query head h of q and in key/value head
+// h_kv of k and v. (h's ALiBi slope stays the kernels' variable: as a member, ptxas allocates the
+// tensor-core forward's registers as above.)
+template <typename T>
+struct FwdHeads {
+  const T *q_head, *k_head, *v_head;
+  __device__ __forceinline__ FwdHeads(const AttnParams& p, const Sequence& sq, int b, int h, int h_kv)
+      : q_head(q_rows<T>(p, sq, b, h)), k_head(k_rows<T>(p, sq, b, h_kv)), v_head(v_rows<T>(p, sq, b, h_kv)) {}
+};
+
+// The rows a block of dQ reads, FwdHeads' and head h's of dout, and h's ALiBi slope (base 2).
+template <typename T>
+struct DqHeads {
+  const T *q_head, *do_head, *k_head, *v_head;
+  float slope;
+  __device__ __forceinline__ DqHeads(const AttnParams& p, const Sequence& sq, int b, int h, int h_kv)
+      : q_head(q_rows<T>(p, sq, b, h)),
+        do_head(do_rows<T>(p, sq, b, h)),
+        k_head(k_rows<T>(p, sq, b, h_kv)),
+        v_head(v_rows<T>(p, sq, b, h_kv)),
+        slope(alibi_slope_log2(p, b, h)) {}
+};
+
+// The rows a block of dK/dV reads of its key/value head h: the sequence's row 0 in head h of k and v.
+template <typename T>
+struct KvHeads {
+  const T *k_head, *v_head;
+  __device__ __forceinline__ KvHeads(const AttnParams& p, const Sequence& sq, int b, int h)
+      : k_head(k_rows<T>(p, sq, b, h)), v_head(v_rows<T>(p, sq, b, h)) {}
+};
+
+// Query head h as the dK/dV kernels read it for their key/value head: b * Hq + h (of the dropout stream),
+// the sequence's row 0 in head h of q, dout and lse / delta, and h's ALiBi slope (base 2).
+template <typename T>
+struct QueryHead {
+  int64_t bh;
+  const T* q_head;
+  const T* do_head;
+  int64_t rows_h;
+  float slope;
+  __device__ __forceinline__ QueryHead(const AttnParams& p, const Sequence& sq, int b, int h)
+      : bh(int64_t(b) * p.heads_q + h),
+        q_head(q_rows<T>(p, sq, b, h)),
+        do_head(do_rows<T>(p, sq, b, h)),
+        rows_h(lse_head(p, sq, b, h)),
+        slope(alibi_slope_log2(p, b, h)) {}
 };
 
 }  // namespace attn

@@ -7,13 +7,14 @@
 //   lse = log sum_s exp(lse_s),   O = sum_s exp(lse_s - lse) O_s.
 // Decoding reads K and V once and does 2 FLOPs per byte of them: memory-bound, so the products are
 // fp32 FMAs on the CUDA cores (as attention_simt.cuh), with K and V converted to float as they are
-// loaded; no tensor cores needed. Layout: 4 warps; warp w owns rows 4w..4w+3 of the block's 16;
-// lane j owns key j of a 32-key tile for the scores, and head-dim columns lane + 32c for the output.
+// loaded; no tensor cores needed. Layout (the float32 kernels'): 4 warps; warp w owns rows 4w..4w+3 of
+// the block's 16; lane j owns key j of a 32-key tile for the scores, and head-dim columns lane + 32c for
+// the output; shared memory as the float32 forward's.
 // Keys are counted from each sequence's first position (cache_leftpad); masks, scores and ALiBi are
 // attention_common.cuh's, aligned to the sequence's last key.
 #pragma once
 
-#include "attention/attention_common.cuh"
+#include "attention/attention_simt.cuh"
 
 namespace fastattn {
 namespace attn {
@@ -22,19 +23,14 @@ namespace decode {
 // ptxas -v (nvcc 13.0; python bench/static_resources.py): the split kernel takes 96-128 registers, 16 warps
 // per SM (20 at 96), bound by registers; ptxas holds it at 128 for the fourth block per SM and spills 8-16
 // bytes a thread in some buckets (ACCEPTED_SPILLS in bench/static_resources.py); the merge kernel 32-40.
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+using simt::kThreads;
+using simt::kTile;  // keys per tile: one per lane
+using simt::kWarps;
 constexpr int kRowsPerWarp = 4;
 constexpr int kBlockM = kWarps * kRowsPerWarp;  // (query, head) rows per block
-constexpr int kTile = 32;                       // keys per tile: one per lane
 
 template <int DC>
-struct Smem {
-  static constexpr int HD = 32 * DC;
-  // Q rows, K tile (rows padded by one float: conflict-free column reads), V tile, each warp's P
-  static constexpr size_t kBytes =
-      sizeof(float) * (kBlockM * HD + kTile * (HD + 1) + kTile * HD + kWarps * kRowsPerWarp * kTile);
-};
+using Smem = simt::FwdSmem<DC, kRowsPerWarp>;  // Q rows, K tile, V tile, each warp's P
 
 // The sequence b as the masks see it: Sq queries, its keys from its first position to its length.
 __device__ __forceinline__ Sequence cached_sequence(const AttnParams& p, int b) {
@@ -58,10 +54,7 @@ template <typename T, int DC>
 __global__ void __launch_bounds__(kThreads) attn_decode_split_kernel(const AttnParams p) {
   constexpr int HD = 32 * DC, R = kRowsPerWarp, BM = kBlockM, BN = kTile, LDK = HD + 1;
   extern __shared__ float smem_f32[];  // Smem<DC>::kBytes
-  float* qs = smem_f32;
-  float* ks = qs + BM * HD;
-  float* vs = ks + BN * LDK;
-  float (*ps)[R][BN] = reinterpret_cast<float (*)[R][BN]>(vs + BN * HD);
+  const auto& [qs, ks, vs, ps] = Smem<DC>(smem_f32);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int rows_total = p.seq_q * p.group;
   const int num_m_blocks = int(ceil_div(rows_total, BM));
@@ -120,11 +113,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_split_kernel(const AttnP
     __syncthreads();
 
     float s[R] = {};
-    for (int d = 0; d < p.head_dim; ++d) {
-      const float kd = ks[lane * LDK + d];
-#pragma unroll
-      for (int r = 0; r < R; ++r) s[r] = fmaf(qs[(warp * R + r) * HD + d], kd, s[r]);
-    }
+    dot_rows(s, qs, HD, ks, LDK, warp, lane, p);
     const int col = int(start_n) + lane;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -141,14 +130,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_split_kernel(const AttnP
   for (int r = 0; r < R; ++r) {
     if (query[r] >= p.seq_q) continue;
     const int64_t part = ((int64_t(b) * p.heads_q + head[r]) * p.num_splits + split) * p.seq_q + query[r];
-    const bool no_key = l_i[r] == 0.0f;
-    const float inv = no_key ? 0.0f : 1.0f / l_i[r];
-#pragma unroll
-    for (int c = 0; c < DC; ++c) {
-      const int d = lane + 32 * c;
-      if (d < p.head_dim) p.out_part[part * p.head_dim + d] = acc[r][c] * inv;
-    }
-    if (lane == 0) p.lse_part[part] = no_key ? -INFINITY : (m_i[r] + log2f(l_i[r])) * kLn2;
+    finish_row(acc[r], m_i[r], l_i[r], 1.0f, p.out_part + part * p.head_dim, p.lse_part + part, lane, p);
   }
 }
 

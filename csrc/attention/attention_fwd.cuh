@@ -23,35 +23,18 @@ namespace fastattn {
 namespace attn {
 
 template <typename T, int HD>
-struct FwdShared {
-  using C = Config<HD>;
-  using QTile = mma::Tile<T, C::kFwdBlockM, HD>;
-  using KTile = mma::Tile<T, C::kFwdBlockN, HD>;
-  static constexpr size_t kBytes = sizeof(T) * (QTile::kElems + 2 * KTile::kElems);
-};
-
-template <typename T, int HD>
 __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(const AttnParams p) {
-  using C = Config<HD>;
-  using S = FwdShared<T, HD>;
-  constexpr int BM = C::kFwdBlockM, BN = C::kFwdBlockN, NT = C::kFwdWarps * 32;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const typename S::QTile qs{reinterpret_cast<T*>(smem)};
-  const typename S::KTile ks{qs.data + S::QTile::kElems};
-  const typename S::KTile vs{ks.data + S::KTile::kElems};
+  constexpr int BM = Config<HD>::kFwdBlockM, BN = Config<HD>::kFwdBlockN, NT = Config<HD>::kFwdWarps * 32;
+  extern __shared__ __align__(16) unsigned char smem[];  // FwdShared<T, HD>::kBytes
+  const auto& [qs, ks, vs] = FwdShared<T, HD>(smem);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
-  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
-  const int h_kv = idx.h / p.group;
-  const int start_m = idx.block * BM;
+  const auto& [idx, h_kv, start_m] = QueryBlock(p, BM);
   const Sequence sq(p, idx.b);
   if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
 
-  const T* q_head = static_cast<const T*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
-  const T* k_head = static_cast<const T*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
-  const T* v_head = static_cast<const T*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const auto& [q_head, k_head, v_head] = FwdHeads<T>(p, sq, idx.b, idx.h, h_kv);
   const float slope = alibi_slope_log2(p, idx.b, idx.h);
   const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
   const bool dropout = p.dropout_p > 0.0f;
@@ -80,16 +63,11 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
 
     // Scores in base 2, invisible ones -inf; the row max over the block (a quad shares a row).
     float row_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = start_n + n * 8 + 2 * t + (e & 1);
-        const int row = rows[e / 2];
-        const float s = visible(p, sq, row, col) ? score(p, sq, slope, acc_s[n][e], row, col) : -INFINITY;
-        acc_s[n][e] = s;
-        row_max[e / 2] = fmaxf(row_max[e / 2], s);
-      }
+    for_each_c<BN>(rows, start_n, t, [&](int n, int e, int row, int col) {
+      const float s = visible(p, sq, row, col) ? score(p, sq, slope, acc_s[n][e], row, col) : -INFINITY;
+      acc_s[n][e] = s;
+      row_max[e / 2] = fmaxf(row_max[e / 2], s);
+    });
     float alpha[2], m_safe[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -101,18 +79,12 @@ __global__ void __launch_bounds__(Config<HD>::kFwdWarps * 32) attn_fwd_kernel(co
       m_i[r] = m_new;
       l_i[r] *= alpha[r];
     }
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float pr = exp2f(acc_s[n][e] - m_safe[e / 2]);  // 0 for invisible keys
-        l_i[e / 2] += pr;
-        if (dropout) {
-          const int col = start_n + n * 8 + 2 * t + (e & 1);
-          if (!dropout_keep(p.seed, uint32_t(idx.bh), rows[e / 2], col, p.dropout_p)) pr = 0.0f;
-        }
-        acc_s[n][e] = pr;
-      }
+    for_each_c<BN>(rows, start_n, t, [&](int n, int e, int row, int col) {
+      float pr = exp2f(acc_s[n][e] - m_safe[e / 2]);  // 0 for invisible keys
+      l_i[e / 2] += pr;
+      if (dropout && !dropout_keep(p.seed, uint32_t(idx.bh), row, col, p.dropout_p)) pr = 0.0f;
+      acc_s[n][e] = pr;
+    });
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll

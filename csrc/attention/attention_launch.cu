@@ -1,6 +1,6 @@
-// Dispatch of the attention kernels on dtype and head-dim bucket (the buckets of dispatch_half and
-// dispatch_simt must match generate_instantiations.py), the backward's preprocess launch, and what the
-// kernels need of a device (shared memory, a kernel image).
+// Dispatch of the attention kernels on dtype and head-dim bucket (dispatch's buckets must match
+// generate_instantiations.py), the backward's preprocess launch, and what the kernels need of a device
+// (shared memory, a kernel image).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -17,26 +17,33 @@ namespace fastattn {
 
 namespace {
 
-// fp16/bf16: the smallest bucket >= D of {32, 64, 96, 128, 192, 256} (zero-padded in shared memory).
+// Calls run(std::type_identity<T>{}, bucket) for p's dtype T and head dim D, the bucket an
+// std::integral_constant: for fp16/bf16 the tensor-core kernels' HD, the smallest of {32, 64, 96, 128,
+// 192, 256} >= D (zero-padded in shared memory); for fp32 the float32 kernels' DC, 32 * DC >= D with DC
+// in {1, 2, 4, 8}.
 template <class F>
-cudaError_t dispatch_half(const AttnParams& p, F&& run) {
+cudaError_t dispatch(const AttnParams& p, F&& run) {
   const int d = p.head_dim;
-  if (d <= 32) return run(std::integral_constant<int, 32>{});
-  if (d <= 64) return run(std::integral_constant<int, 64>{});
-  if (d <= 96) return run(std::integral_constant<int, 96>{});
-  if (d <= 128) return run(std::integral_constant<int, 128>{});
-  if (d <= 192) return run(std::integral_constant<int, 192>{});
-  return run(std::integral_constant<int, 256>{});
-}
-
-// fp32: 32 * DC >= D with DC in {1, 2, 4, 8}.
-template <class F>
-cudaError_t dispatch_simt(const AttnParams& p, F&& run) {
-  const int d = p.head_dim;
-  if (d <= 32) return run(std::integral_constant<int, 1>{});
-  if (d <= 64) return run(std::integral_constant<int, 2>{});
-  if (d <= 128) return run(std::integral_constant<int, 4>{});
-  return run(std::integral_constant<int, 8>{});
+  const auto half = [&](auto t) {
+    if (d <= 32) return run(t, std::integral_constant<int, 32>{});
+    if (d <= 64) return run(t, std::integral_constant<int, 64>{});
+    if (d <= 96) return run(t, std::integral_constant<int, 96>{});
+    if (d <= 128) return run(t, std::integral_constant<int, 128>{});
+    if (d <= 192) return run(t, std::integral_constant<int, 192>{});
+    return run(t, std::integral_constant<int, 256>{});
+  };
+  const std::type_identity<float> fp32{};
+  switch (p.dtype) {
+    case DType::kFloat16:
+      return half(std::type_identity<__half>{});
+    case DType::kBFloat16:
+      return half(std::type_identity<__nv_bfloat16>{});
+    default:
+      if (d <= 32) return run(fp32, std::integral_constant<int, 1>{});
+      if (d <= 64) return run(fp32, std::integral_constant<int, 2>{});
+      if (d <= 128) return run(fp32, std::integral_constant<int, 4>{});
+      return run(fp32, std::integral_constant<int, 8>{});
+  }
 }
 
 }  // namespace
@@ -46,23 +53,16 @@ AttnSharedMemory attention_shared_memory(DType dtype, int head_dim) {
   p.dtype = dtype;
   p.head_dim = head_dim;
   AttnSharedMemory bytes{};
-  const auto record_half = [&](auto hd) {
-    using T = __half;  // bf16 tiles have the same size
-    constexpr int HD = decltype(hd)::value;
-    bytes.forward = attn::FwdShared<T, HD>::kBytes;
-    bytes.backward = std::max(attn::DkdvShared<T, HD>::kBytes, attn::DqShared<T, HD>::kBytes);
+  dispatch(p, [&]<typename T, int B>(std::type_identity<T>, std::integral_constant<int, B>) {
+    if constexpr (std::is_same_v<T, float>) {
+      bytes.forward = attn::simt::FwdSmem<B>::kBytes;
+      bytes.backward = std::max(attn::simt::DkdvSmem<B>::kBytes, attn::simt::DqSmem<B>::kBytes);
+    } else {
+      bytes.forward = attn::FwdShared<T, B>::kBytes;
+      bytes.backward = std::max(attn::DkdvShared<T, B>::kBytes, attn::DqShared<T, B>::kBytes);
+    }
     return cudaSuccess;
-  };
-  const auto record_simt = [&](auto dc) {
-    constexpr int DC = decltype(dc)::value;
-    bytes.forward = attn::simt::FwdSmem<DC>::kBytes;
-    bytes.backward = std::max(attn::simt::DkdvSmem<DC>::kBytes, attn::simt::DqSmem<DC>::kBytes);
-    return cudaSuccess;
-  };
-  if (dtype == DType::kFloat32)
-    dispatch_simt(p, record_simt);
-  else
-    dispatch_half(p, record_half);
+  });
   return bytes;
 }
 
@@ -79,28 +79,20 @@ cudaError_t kernel_image_status(int device) {
 
 cudaError_t launch_attention_fwd(const AttnParams& p, cudaStream_t stream) {
   if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;
-  switch (p.dtype) {
-    case DType::kFloat16:
-      return dispatch_half(p, [&](auto hd) { return attn::run_fwd<__half, decltype(hd)::value>(p, stream); });
-    case DType::kBFloat16:
-      return dispatch_half(p, [&](auto hd) { return attn::run_fwd<__nv_bfloat16, decltype(hd)::value>(p, stream); });
-    default:
-      return dispatch_simt(p, [&](auto dc) { return attn::run_fwd_simt<decltype(dc)::value>(p, stream); });
-  }
+  return dispatch(p, [&]<typename T, int B>(std::type_identity<T>, std::integral_constant<int, B>) {
+    if constexpr (std::is_same_v<T, float>) return attn::run_fwd_simt<B>(p, stream);
+    else return attn::run_fwd<T, B>(p, stream);
+  });
 }
 
 cudaError_t launch_attention_bwd(const AttnParams& p, cudaStream_t stream) {
   if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;
   const cudaError_t err = attn::run_bwd_preprocess(p, stream);
   if (err != cudaSuccess) return err;
-  switch (p.dtype) {
-    case DType::kFloat16:
-      return dispatch_half(p, [&](auto hd) { return attn::run_bwd<__half, decltype(hd)::value>(p, stream); });
-    case DType::kBFloat16:
-      return dispatch_half(p, [&](auto hd) { return attn::run_bwd<__nv_bfloat16, decltype(hd)::value>(p, stream); });
-    default:
-      return dispatch_simt(p, [&](auto dc) { return attn::run_bwd_simt<decltype(dc)::value>(p, stream); });
-  }
+  return dispatch(p, [&]<typename T, int B>(std::type_identity<T>, std::integral_constant<int, B>) {
+    if constexpr (std::is_same_v<T, float>) return attn::run_bwd_simt<B>(p, stream);
+    else return attn::run_bwd<T, B>(p, stream);
+  });
 }
 
 }  // namespace fastattn

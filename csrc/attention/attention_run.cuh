@@ -59,3 +59,13 @@ cudaError_t run_bwd_simt(const AttnParams& p, cudaStream_t stream) {
 
 }  // namespace attn
 }  // namespace fastattn
+
+// The explicit instantiations of one bucket's runners, the one line of each file under instantiations/
+// (generate_instantiations.py): FASTATTN_INSTANTIATE(T, HD) for the tensor-core kernels,
+// FASTATTN_INSTANTIATE_SIMT(DC) for the float32 ones; at global scope, followed by a semicolon.
+#define FASTATTN_INSTANTIATE(T, HD)                                                                 \
+  template cudaError_t fastattn::attn::run_fwd<T, HD>(const fastattn::AttnParams&, cudaStream_t);   \
+  template cudaError_t fastattn::attn::run_bwd<T, HD>(const fastattn::AttnParams&, cudaStream_t)
+#define FASTATTN_INSTANTIATE_SIMT(DC)                                                               \
+  template cudaError_t fastattn::attn::run_fwd_simt<DC>(const fastattn::AttnParams&, cudaStream_t); \
+  template cudaError_t fastattn::attn::run_bwd_simt<DC>(const fastattn::AttnParams&, cudaStream_t)

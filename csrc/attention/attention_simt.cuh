@@ -25,24 +25,59 @@ constexpr int kTile = 32;             // keys (forward, dQ) or queries (dK/dV) p
 constexpr int kFwdRowsPerWarp = 8;    // forward / dQ: query rows per warp (32 per block)
 constexpr int kKvRowsPerWarp = 4;     // dK/dV: keys per warp (16 per block)
 
-// Dynamic shared memory of each kernel, in bytes (up to 132.25 KiB at HD = 256: opted in by the launcher).
-template <int DC>
+// Dynamic shared memory of each kernel: its arrays one after the other, which the kernel takes apart
+// (const auto& [qs, ks, vs, ps] = FwdSmem<DC>(smem_f32)), and their size in bytes (up to 132.25 KiB at
+// HD = 256: opted in by the launcher). The rows a lane reads along the head dim, its own key or query,
+// are padded by one float (HD + 1: conflict-free). FwdSmem's R is the query rows per warp: the split-KV
+// decode kernel has the forward's layout with R = 4.
+template <int DC, int R = kFwdRowsPerWarp>
 struct FwdSmem {
-  static constexpr int HD = 32 * DC;
-  static constexpr size_t kBytes = sizeof(float) * (kWarps * kFwdRowsPerWarp * HD + kTile * (HD + 1) + kTile * HD +
-                                                    kWarps * kFwdRowsPerWarp * kTile);
+  static constexpr int HD = 32 * DC, BM = kWarps * R;
+  static constexpr size_t kBytes = sizeof(float) * (BM * HD + kTile * (HD + 1) + kTile * HD + BM * kTile);
+  float* q;              // (BM, HD) the block's query rows
+  float* k;              // (kTile, HD + 1)
+  float* v;              // (kTile, HD)
+  float (*p)[R][kTile];  // each warp's P rows
+  __device__ __forceinline__ explicit FwdSmem(float* base)
+      : q(base), k(q + BM * HD), v(k + kTile * (HD + 1)), p(reinterpret_cast<float (*)[R][kTile]>(v + kTile * HD)) {}
 };
 template <int DC>
 struct DkdvSmem {
-  static constexpr int HD = 32 * DC;
-  static constexpr size_t kBytes = sizeof(float) * (2 * kWarps * kKvRowsPerWarp * HD + 2 * kTile * (HD + 1) +
-                                                    2 * kTile + 2 * kWarps * kKvRowsPerWarp * kTile);
+  static constexpr int HD = 32 * DC, BN = kWarps * kKvRowsPerWarp;
+  static constexpr size_t kBytes = sizeof(float) * (2 * BN * HD + 2 * kTile * (HD + 1) + 2 * kTile + 2 * BN * kTile);
+  float* k;                            // (BN, HD) the block's key rows
+  float* v;                            // (BN, HD)
+  float* q;                            // (kTile, HD + 1)
+  float* dout;                         // (kTile, HD + 1)
+  float* lse;                          // (kTile,) of the query tile, base 2
+  float* delta;                        // (kTile,)
+  float (*p)[kKvRowsPerWarp][kTile];   // each warp's P^T rows (dropped, scaled)
+  float (*ds)[kKvRowsPerWarp][kTile];  // each warp's dS^T rows
+  __device__ __forceinline__ explicit DkdvSmem(float* base)
+      : k(base),
+        v(k + BN * HD),
+        q(v + BN * HD),
+        dout(q + kTile * (HD + 1)),
+        lse(dout + kTile * (HD + 1)),
+        delta(lse + kTile),
+        p(reinterpret_cast<float (*)[kKvRowsPerWarp][kTile]>(delta + kTile)),
+        ds(p + kWarps) {}
 };
 template <int DC>
 struct DqSmem {
-  static constexpr int HD = 32 * DC;
-  static constexpr size_t kBytes =
-      sizeof(float) * (2 * kWarps * kFwdRowsPerWarp * HD + 2 * kTile * (HD + 1) + kWarps * kFwdRowsPerWarp * kTile);
+  static constexpr int HD = 32 * DC, BM = kWarps * kFwdRowsPerWarp;
+  static constexpr size_t kBytes = sizeof(float) * (2 * BM * HD + 2 * kTile * (HD + 1) + BM * kTile);
+  float* q;                             // (BM, HD) the block's query rows
+  float* dout;                          // (BM, HD)
+  float* k;                             // (kTile, HD + 1)
+  float* v;                             // (kTile, HD + 1)
+  float (*ds)[kFwdRowsPerWarp][kTile];  // each warp's dS rows
+  __device__ __forceinline__ explicit DqSmem(float* base)
+      : q(base),
+        dout(q + BM * HD),
+        k(dout + BM * HD),
+        v(k + kTile * (HD + 1)),
+        ds(reinterpret_cast<float (*)[kFwdRowsPerWarp][kTile]>(v + kTile * (HD + 1))) {}
 };
 
 // rows [row0, row0 + ROWS) x cols [0, HD) of a (rows, D) float matrix into shared memory with row
@@ -63,23 +98,12 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
   constexpr int HD = 32 * DC, BM = kWarps * kFwdRowsPerWarp, BN = kTile, R = kFwdRowsPerWarp;
   constexpr int LDQ = HD, LDK = HD + 1, LDV = HD;
   extern __shared__ float smem_f32[];  // FwdSmem<DC>::kBytes
-  float* qs = smem_f32;
-  float* ks = qs + BM * LDQ;
-  float* vs = ks + BN * LDK;
-  float (*ps)[R][BN] = reinterpret_cast<float (*)[R][BN]>(vs + BN * LDV);
+  const auto& [qs, ks, vs, ps] = FwdSmem<DC>(smem_f32);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
-  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
-  const int h_kv = idx.h / p.group;
-  const int start_m = idx.block * BM;
+  const auto& [idx, h_kv, start_m] = QueryBlock(p, BM);
   const Sequence sq(p, idx.b);
   if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
-  const float* q_head =
-      static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
-  const float* k_head =
-      static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
-  const float* v_head =
-      static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const auto& [q_head, k_head, v_head] = FwdHeads<float>(p, sq, idx.b, idx.h, h_kv);
   const float slope = alibi_slope_log2(p, idx.b, idx.h);
   const bool dropout = p.dropout_p > 0.0f;
   const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
@@ -101,11 +125,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
     __syncthreads();
 
     float s[R] = {};
-    for (int d = 0; d < p.head_dim; ++d) {
-      const float kd = ks[lane * LDK + d];
-#pragma unroll
-      for (int r = 0; r < R; ++r) s[r] = fmaf(qs[(warp * R + r) * LDQ + d], kd, s[r]);
-    }
+    dot_rows(s, qs, LDQ, ks, LDK, warp, lane, p);
     const int col = start_n + lane;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -126,14 +146,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_simt_kernel(const AttnParam
   for (int r = 0; r < R; ++r) {
     const int row = row0 + r;
     if (row >= sq.seq_q) continue;
-    const bool no_key = l_i[r] == 0.0f;
-    const float inv = no_key ? 0.0f : (dropout ? p.keep_scale : 1.0f) / l_i[r];
-#pragma unroll
-    for (int c = 0; c < DC; ++c) {
-      const int d = lane + 32 * c;
-      if (d < p.head_dim) o_head[int64_t(row) * p.o_stride_n + d] = acc[r][c] * inv;
-    }
-    if (lane == 0) lse_row0[row] = no_key ? -INFINITY : (m_i[r] + log2f(l_i[r])) * kLn2;
+    finish_row(acc[r], m_i[r], l_i[r], dropout ? p.keep_scale : 1.0f, o_head + int64_t(row) * p.o_stride_n,
+               lse_row0 + row, lane, p);
   }
 }
 
@@ -143,24 +157,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
   constexpr int HD = 32 * DC, BN = kWarps * kKvRowsPerWarp, BM = kTile, R = kKvRowsPerWarp;
   constexpr int LD = HD + 1;
   extern __shared__ float smem_f32[];  // DkdvSmem<DC>::kBytes
-  float* ks = smem_f32;
-  float* vs = ks + BN * HD;
-  float* qs = vs + BN * HD;
-  float* dos = qs + BM * LD;
-  float* lse_s = dos + BM * LD;
-  float* delta_s = lse_s + BM;
-  float (*ps)[R][BM] = reinterpret_cast<float (*)[R][BM]>(delta_s + BM);
-  float (*dss)[R][BM] = ps + kWarps;
+  const auto& [ks, vs, qs, dos, lse_s, delta_s, ps, dss] = DkdvSmem<DC>(smem_f32);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int num_n_blocks = int(ceil_div(p.seq_k, BN));
-  const BlockIndex idx(blockIdx.x, num_n_blocks, p.heads_kv);
-  const int start_n = idx.block * BN;
+  const auto& [idx, start_n] = KeyBlock(p, BN);  // idx.h: the key/value head
   const Sequence sq(p, idx.b);
   if (start_n >= sq.seq_k) return;  // a packed sequence shorter than the longest: the whole block leaves
-  const float* k_head =
-      static_cast<const float*>(p.k) + idx.b * p.k_stride_b + idx.h * p.k_stride_h + sq.first_k * p.k_stride_n;
-  const float* v_head =
-      static_cast<const float*>(p.v) + idx.b * p.v_stride_b + idx.h * p.v_stride_h + sq.first_k * p.v_stride_n;
+  const auto& [k_head, v_head] = KvHeads<float>(p, sq, idx.b, idx.h);
   const bool dropout = p.dropout_p > 0.0f;
 
   load_rows_f32<BN, HD>(ks, HD, k_head, p.k_stride_n, start_n, sq.seq_k, p.head_dim);
@@ -170,14 +172,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
   const int begin_m = query_begin(p, sq, start_n, BM), end_m = query_end(p, sq, start_n, BN);
 
   for (int gi = 0; gi < p.group; ++gi) {
-    const int h = idx.h * p.group + gi;
-    const int64_t bh = int64_t(idx.b) * p.heads_q + h;
-    const float* q_head =
-        static_cast<const float*>(p.q) + idx.b * p.q_stride_b + h * p.q_stride_h + sq.first_q * p.q_stride_n;
-    const float* do_head =
-        static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + h * p.do_stride_h + sq.first_q * p.do_stride_n;
-    const int64_t rows_h = lse_head(p, sq, idx.b, h);
-    const float slope = alibi_slope_log2(p, idx.b, h);
+    const auto& [bh, q_head, do_head, rows_h, slope] = QueryHead<float>(p, sq, idx.b, idx.h * p.group + gi);
     for (int start_m = begin_m; start_m < end_m; start_m += BM) {
       __syncthreads();
       load_rows_f32<BM, HD>(qs, LD, q_head, p.q_stride_n, start_m, sq.seq_q, p.head_dim);
@@ -186,30 +181,18 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_simt_kernel(const Attn
       load_rows(delta_s, p.delta + rows_h, start_m, BM, sq.seq_q, 1.0f, threadIdx.x, kThreads);
       __syncthreads();
 
-      // lane = query start_m + lane; rows r = keys key0 + r.
+      const int query = start_m + lane;  // the lane's; rows r: keys key0 + r
       float s[R] = {}, dp[R] = {};
-      for (int d = 0; d < p.head_dim; ++d) {
-        const float qd = qs[lane * LD + d], dod = dos[lane * LD + d];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          s[r] = fmaf(ks[(warp * R + r) * HD + d], qd, s[r]);
-          dp[r] = fmaf(vs[(warp * R + r) * HD + d], dod, dp[r]);
-        }
-      }
-      const int query = start_m + lane;
+      dot_rows(s, dp, ks, vs, HD, qs, dos, LD, warp, lane, p);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const bool vis = visible(p, sq, query, key0 + r);
         const float pr = vis ? exp2f(score(p, sq, slope, s[r], query, key0 + r) - lse_s[lane]) : 0.0f;
         float dpr = dp[r], pd = pr;
         if (dropout && vis) {
-          if (dropout_keep(p.seed, uint32_t(bh), query, key0 + r, p.dropout_p)) {
-            dpr *= p.keep_scale;
-            pd *= p.keep_scale;
-          } else {
-            dpr = 0.0f;
-            pd = 0.0f;
-          }
+          const bool keep = dropout_keep(p.seed, uint32_t(bh), query, key0 + r, p.dropout_p);
+          dpr = keep ? dpr * p.keep_scale : 0.0f;
+          pd = keep ? pd * p.keep_scale : 0.0f;
         }
         ps[warp][r][lane] = pd;
         // a select: see attention_bwd.cuh
@@ -253,27 +236,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
   constexpr int HD = 32 * DC, BM = kWarps * kFwdRowsPerWarp, BN = kTile, R = kFwdRowsPerWarp;
   constexpr int LD = HD + 1;
   extern __shared__ float smem_f32[];  // DqSmem<DC>::kBytes
-  float* qs = smem_f32;
-  float* dos = qs + BM * HD;
-  float* ks = dos + BM * HD;
-  float* vs = ks + BN * LD;
-  float (*dss)[R][BN] = reinterpret_cast<float (*)[R][BN]>(vs + BN * LD);
+  const auto& [qs, dos, ks, vs, dss] = DqSmem<DC>(smem_f32);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int num_m_blocks = int(ceil_div(p.seq_q, BM));
-  const BlockIndex idx(blockIdx.x, num_m_blocks, p.heads_q);
-  const int h_kv = idx.h / p.group;
-  const int start_m = idx.block * BM;
+  const auto& [idx, h_kv, start_m] = QueryBlock(p, BM);
   const Sequence sq(p, idx.b);
   if (start_m >= sq.seq_q) return;  // a packed sequence shorter than the longest: the whole block leaves
-  const float* q_head =
-      static_cast<const float*>(p.q) + idx.b * p.q_stride_b + idx.h * p.q_stride_h + sq.first_q * p.q_stride_n;
-  const float* do_head =
-      static_cast<const float*>(p.dout) + idx.b * p.do_stride_b + idx.h * p.do_stride_h + sq.first_q * p.do_stride_n;
-  const float* k_head =
-      static_cast<const float*>(p.k) + idx.b * p.k_stride_b + h_kv * p.k_stride_h + sq.first_k * p.k_stride_n;
-  const float* v_head =
-      static_cast<const float*>(p.v) + idx.b * p.v_stride_b + h_kv * p.v_stride_h + sq.first_k * p.v_stride_n;
-  const float slope = alibi_slope_log2(p, idx.b, idx.h);
+  const auto& [q_head, do_head, k_head, v_head, slope] = DqHeads<float>(p, sq, idx.b, idx.h, h_kv);
   const bool dropout = p.dropout_p > 0.0f;
   const int begin_n = key_begin(p, sq, start_m, BN), end_n = key_end(p, sq, start_m, BM);
 
@@ -297,14 +265,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
     __syncthreads();
 
     float s[R] = {}, dp[R] = {};
-    for (int d = 0; d < p.head_dim; ++d) {
-      const float kd = ks[lane * LD + d], vd = vs[lane * LD + d];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        s[r] = fmaf(qs[(warp * R + r) * HD + d], kd, s[r]);
-        dp[r] = fmaf(dos[(warp * R + r) * HD + d], vd, dp[r]);
-      }
-    }
+    dot_rows(s, dp, qs, dos, HD, ks, vs, LD, warp, lane, p);
     const int col = start_n + lane;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -315,16 +276,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_simt_kernel(const AttnPa
         dpr = dropout_keep(p.seed, uint32_t(idx.bh), row0 + r, col, p.dropout_p) ? dpr * p.keep_scale : 0.0f;
       dss[warp][r][lane] = vis ? pr * (dpr - delta[r]) * softcap_grad(p, s[r]) : 0.0f;
     }
-    __syncwarp();
-    for (int j = 0; j < BN; ++j) {
-#pragma unroll
-      for (int c = 0; c < DC; ++c) {
-        const float kj = ks[j * LD + lane + 32 * c];
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r][c] = fmaf(dss[warp][r][j], kj, acc[r][c]);
-      }
-    }
-    __syncwarp();
+    accumulate_pv<R, DC, BN>(acc, dss[warp], ks, LD, lane);  // dQ += dS K
   }
 
 #pragma unroll

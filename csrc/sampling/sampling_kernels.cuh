@@ -563,6 +563,18 @@ __device__ __forceinline__ SearchState search_state(const SplitArgs& a, int64_t 
   return state;
 }
 
+// Calls f(row, r, s) for the rows first, first + step, ... (the block's share of the grid's rows) with the
+// row's input and the summary of its splits' statistics; sh is reused by the next row.
+template <class F>
+__device__ __forceinline__ void for_each_split_row(const SplitArgs& a, int64_t first, int64_t step, Shared& sh,
+                                                   F&& f) {
+  for (int64_t row = first; row < a.p.rows; row += step) {
+    const RowInput r = load_row(a.p, row);
+    f(row, r, summarize(gather_stats(a, row, sh), r));
+    __syncthreads();  // sh is reused by the next row
+  }
+}
+
 // Grid (splits, rows; rows beyond the grid loop): the statistics of each slice.
 __global__ void __launch_bounds__(kMaxThreads) sample_stats_kernel(const SplitArgs a) {
   __shared__ Shared sh;
@@ -578,9 +590,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_stats_kernel(const SplitAr
 __global__ void __launch_bounds__(kMaxThreads) sample_step_kernel(const SplitArgs a) {
   __shared__ Shared sh;
   const Slice slice = block_slice(a);
-  for (int64_t row = blockIdx.y; row < a.p.rows; row += gridDim.y) {
-    const RowInput r = load_row(a.p, row);
-    const RowSummary s = summarize(gather_stats(a, row, sh), r);
+  for_each_split_row(a, blockIdx.y, gridDim.y, sh, [&](int64_t row, const RowInput& r, const RowSummary& s) {
     const SearchState state = search_state(a, row, a.step, r, s, sh);
     const int64_t current = a.step % 2 * a.p.rows + row;
     if (blockIdx.x == 0 && threadIdx.x == 0) a.ws.states[current] = state;
@@ -600,31 +610,25 @@ __global__ void __launch_bounds__(kMaxThreads) sample_step_kernel(const SplitArg
           for (int k = 0; k < kSums; ++k) a.ws.masses[partial * kSums + k] = masses[k];
       }
     }
-    __syncthreads();  // sh is reused by the next row
-  }
+  });
 }
 
 // Grid (splits, rows): the threshold from the last step's partials, then the draw over each slice.
 __global__ void __launch_bounds__(kMaxThreads) sample_draw_kernel(const SplitArgs a) {
   __shared__ Shared sh;
   const Slice slice = block_slice(a);
-  for (int64_t row = blockIdx.y; row < a.p.rows; row += gridDim.y) {
-    const RowInput r = load_row(a.p, row);
-    const RowSummary s = summarize(gather_stats(a, row, sh), r);
+  for_each_split_row(a, blockIdx.y, gridDim.y, sh, [&](int64_t row, const RowInput& r, const RowSummary& s) {
     const int32_t threshold = search_state(a, row, kSteps, r, s, sh).bracket.lo;  // max(t_k, t_p)
     const Draw d = draw_pass(a.p, r, row, slice.begin, slice.end, s, threshold, sh);
     if (a.p.token != nullptr && threadIdx.x == 0) a.ws.draws[row * a.p.splits + blockIdx.x] = d;
-    __syncthreads();  // sh is reused by the next row
-  }
+  });
 }
 
 // Grid (rows), one warp per block: each row's token, the best draw of its splits (the larger score, the
 // lower token on equal scores, as within a slice), and its log-prob over the splits' kept mass.
 __global__ void __launch_bounds__(kWarpSize) sample_merge_kernel(const SplitArgs a) {
   __shared__ Shared sh;
-  for (int64_t row = blockIdx.x; row < a.p.rows; row += gridDim.x) {
-    const RowInput r = load_row(a.p, row);
-    const RowSummary s = summarize(gather_stats(a, row, sh), r);
+  for_each_split_row(a, blockIdx.x, gridDim.x, sh, [&](int64_t row, const RowInput& r, const RowSummary& s) {
     const Draw* split_draws = a.ws.draws + row * a.p.splits;
     Draw d = {-INFINITY, INT32_MAX, 0.0f};
     for (int k = threadIdx.x; k < a.p.splits; k += blockDim.x) {
@@ -637,8 +641,7 @@ __global__ void __launch_bounds__(kWarpSize) sample_merge_kernel(const SplitArgs
     block_argmax(d.best, d.token, sh);
     if (a.p.logprob != nullptr) d.kept_sum = block_sum_float(d.kept_sum, sh);
     if (threadIdx.x == 0) write_draw(a.p, row, r, s, d);
-    __syncthreads();  // sh is reused by the next row
-  }
+  });
 }
 
 }  // namespace sampling
