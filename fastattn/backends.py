@@ -55,14 +55,9 @@ class Backend(str, enum.Enum):
     __format__ = str.__format__  # f"{Backend.CUDA:<7}" pads the name, on every Python version
     __hash__ = str.__hash__  # equal to its name, so hashed as its name: {"cuda": x}[Backend.CUDA] is x
 
-    @property
-    def fused(self) -> bool:
-        """One of ours: its kernels are fastattn's own (CUDA C++ or Triton)."""
-        return self in FUSED
-
 
 BACKENDS = tuple(Backend)
-FUSED = (Backend.CUDA, Backend.TRITON)
+FUSED = (Backend.CUDA, Backend.TRITON)  # ours: fastattn's own kernels (CUDA C++, Triton)
 # "auto" tries ours first, then PyTorch's, then the reference. Triton comes before CUDA until the two
 # have been timed against each other on a GPU: the Triton kernels' numerics are tested on every run
 # (on the CPU, through the interpreter), the CUDA kernels' only where a GPU is present.
@@ -118,7 +113,7 @@ def triton_version() -> str | None:
 def platform_reasons(name: str) -> list[str]:
     """Why backend ``name`` cannot run on this machine at all (empty when it can)."""
     backend = Backend(name)
-    if not backend.fused:
+    if backend not in FUSED:
         return []
     # Only the triton backend depends on TRITON_INTERPRET: the environment lookup costs about 0.8 µs.
     return list(_platform_reasons(backend, backend is Backend.TRITON and triton_interpreting()))
@@ -175,7 +170,7 @@ def _triton_probe_error() -> str | None:
 def device_reasons(name: str, device: torch.device) -> list[str]:
     """Why backend ``name`` cannot run on tensors of ``device`` (empty when it can)."""
     backend = Backend(name)
-    if not backend.fused:
+    if backend not in FUSED:
         return []
     reasons = platform_reasons(backend)
     if reasons:

@@ -141,10 +141,10 @@ def used_features(features: dict, *, dropout_p=0.0, deterministic=False, return_
     return used
 
 
-def _backend_reasons(name, q, k, v, *, used: set[str], op: str = "attention") -> list[str]:
-    """Why backend ``name`` cannot serve this call of ``op`` with the ``used`` features (empty: it can)."""
+def _backend_reasons(name, q, k, v, *, used: set[str]) -> list[str]:
+    """Why backend ``name`` cannot serve this attention call with the ``used`` features (empty: it can)."""
     reasons = backends.device_reasons(name, q.device)
-    reasons += capabilities.reasons(op, name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)
+    reasons += capabilities.reasons("attention", name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)
     if name == Backend.CUDA and not reasons:  # the kernels' shared memory is known for the served shapes only
         needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         reasons += capabilities.cuda_shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)

@@ -284,7 +284,7 @@ def attention_with_kvcache(
             q = q.reshape(batch, new_q, *q.shape[2:])
     if k is not None:
         append(k_cache, v_cache, k, v, layout)
-    if name.fused:
+    if name in backends.FUSED:
         out, lse = _split_kv(
             name, q, k_cache, v_cache, layout, scale, causal, window, softcap, alibi_slopes, num_splits
         )
