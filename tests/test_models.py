@@ -26,6 +26,7 @@ from fastattn.models import (
     TransformerConfig,
     VAEConfig,
     mask_tokens,
+    paged,
     sinusoidal_positional_encoding,
 )
 from fastattn.models.bert import IGNORE_INDEX
@@ -250,6 +251,15 @@ def test_gpt_generate_greedy_is_argmax_of_recomputation_and_seeded_sampling_repe
     naive = tiny_gpt("naive")
     naive.load_state_dict(model.state_dict())
     assert torch.equal(sampled, naive.generate(prompt, 10, temperature=1.0, top_k=5, top_p=0.9, min_p=0.01, seed=7))
+
+
+def test_generate_names_a_misspelt_sampling_setting():
+    model = tiny_gpt("torch").eval()
+    prompt = torch.zeros(1, 2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="topk"):
+        model.generate(prompt, 3, topk=5)
+    with pytest.raises(TypeError, match="temprature"):
+        paged.generate(model, [prompt[0]], 3, temprature=0.5)
 
 
 def test_gpt_generate_slides_its_context_past_block_size():

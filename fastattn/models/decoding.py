@@ -13,6 +13,8 @@ A model that decodes this way (``GPT``, the decoder of ``Transformer``) provides
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
@@ -102,32 +104,53 @@ def decode_one_token(model: nn.Module, token: Tensor, position: int, **context) 
     return model.forward_with_cache(token, position, **context)[:, -1]  # (B, V)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How :func:`generate` (and :func:`fastattn.models.paged.generate`) draws each token: with
+    :func:`fastattn.sample`'s ``temperature`` (0 = greedy), ``top_k``, ``top_p`` and ``min_p``. ``seed``
+    makes the draws repeatable: sequence ``i``'s draw at step ``t`` has the seed :func:`sequence_seeds`
+    gives ``(seed, i, t)``, so its tokens depend on the seed and its index, not on the batch it is drawn
+    in, nor on the backend. The ``generate`` functions take these fields as keyword arguments."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None
+
+    def draw(self, logits: Tensor, sequences, steps, backend) -> Tensor:
+        """One token per row of ``logits`` ``(B, V)``, row ``b`` being sequence ``sequences[b]`` at step
+        ``steps[b]``; ``(B,)`` int64."""
+        filters = dataclasses.asdict(self)  # fastattn.sample's own arguments, and the seed
+        seed = filters.pop("seed")
+        seeds = None if seed is None else sequence_seeds(seed, sequences, steps, logits.device)
+        return fastattn.sample(logits, **filters, seed=seeds, backend=backend)
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
     prompt: Tensor,
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    seed: int | None = None,
     eos_id: int | None = None,
-    **context,
+    context: dict | None = None,
+    **sampling,
 ) -> Tensor:
     """Extends ``prompt`` ``(B, N)`` by up to ``max_new_tokens`` tokens; returns ``(B, N + T)``.
 
-    Every token is drawn by :func:`fastattn.sample` with ``temperature`` (0 = greedy), ``top_k``,
-    ``top_p`` and ``min_p``; ``seed`` makes the draw repeatable (the same tokens on every backend, and
-    in :func:`fastattn.models.paged.generate`): row ``b``'s draw at step ``t`` has the seed
-    :func:`sequence_seeds` gives ``(seed, b, t)``.
+    Every token is drawn as ``sampling`` says: the fields of :class:`Sampling` (``temperature``,
+    ``top_k``, ``top_p``, ``min_p``, ``seed``) as keyword arguments, so the same seed gives the same
+    tokens on every backend and in :func:`fastattn.models.paged.generate`.
     With ``eos_id``, a row that has drawn it keeps repeating it, and decoding stops once every row has.
-    ``context`` goes to ``model.forward_with_cache`` (the encoder's output, for a decoder).
+    ``context``: keyword arguments for ``model.forward_with_cache`` (the encoder's output, for a
+    decoder).
 
     When the sequence outgrows ``model.max_seq_len`` positions, the last ``max_seq_len // 2`` tokens
     are prefilled again at positions 0.. and decoding goes on from there (a sliding context).
     """
+    settings = Sampling(**sampling)  # a misspelt setting is a TypeError naming it
+    context = context or {}
     if max_new_tokens < 1:
         return prompt
     was_training = model.training
@@ -136,15 +159,13 @@ def generate(
         batch, prompt_len = prompt.shape
         window = model.max_seq_len
         model.setup_caches(batch, min(window, prompt_len + max_new_tokens))
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
         rows = range(batch)
         tokens = prompt
         logits = prefill(model, tokens[:, -window:], **context)  # (B, V)
         position = min(prompt_len, window)
         finished = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
         for step in range(max_new_tokens):
-            seeds = None if seed is None else sequence_seeds(seed, rows, [step] * batch, logits.device)
-            next_token = fastattn.sample(logits, **sampling, seed=seeds, backend=model.backend)  # (B,)
+            next_token = settings.draw(logits, rows, [step] * batch, model.backend)  # (B,)
             if eos_id is not None:
                 next_token = torch.where(finished, torch.full_like(next_token, eos_id), next_token)
                 finished |= next_token == eos_id

@@ -122,26 +122,9 @@ class GPT(nn.Module):
             self.blocks, batch_size, max_seq_len, dtype=weight.dtype, device=weight.device
         )
 
-    def generate(
-        self,
-        prompt: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
-    ) -> Tensor:
-        """Continues ``prompt`` ``(B, N)`` by ``max_new_tokens`` tokens drawn with :func:`fastattn.sample`
-        (``temperature=0``: greedy); returns ``(B, N + max_new_tokens)``. See
-        :func:`fastattn.models.decoding.generate`."""
-        return decoding.generate(
-            self,
-            prompt,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            seed=seed,
-        )
+    def generate(self, prompt: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+        """Continues ``prompt`` ``(B, N)`` by ``max_new_tokens`` tokens drawn with :func:`fastattn.sample`;
+        returns ``(B, N + max_new_tokens)``. ``sampling``: ``temperature`` (0: greedy), ``top_k``,
+        ``top_p``, ``min_p``, ``seed`` and ``eos_id``, as :func:`fastattn.models.decoding.generate` takes
+        them."""
+        return decoding.generate(self, prompt, max_new_tokens, **sampling)

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-import fastattn
-
 from ..ops.attention import attention_varlen
 from ..ops.kvcache import attention_with_kvcache
-from .decoding import sequence_seeds
+from .decoding import Sampling
 
 
 class PagePool:
@@ -122,26 +120,25 @@ def generate(
     prompts: list[Tensor],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    seed: int | None = None,
     eos_id: int | None = None,
     max_batch: int = 8,
     page_size: int = 16,
     continuous: bool = True,
     on_finish=None,
+    **sampling,
 ) -> list[Tensor]:
     """Continues each prompt (1-D int64 tensors of any lengths) by up to ``max_new_tokens`` tokens,
     serving at most ``max_batch`` at a time from a paged cache (see the module docstring); returns
     one tensor per prompt, prompt then tokens (ending at ``eos_id`` when drawn). ``on_finish(index,
-    tokens)`` is called as each sequence finishes (in the order they do).
+    tokens)`` is called as each sequence finishes (in the order they do). ``sampling``: the fields of
+    :class:`~fastattn.models.decoding.Sampling` (``temperature``, ``top_k``, ``top_p``, ``min_p``,
+    ``seed``) as keyword arguments.
 
     ``model`` is a :class:`fastattn.models.GPT`; a prompt and its tokens must fit its context
     (``block_size``) positions: the paged path has no sliding context. Its backend must serve packed
     sequences (``cuda``, ``triton``, ``naive``; ``torch`` has none, and says so).
     """
+    settings = Sampling(**sampling)  # a misspelt setting is a TypeError naming it
     if max_new_tokens < 1:
         return [prompt.clone() for prompt in prompts]
     context = model.config.block_size
@@ -165,7 +162,6 @@ def generate(
         dtype=weight.dtype,
         device=weight.device,
     )
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, backend=model.backend)
     waiting = deque(range(len(prompts)))
     running: list[_Sequence] = []
     results: list[Tensor | None] = [None] * len(prompts)
@@ -183,9 +179,9 @@ def generate(
                 admitted.append(_Sequence(index, prompt.tolist(), len(prompt), pool.allocate(need)))
             decoding = list(running)
             if admitted:
-                _prefill(model, pool, admitted, seed, sampling, eos_id)
+                _prefill(model, pool, admitted, settings, eos_id)
             if decoding:
-                _decode(model, pool, decoding, seed, sampling, eos_id)
+                _decode(model, pool, decoding, settings, eos_id)
             running = decoding + admitted
             for sequence in running:
                 if sequence.steps >= max_new_tokens:
@@ -201,18 +197,15 @@ def generate(
         model.train(was_training)
 
 
-def _draw(logits: Tensor, sequences: list[_Sequence], seed: int | None, sampling: dict, eos_id: int | None) -> None:
+def _draw(logits: Tensor, sequences: list[_Sequence], sampling: Sampling, eos_id: int | None, backend) -> None:
     """One token for each sequence from its logits row ``(len(sequences), V)``."""
-    seeds = None
-    if seed is not None:
-        seeds = sequence_seeds(seed, [s.index for s in sequences], [s.steps for s in sequences], logits.device)
-    tokens = fastattn.sample(logits, seed=seeds, **sampling).tolist()
+    tokens = sampling.draw(logits, [s.index for s in sequences], [s.steps for s in sequences], backend).tolist()
     for sequence, token in zip(sequences, tokens, strict=True):
         sequence.tokens.append(token)
         sequence.done |= eos_id is not None and token == eos_id
 
 
-def _prefill(model, pool: PagePool, sequences: list[_Sequence], seed, sampling, eos_id) -> None:
+def _prefill(model, pool: PagePool, sequences: list[_Sequence], sampling: Sampling, eos_id) -> None:
     device = model.token_embedding.weight.device
     lengths = [len(s.tokens) for s in sequences]
     tokens = torch.tensor([t for s in sequences for t in s.tokens], device=device)[None]  # (1, total)
@@ -223,10 +216,10 @@ def _prefill(model, pool: PagePool, sequences: list[_Sequence], seed, sampling, 
     logits = model.forward_paged(tokens, positions, caches)[0]  # (total, V)
     for sequence, length in zip(sequences, lengths, strict=True):
         sequence.cached = length
-    _draw(logits[cu_seqlens[1:].long() - 1], sequences, seed, sampling, eos_id)
+    _draw(logits[cu_seqlens[1:].long() - 1], sequences, sampling, eos_id, model.backend)
 
 
-def _decode(model, pool: PagePool, sequences: list[_Sequence], seed, sampling, eos_id) -> None:
+def _decode(model, pool: PagePool, sequences: list[_Sequence], sampling: Sampling, eos_id) -> None:
     device = model.token_embedding.weight.device
     tokens = torch.tensor([s.tokens[-1] for s in sequences], device=device)[:, None]  # (B, 1)
     lengths = torch.tensor([s.cached for s in sequences], dtype=torch.int32, device=device)
@@ -235,4 +228,4 @@ def _decode(model, pool: PagePool, sequences: list[_Sequence], seed, sampling, e
     logits = model.forward_paged(tokens, lengths[:, None].long(), caches)[:, -1]  # (B, V)
     for sequence in sequences:
         sequence.cached += 1
-    _draw(logits, sequences, seed, sampling, eos_id)
+    _draw(logits, sequences, sampling, eos_id, model.backend)

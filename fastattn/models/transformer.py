@@ -196,16 +196,12 @@ class Transformer(nn.Module):
         bos_id: int,
         eos_id: int,
         max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
+        **sampling,
     ) -> Tensor:
         """Translates ``source`` ``(B, S)``: decodes from ``<bos>`` until every row has drawn ``<eos>`` or
-        ``max_new_tokens`` tokens, greedily (``temperature=0``, the default) or with
-        :func:`fastattn.sample`'s settings. Returns ``(B, 1 + T)`` starting with ``<bos>``; a finished row
-        repeats ``<eos>``."""
+        ``max_new_tokens`` tokens, greedily (``temperature=0``, the default) or with the other settings
+        of :class:`fastattn.models.decoding.Sampling` as keyword arguments. Returns ``(B, 1 + T)``
+        starting with ``<bos>``; a finished row repeats ``<eos>``."""
         was_training = self.training
         self.eval()
         try:
@@ -217,12 +213,7 @@ class Transformer(nn.Module):
             self,
             start,
             max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            seed=seed,
             eos_id=eos_id,
-            memory=memory,
-            memory_mask=memory_mask,
+            context=dict(memory=memory, memory_mask=memory_mask),
+            **{"temperature": 0.0, **sampling},
         )
