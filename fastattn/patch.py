@@ -28,6 +28,7 @@ from .ops.attention import scaled_dot_product_attention
 
 logger = logging.getLogger(__name__)
 
+_REPLACEMENTS = {nn.MultiheadAttention: MultiheadAttention, nn.LayerNorm: LayerNorm, nn.RMSNorm: RMSNorm}
 REPLACED_ATTRIBUTE = "fastattn_replaced"  # on the patched model: the names of every module swapped so far
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -36,34 +37,8 @@ def replacement_for(module: nn.Module, *, attention: bool, norm: bool) -> nn.Mod
     """fastattn's module for ``module`` (built on the meta device, without parameters of its own
     yet), or None. Only the exact torch classes match: a subclass may have changed ``forward``."""
     kind = type(module)
-    if attention and kind is nn.MultiheadAttention:
-        return MultiheadAttention(
-            module.embed_dim,
-            module.num_heads,
-            dropout=module.dropout,
-            bias=module.in_proj_bias is not None,
-            add_bias_kv=module.bias_k is not None,
-            add_zero_attn=module.add_zero_attn,
-            kdim=module.kdim,
-            vdim=module.vdim,
-            batch_first=module.batch_first,
-            device="meta",
-        )
-    if norm and kind is nn.LayerNorm:
-        return LayerNorm(
-            module.normalized_shape,
-            eps=module.eps,
-            elementwise_affine=module.elementwise_affine,
-            bias=module.bias is not None,
-            device="meta",
-        )
-    if norm and kind is nn.RMSNorm:
-        return RMSNorm(
-            module.normalized_shape,
-            eps=module.eps,
-            elementwise_affine=module.elementwise_affine,
-            device="meta",
-        )
+    if (attention and kind is nn.MultiheadAttention) or (norm and kind in (nn.LayerNorm, nn.RMSNorm)):
+        return _REPLACEMENTS[kind].configured_like(module, device="meta")
     return None
 
 

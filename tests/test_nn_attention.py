@@ -25,18 +25,7 @@ def torch_mha(**options) -> nn.MultiheadAttention:
 
 
 def ours_from(module: nn.MultiheadAttention, **options) -> MultiheadAttention:
-    ours = MultiheadAttention(
-        module.embed_dim,
-        module.num_heads,
-        dropout=module.dropout,
-        bias=module.in_proj_bias is not None,
-        add_bias_kv=module.bias_k is not None,
-        add_zero_attn=module.add_zero_attn,
-        kdim=module.kdim,
-        vdim=module.vdim,
-        batch_first=module.batch_first,
-        **options,
-    )
+    ours = MultiheadAttention.configured_like(module, **options)
     ours.load_state_dict(module.state_dict())
     return ours.train(module.training)
 

@@ -440,7 +440,7 @@ def test_layer_norm_module_state_dict(backend, device, affine):
     elementwise_affine, bias = affine
     options = dict(elementwise_affine=elementwise_affine, bias=bias, device=device)
     theirs = torch.nn.LayerNorm((3, 16), eps=1e-4, **options)
-    ours = fastattn.nn.LayerNorm((3, 16), eps=1e-4, **options, backend=backend)
+    ours = fastattn.nn.LayerNorm.configured_like(theirs, device=device, backend=backend)
     with torch.no_grad():
         for p in theirs.parameters():
             p.normal_()
@@ -458,7 +458,7 @@ def test_layer_norm_module_state_dict(backend, device, affine):
 def test_rms_norm_module_state_dict(backend, device, eps, elementwise_affine):
     options = dict(eps=eps, elementwise_affine=elementwise_affine, device=device)
     theirs = torch.nn.RMSNorm(16, **options)
-    ours = fastattn.nn.RMSNorm(16, **options, backend=backend)
+    ours = fastattn.nn.RMSNorm.configured_like(theirs, device=device, backend=backend)
     if elementwise_affine:
         with torch.no_grad():
             theirs.weight.normal_()

@@ -82,6 +82,23 @@ class MultiheadAttention(nn.MultiheadAttention):
         )
         self.backend = backends.parse(backend)
 
+    @classmethod
+    def configured_like(cls, module: nn.MultiheadAttention, **options) -> MultiheadAttention:
+        """A new module with ``module``'s configuration and fresh parameters; ``options``: the other
+        constructor arguments (``device``, ``dtype``, ``backend``)."""
+        return cls(
+            module.embed_dim,
+            module.num_heads,
+            dropout=module.dropout,
+            bias=module.in_proj_bias is not None,
+            add_bias_kv=module.bias_k is not None,
+            add_zero_attn=module.add_zero_attn,
+            kdim=module.kdim,
+            vdim=module.vdim,
+            batch_first=module.batch_first,
+            **options,
+        )
+
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}, "

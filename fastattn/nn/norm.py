@@ -15,7 +15,18 @@ from .. import backends
 from ..ops.norm import layer_norm, rms_norm
 
 
-class LayerNorm(torch.nn.LayerNorm):
+class _Fused:
+    """What fastattn's norm modules add to torch's: a ``backend`` and a forward through the fused op,
+    with an optional residual (``_normalize`` is the op, with the module's parameters)."""
+
+    def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
+        return self._normalize(x, residual=residual, residual_in_fp32=residual_in_fp32, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class LayerNorm(_Fused, torch.nn.LayerNorm):
     """``torch.nn.LayerNorm`` on :func:`fastattn.layer_norm`.
 
     ``forward(x)`` returns ``y``; ``forward(x, residual)`` computes ``s = x + residual`` and returns
@@ -35,23 +46,18 @@ class LayerNorm(torch.nn.LayerNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
         self.backend = backends.parse(backend)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
-        return layer_norm(
-            x,
-            self.normalized_shape,
-            self.weight,
-            self.bias,
-            self.eps,
-            residual=residual,
-            residual_in_fp32=residual_in_fp32,
-            backend=self.backend,
-        )
+    @classmethod
+    def configured_like(cls, module: torch.nn.LayerNorm, **options) -> LayerNorm:
+        """A new module with ``module``'s configuration and fresh parameters; ``options``: the other
+        constructor arguments (``device``, ``dtype``, ``backend``)."""
+        affine, bias = module.elementwise_affine, module.bias is not None
+        return cls(module.normalized_shape, module.eps, affine, bias, **options)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+    def _normalize(self, x: Tensor, **options):
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, **options)
 
 
-class RMSNorm(torch.nn.RMSNorm):
+class RMSNorm(_Fused, torch.nn.RMSNorm):
     """``torch.nn.RMSNorm`` on :func:`fastattn.rms_norm` (``eps=None``: ``torch.finfo(x.dtype).eps``).
 
     ``forward(x)`` returns ``y``; ``forward(x, residual)`` computes ``s = x + residual`` and returns
@@ -70,16 +76,11 @@ class RMSNorm(torch.nn.RMSNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
         self.backend = backends.parse(backend)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None, *, residual_in_fp32: bool = False):
-        return rms_norm(
-            x,
-            self.normalized_shape,
-            self.weight,
-            self.eps,
-            residual=residual,
-            residual_in_fp32=residual_in_fp32,
-            backend=self.backend,
-        )
+    @classmethod
+    def configured_like(cls, module: torch.nn.RMSNorm, **options) -> RMSNorm:
+        """A new module with ``module``'s configuration and fresh parameters; ``options``: the other
+        constructor arguments (``device``, ``dtype``, ``backend``)."""
+        return cls(module.normalized_shape, module.eps, module.elementwise_affine, **options)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+    def _normalize(self, x: Tensor, **options):
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps, **options)
