@@ -16,7 +16,7 @@ import fastattn
 from fastattn import backends, capabilities
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, assert_close_to_reference
 from fastattn.verify import norm as verify_norm
-from fastattn.verify.norm import Problem, forward_backward, make_inputs, reports
+from fastattn.verify.norm import Problem, forward_backward, full_problem, make_inputs, reports
 
 BACKENDS = backends.FUSED  # the fused backends under test
 OPS = ["layer_norm", "rms_norm"]
@@ -38,22 +38,6 @@ def backend(request, device):
     if reasons:
         pytest.skip(f"{request.param}: {'; '.join(reasons)}")
     return request.param
-
-
-def full_problem(op, shape, dtype, *, param_dtype=None, residual_dtype=None, residual_in_fp32=False, **kw):
-    """Weight, bias (LayerNorm) and residual all present."""
-    param_dtype = param_dtype or dtype
-    return Problem(
-        op,
-        shape,
-        dtype=dtype,
-        weight_dtype=param_dtype,
-        bias_dtype=param_dtype if op == "layer_norm" else None,
-        residual_dtype=residual_dtype or dtype,
-        residual_in_fp32=residual_in_fp32,
-        eps=1e-5 if op == "layer_norm" else 1e-6,
-        **kw,
-    )
 
 
 def check(problem: Problem, backend: str, device):

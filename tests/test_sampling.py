@@ -301,7 +301,7 @@ def test_split_rows_at_batch_one_large_vocabulary(backend, device, filters):
     """The case the split path is for: one row of 128,256 tokens (bfloat16) over 16 programs."""
     gen = generator(14)
     logits = (torch.randn(1, 128256, generator=gen) * 2.5).bfloat16().to(device)
-    params = ops.row_parameters(logits, filters.temperature, filters.top_k, filters.top_p, filters.min_p)
+    params = ops.row_parameters(logits, **filters.options())
     for seed in (0, -(2**40)):
         seeds = torch.tensor([seed], device=device)
         single = fused_draw(backend, logits, params, seeds, splits=1, write_mask=seed == 0)
@@ -437,17 +437,10 @@ def test_filtered_tokens_are_never_drawn(backend, device):
     logits = torch.randn(batch, vocab, generator=gen) * 3
     logits[::2] = tied_logits(batch // 2, vocab, gen)
     filters = random_filters(batch, vocab, gen)
-    mask = kept(logits, temperature=filters.temperature, top_k=filters.top_k, top_p=filters.top_p, min_p=filters.min_p)
-    f = filters.on(device)
-    tokens = fastattn.sample(
-        logits.to(device),
-        temperature=f.temperature,
-        top_k=f.top_k,
-        top_p=f.top_p,
-        min_p=f.min_p,
-        seed=torch.arange(batch, device=device),
-        backend=backend,
-    ).cpu()
+    mask = kept(logits, **filters.options())
+    options = filters.on(device).options()
+    seeds = torch.arange(batch, device=device)
+    tokens = fastattn.sample(logits.to(device), **options, seed=seeds, backend=backend).cpu()
     assert (tokens >= 0).all()
     assert mask.gather(1, tokens[:, None]).all(), "a filtered token was drawn"
 
@@ -461,25 +454,10 @@ def test_same_tokens_as_the_reference(backend, device):
     logits = torch.randn(batch, vocab, generator=gen) * 2
     filters = random_filters(batch, vocab, gen)
     seeds = torch.randint(-(2**62), 2**62, (batch,), generator=gen)
-    want, want_lp = reference.sample(
-        logits,
-        temperature=filters.temperature,
-        top_k=filters.top_k,
-        top_p=filters.top_p,
-        min_p=filters.min_p,
-        seed=seeds,
-        return_logprobs=True,
-    )
-    f = filters.on(device)
+    want, want_lp = reference.sample(logits, **filters.options(), seed=seeds, return_logprobs=True)
+    options = filters.on(device).options()
     got, got_lp = fastattn.sample(
-        logits.to(device),
-        temperature=f.temperature,
-        top_k=f.top_k,
-        top_p=f.top_p,
-        min_p=f.min_p,
-        seed=seeds.to(device),
-        return_logprobs=True,
-        backend=backend,
+        logits.to(device), **options, seed=seeds.to(device), return_logprobs=True, backend=backend
     )
     assert torch.equal(got.cpu(), want), f"{int((got.cpu() != want).sum())} of {batch} tokens differ"
     torch.testing.assert_close(got_lp.cpu(), want_lp, rtol=1e-5, atol=2e-5)

@@ -194,27 +194,31 @@ def check(problem: Problem, backend: str, device) -> Row:
     return Row.from_reports(problem.op, backend, dtype, str(problem), reports(problem, backend, device))
 
 
-def full_problem(op: str, shape: tuple[int, ...], dtype: torch.dtype, *, mixed: bool = False) -> Problem:
-    """Every input present: weight (and bias for LayerNorm) and a residual, in x's dtype, or with
-    ``mixed`` float32 parameters and residual and a float32 s."""
-    other = torch.float32 if mixed else dtype
+def full_problem(
+    op: str, shape: tuple[int, ...], dtype: torch.dtype, *, param_dtype=None, residual_dtype=None, **fields
+) -> Problem:
+    """Every input present: weight (and bias for LayerNorm) and a residual, in x's dtype unless
+    ``param_dtype`` / ``residual_dtype`` say otherwise; ``fields``: the other fields of :class:`Problem`."""
+    param_dtype = param_dtype or dtype
     return Problem(
         op,
         shape,
         dtype=dtype,
-        weight_dtype=other,
-        bias_dtype=other if op == "layer_norm" else None,
-        residual_dtype=other,
-        residual_in_fp32=mixed,
-        eps=1e-5 if op == "layer_norm" else 1e-6,
+        weight_dtype=param_dtype,
+        bias_dtype=param_dtype if op == "layer_norm" else None,
+        residual_dtype=residual_dtype or dtype,
+        **{"eps": 1e-5 if op == "layer_norm" else 1e-6, **fields},
     )
+
+
+MIXED = dict(param_dtype=torch.float32, residual_dtype=torch.float32, residual_in_fp32=True)  # a float32 stream
 
 
 def _grid(op: str, full: bool) -> list[Problem]:
     dtypes = capabilities.fused_dtypes("norm")
     if not full:  # seconds under the interpreter; every kernel path once
         return [full_problem(op, (4, 100), dtype) for dtype in dtypes] + [
-            full_problem(op, (3, 1023), torch.bfloat16, mixed=True),
+            full_problem(op, (3, 1023), torch.bfloat16, **MIXED),
             full_problem(op, (2, 20000), torch.float16),  # the looped path
         ]
     found = []
@@ -223,7 +227,7 @@ def _grid(op: str, full: bool) -> list[Problem]:
             found.append(Problem(op, (rows, hidden), dtype=dtype, eps=1e-5 if op == "layer_norm" else 1e-6))
             found.append(full_problem(op, (rows, hidden), dtype))
             if dtype != torch.float32:
-                found.append(full_problem(op, (rows, hidden), dtype, mixed=True))
+                found.append(full_problem(op, (rows, hidden), dtype, **MIXED))
     found.append(dataclasses.replace(full_problem(op, (4, 64, 2, 384), torch.bfloat16), normalized_ndim=2))
     return found
 

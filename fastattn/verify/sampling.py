@@ -38,6 +38,10 @@ class Filters:
     top_p: object = None
     min_p: object = None
 
+    def options(self) -> dict:
+        """The keyword arguments of :func:`fastattn.sample` (and ``row_parameters``) they stand for."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
     def on(self, device) -> Filters:
         values = (getattr(self, field.name) for field in dataclasses.fields(self))
         return Filters(*(v.to(device) if isinstance(v, Tensor) else v for v in values))
@@ -63,7 +67,7 @@ def kept_set(backend: str, logits: Tensor, filters: Filters) -> Tensor:
     reasons = _backend_reasons(backend, logits)
     if reasons:
         raise NotImplementedError(f"{backend}: " + "; ".join(reasons))
-    params = row_parameters(logits, filters.temperature, filters.top_k, filters.top_p, filters.min_p)
+    params = row_parameters(logits, **filters.options())
     if backend == "cuda":
         from .. import _C
 
@@ -75,7 +79,7 @@ def kept_set(backend: str, logits: Tensor, filters: Filters) -> Tensor:
 
 
 def reference_kept_set(logits: Tensor, filters: Filters) -> Tensor:
-    params = row_parameters(logits, filters.temperature, filters.top_k, filters.top_p, filters.min_p)
+    params = row_parameters(logits, **filters.options())
     return reference.filter_logits(logits, *params) > -torch.inf
 
 
@@ -170,9 +174,7 @@ class DrawTest:
 
 def exact_probabilities(row: Tensor, filters: Filters) -> Tensor:
     """float64 (V,): the renormalized softmax over the kept set of one row (uniform over +inf entries)."""
-    filtered = reference.filter_logits(
-        row.unsqueeze(0), filters.temperature, filters.top_k, filters.top_p, filters.min_p
-    )[0].to(torch.float64)
+    filtered = reference.filter_logits(row.unsqueeze(0), **filters.options())[0].to(torch.float64)
     posinf = filtered == torch.inf
     if posinf.any():
         return posinf.to(torch.float64) / posinf.sum()
@@ -189,17 +191,7 @@ def draw_test(backend: str, row: Tensor, filters: Filters, draws: int, first_see
         count = min(rows_per_call, first_seed + draws - start)
         seeds = torch.arange(start, start + count, dtype=torch.int64, device=row.device)
         batch = row.reshape(1, vocab).expand(count, vocab)  # a row stride of 0: no copies
-        tokens.append(
-            sample(
-                batch,
-                temperature=filters.temperature,
-                top_k=filters.top_k,
-                top_p=filters.top_p,
-                min_p=filters.min_p,
-                seed=seeds,
-                backend=backend,
-            ).cpu()
-        )
+        tokens.append(sample(batch, **filters.options(), seed=seeds, backend=backend).cpu())
     tokens = torch.cat(tokens)
     probs = exact_probabilities(row, filters).cpu()
     counts = torch.bincount(tokens[tokens >= 0], minlength=vocab).to(torch.float64)
