@@ -37,7 +37,7 @@ from .harness import (
     Provider,
     Skip,
     backward_call,
-    ours_unavailable,
+    ours_provider,
     peer_module,
     reference_provider,
     torch_compiled,
@@ -289,14 +289,7 @@ def _ours(name: str) -> Provider:
         keywords = _attention_keywords(case, inputs)
         return _in_mode(case, inputs, lambda: fastattn.attention(q, k, v, backend=name, **keywords))
 
-    return Provider(
-        name,
-        "ours",
-        f"fastattn.attention(backend={name!r})",
-        build,
-        unavailable=ours_unavailable(name, "attention"),
-        errors_mean_unsupported=False,
-    )
+    return ours_provider(name, f"fastattn.attention(backend={name!r})", build, "attention")
 
 
 def _sdpa(label: str, backend) -> Provider:

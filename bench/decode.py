@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fastattn import reference
 from fastattn.ops.kvcache import attention_with_kvcache
 
-from .harness import Case, Provider, Skip, ours_unavailable, peer_module
+from .harness import Case, Provider, Skip, ours_provider, peer_module
 
 TITLE = "decode"
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
@@ -95,14 +95,8 @@ def _ours(name: str) -> Provider:
         q, k_cache, v_cache = inputs["q"], inputs["k_cache"], inputs["v_cache"]
         return lambda: attention_with_kvcache(q, k_cache, v_cache, causal=True, backend=name, **arguments)
 
-    return Provider(
-        name,
-        "ours",
-        f"fastattn.ops.kvcache.attention_with_kvcache(backend={name!r}) (flash_attn_with_kvcache)",
-        build,
-        unavailable=ours_unavailable(name, "attention"),
-        errors_mean_unsupported=False,
-    )
+    description = f"fastattn.ops.kvcache.attention_with_kvcache(backend={name!r}) (flash_attn_with_kvcache)"
+    return ours_provider(name, description, build, "attention")
 
 
 def _contiguous(case: Case, inputs: dict, who: str) -> tuple:

@@ -311,6 +311,16 @@ def ours_unavailable(name: str, api: str) -> str | None:
     return None
 
 
+def ours_provider(backend: str, description: str, build: Callable, *apis: str, label: str | None = None) -> Provider:
+    """Our ``backend`` through ``fastattn.<api>`` for each of ``apis``, as provider ``label`` (default: the
+    backend's name): unavailable where one of them cannot run here, and only NotImplementedError or Skip
+    mean it cannot serve a case (any other error is a bug to report)."""
+    unavailable = next(filter(None, (ours_unavailable(backend, api) for api in apis)), None)
+    return Provider(
+        label or backend, "ours", description, build, unavailable=unavailable, errors_mean_unsupported=False
+    )
+
+
 def _first_line(text: str, limit: int = 200) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -29,7 +29,7 @@ from .harness import (
     Provider,
     Skip,
     backward_call,
-    ours_unavailable,
+    ours_provider,
     peer_module,
     reference_provider,
     torch_compiled,
@@ -123,15 +123,7 @@ def _ours(name: str) -> Provider:
             forward = lambda: fastattn.rms_norm(x, shape, weight, residual=residual, backend=name)
         return _in_mode(case, inputs, forward)
 
-    unavailable = ours_unavailable(name, "layer_norm") or ours_unavailable(name, "rms_norm")
-    return Provider(
-        name,
-        "ours",
-        f"fastattn.layer_norm / rms_norm(backend={name!r})",
-        build,
-        unavailable=unavailable,
-        errors_mean_unsupported=False,
-    )
+    return ours_provider(name, f"fastattn.layer_norm / rms_norm(backend={name!r})", build, "layer_norm", "rms_norm")
 
 
 def _torch() -> Provider:

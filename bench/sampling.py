@@ -28,7 +28,7 @@ from fastattn import reference
 from fastattn.ops import sampling as sampling_ops
 
 from . import metrics
-from .harness import Case, Provider, ours_unavailable, peer_module, reference_provider, torch_compiled
+from .harness import Case, Provider, ours_provider, peer_module, reference_provider, torch_compiled
 
 TITLE = "sampling"
 VOCABULARIES = (32000, 128256)
@@ -87,14 +87,7 @@ def _ours(name: str) -> Provider:
         logits, settings = inputs["logits"], _settings(case)
         return lambda: fastattn.sample(logits, **settings, backend=name)
 
-    return Provider(
-        name,
-        "ours",
-        f"fastattn.sample(backend={name!r})",
-        build,
-        unavailable=ours_unavailable(name, "sample"),
-        errors_mean_unsupported=False,
-    )
+    return ours_provider(name, f"fastattn.sample(backend={name!r})", build, "sample")
 
 
 def _ours_one_program(name: str) -> Provider:
@@ -113,14 +106,7 @@ def _ours_one_program(name: str) -> Provider:
 
         return lambda: kernels.sample(logits, *params, seeds, False, splits=1)
 
-    return Provider(
-        f"{name} splits=1",
-        "ours",
-        f"{name} kernel, one program a row",
-        build,
-        unavailable=ours_unavailable(name, "sample"),
-        errors_mean_unsupported=False,
-    )
+    return ours_provider(name, f"{name} kernel, one program a row", build, "sample", label=f"{name} splits=1")
 
 
 def _reference(compiled: bool) -> Provider:
