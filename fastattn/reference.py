@@ -120,22 +120,18 @@ def attention(
     k: Tensor,
     v: Tensor,
     *,
-    causal: bool = False,
-    scale: float | None = None,
-    key_padding_mask: Tensor | None = None,
-    window: tuple[int, int] | None = None,
-    softcap: float = 0.0,
-    alibi_slopes: Tensor | None = None,
-    sinks: Tensor | None = None,
     dropout_p: float = 0.0,
     dropout_keep: Tensor | None = None,
     return_lse: bool = False,
+    **options,
 ):
     """softmax(scale · q kᵀ + mask) v, the way a textbook writes it.
 
     q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) with Hq % Hkv == 0 (query head h reads key/value head
-    h // (Hq / Hkv)). key_padding_mask: bool (B, Nk), True = the key takes part. Rows that see no key
-    give zeros and lse = -inf (the sink's logit with ``sinks``).
+    h // (Hq / Hkv)). ``options``: ``causal``, ``scale``, ``key_padding_mask`` (bool (B, Nk), True = the
+    key takes part), ``window``, ``softcap``, ``alibi_slopes`` and ``sinks``, as :func:`fastattn.attention`
+    takes them (:func:`attention_scores` and :func:`attention_probabilities` apply them). Rows that see
+    no key give zeros and lse = -inf (the sink's logit with ``sinks``).
 
     For query ``i`` and key ``j``, in this order: ``s = scale · q_i·k_j``; with ``softcap > 0``,
     ``s = softcap · tanh(s / softcap)``; with ``alibi_slopes``, ``s += -slope · |i + off - j|``; then
@@ -148,17 +144,7 @@ def attention(
     mask to compare against it) or, if None, a fresh Bernoulli draw. ``lse`` is that of the scores
     before dropout.
     """
-    probs, lse = attention_probabilities(
-        q,
-        k,
-        causal=causal,
-        scale=scale,
-        key_padding_mask=key_padding_mask,
-        window=window,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        sinks=sinks,
-    )
+    probs, lse = attention_probabilities(q, k, **options)
     if dropout_p > 0.0:
         if dropout_keep is None:
             dropout_keep = torch.rand_like(probs) >= dropout_p
@@ -442,18 +428,11 @@ def filter_logits(logits: Tensor, temperature=1.0, top_k=None, top_p=None, min_p
 
 
 def sample(
-    logits: Tensor,
-    *,
-    temperature=1.0,
-    top_k=None,
-    top_p=None,
-    min_p=None,
-    seed=None,
-    generator: torch.Generator | None = None,
-    return_logprobs: bool = False,
+    logits: Tensor, *, seed=None, generator: torch.Generator | None = None, return_logprobs: bool = False, **filters
 ):
-    """Draws one token per row from the softmax over ``filter_logits(logits, ...)``, by Gumbel-max with the
-    noise of :func:`gumbel_noise`; token -1 for rows that keep nothing (a NaN, or no finite logit).
+    """Draws one token per row from the softmax over ``filter_logits(logits, **filters)`` (``temperature``,
+    ``top_k``, ``top_p``, ``min_p``), by Gumbel-max with the noise of :func:`gumbel_noise`; token -1 for
+    rows that keep nothing (a NaN, or no finite logit).
 
     Returns int64 tokens ``(B,)`` (0-d for ``(V,)`` logits) and, with ``return_logprobs``, the float32
     log-probability of each token under the filtered, renormalized distribution (0 for greedy rows, NaN
@@ -461,7 +440,7 @@ def sample(
     """
     x = logits.unsqueeze(0) if logits.dim() == 1 else logits
     batch, vocab = x.shape
-    filtered = filter_logits(x, temperature, top_k, top_p, min_p)  # (B, V)
+    filtered = filter_logits(x, **filters)  # (B, V)
     kept = filtered > -torch.inf
     valid = kept.any(dim=-1)  # (B,)
     z_max = filtered.amax(dim=-1, keepdim=True)  # (B, 1)
