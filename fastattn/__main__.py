@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -133,7 +134,11 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from .models import paged
+    from .models.decoding import Sampling
+    from .ops.sampling import row_parameters
     from .progress import progress_bar
     from .viz import graph
 
@@ -156,16 +161,19 @@ def command_generate(args: argparse.Namespace) -> int:
             f"argument --max-new-tokens: the longest prompt leaves room for 1 to {room} new tokens in the "
             f"model's {model.config.block_size} positions, got {max_new_tokens}"
         )
+    sampling = {field.name: getattr(args, field.name) for field in dataclasses.fields(Sampling)}
+    for name in ("temperature", "top_p", "min_p"):  # checked here, to name the flag (--top-k: by argparse)
+        try:
+            row_parameters(torch.zeros(1, 1), **{name: sampling[name]})
+        except ValueError as error:
+            raise UsageError(f"argument --{name.replace('_', '-')}: {error}") from None
     bar = progress_bar(total=len(prompts), desc="generate", unit="prompt", disable=args.no_progress, file=sys.stderr)
     try:
         outputs = paged.generate(
             model,
             prompts,
             max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
+            **sampling,
             max_batch=args.max_batch,
             page_size=args.page_size,
             continuous=args.continuous,
@@ -197,20 +205,30 @@ def command_attention_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_command(commands, name: str, run, summary: str, **details) -> argparse.ArgumentParser:
+    """The subcommand ``name``, which calls ``run(args)``; ``details``: its ``description`` and
+    ``epilog``, printed by --help as written."""
+    command = commands.add_parser(name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter, **details)
+    command.set_defaults(run=run)
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m fastattn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    env = commands.add_parser("env", help="versions, GPU, and which backends can run here (and why not)")
-    env.set_defaults(run=command_env)
+    add_command(commands, "env", command_env, "versions, GPU, and which backends can run here (and why not)")
 
-    verify = commands.add_parser(
+    verify = add_command(
+        commands,
         "verify",
-        help="check every op on every available backend against the float64 reference",
-        description="Runs every op on every available backend against the float64 reference under the "
-        "numerics rules (max|out - ref| <= 2x (3x for gradients) the error of the same math in the test "
-        "dtype). Prints a table; exits non-zero on any failure. Without a GPU the Triton kernels run "
-        "through Triton's interpreter on small shapes.",
+        command_verify,
+        "check every op on every available backend against the float64 reference",
+        description="""\
+Runs every op on every available backend against the float64 reference under the numerics rules
+(max|out - ref| <= 2x (3x for gradients) the error of the same math in the test dtype). Prints a
+table; exits non-zero on any failure. Without a GPU the Triton kernels run through Triton's
+interpreter on small shapes.""",
     )
     verify.add_argument(
         "--json", type=output_file, metavar="PATH", help="also write the rows and the environment as JSON"
@@ -225,26 +243,26 @@ def main(argv: list[str] | None = None) -> int:
         "--full", dest="full", action="store_true", default=None, help="the full shape grid (default on a GPU)"
     )
     grid.add_argument("--quick", dest="full", action="store_false", help="small shapes (default on a CPU)")
-    verify.set_defaults(run=command_verify)
 
     from .bench.cli import DESCRIPTION as BENCH_DESCRIPTION
     from .bench.cli import EPILOG as BENCH_EPILOG
     from .bench.cli import add_arguments as add_bench_arguments
 
-    bench = commands.add_parser(
+    bench = add_command(
+        commands,
         "bench",
-        help="benchmark tables (and --plot) of our backends against PyTorch and installed peers",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        command_bench,
+        "benchmark tables (and --plot) of our backends against PyTorch and installed peers",
         description=BENCH_DESCRIPTION,
         epilog=BENCH_EPILOG,
     )
     add_bench_arguments(bench)
-    bench.set_defaults(run=command_bench)
 
-    train = commands.add_parser(
+    train = add_command(
+        commands,
         "train",
-        help="train a reference model (gpt, bert, seq2seq, vae) on shipped data and show what it learned",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        command_train,
+        "train a reference model (gpt, bert, seq2seq, vae) on shipped data and show what it learned",
         description="""\
 Trains one of fastattn's reference models on data shipped with the package (no downloads), with a
 progress bar and held-out metrics along the way, then shows what the model learned. Every attention,
@@ -269,12 +287,12 @@ examples:
     from .models.train import add_arguments as add_train_arguments
 
     add_train_arguments(train)
-    train.set_defaults(run=command_train)
 
-    attention_graph = commands.add_parser(
+    attention_graph = add_command(
+        commands,
         "attention-graph",
-        help="an HTML page of what a trained gpt or bert model attends to, token by token",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        command_attention_graph,
+        "an HTML page of what a trained gpt or bert model attends to, token by token",
         description="""\
 Runs a checkpoint of `python -m fastattn train {gpt,bert} --save PATH` on --text and writes one
 self-contained HTML file (inline CSS and JavaScript, the weights embedded, nothing fetched): the
@@ -309,12 +327,12 @@ examples:
         default=0.05,
         help="initial threshold: links with a weight not above it are hidden (default: 0.05)",
     )
-    attention_graph.set_defaults(run=command_attention_graph)
 
-    generate = commands.add_parser(
+    generate = add_command(
+        commands,
         "generate",
-        help="continue prompts with a trained gpt, many at once from a paged KV cache",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        command_generate,
+        "continue prompts with a trained gpt, many at once from a paged KV cache",
         description="""\
 Continues each --prompt with a checkpoint of `python -m fastattn train gpt --save PATH`, serving up to
 --max-batch prompts at once from a paged KV cache (pages of --page-size positions): the prompts
@@ -338,6 +356,7 @@ examples:
     generate.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
     generate.add_argument("--top-k", type=whole_number(1), help="keep the k most likely tokens")
     generate.add_argument("--top-p", type=float, help="keep the smallest set of tokens with this much probability")
+    generate.add_argument("--min-p", type=float, help="drop the tokens less likely than this times the most likely")
     generate.add_argument("--seed", type=whole_number(0), default=0, help="the draws' seed (default: 0)")
     generate.add_argument("--max-batch", type=whole_number(1), default=8, help="sequences served at once (default: 8)")
     generate.add_argument("--page-size", type=whole_number(1), default=16, help="positions per page, a multiple of 16")
@@ -348,10 +367,8 @@ examples:
         help="give a finished sequence's slot to a waiting prompt at once (default), or wait for the batch",
     )
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    generate.set_defaults(run=command_generate)
 
-    demo = commands.add_parser("demo", help="a short tour of the fused ops on this machine")
-    demo.set_defaults(run=command_demo)
+    add_command(commands, "demo", command_demo, "a short tour of the fused ops on this machine")
 
     args = parser.parse_args(argv)
     try:

@@ -548,10 +548,16 @@ def test_generate_command_serves_prompts_from_a_paged_cache(tmp_path, capsys):
     assert len(blocks) == 3 and all(
         block.split("\n", 1)[1].startswith(p) for block, p in zip(blocks, prompts, strict=True)
     )
+    assert main([*common, "--min-p", "1.0"]) == 0  # only the most likely token is kept: greedy
+    min_p_one = capsys.readouterr().out
+    assert main([*common, "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == min_p_one
     for flags, flag in (
         (["--max-new-tokens", "100"], "--max-new-tokens"),
         (["--page-size", "12"], "--page-size"),
         (["--prompt", "§"], "--prompt"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--min-p", "-0.1"], "--min-p"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*common, *flags])
