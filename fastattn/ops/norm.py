@@ -371,20 +371,8 @@ def rms_norm(
 
         y = s / sqrt(mean(s²) + eps) * weight
 
-    Args:
-        x: ``(..., *normalized_shape)``, float16, bfloat16 or float32 on the fused backends (any float
-            dtype on ``torch``/``naive``). Any strides; rows whose last dimension is contiguous are
-            read in place.
-        normalized_shape: an int or a sequence of ints: the trailing dimensions to normalize over.
-            Any size from 1 up (65,536 and beyond).
-        weight: ``normalized_shape``, or None; in x's dtype or float32.
-        eps: added to the mean square; None means ``torch.finfo(x.dtype).eps``, as in
-            ``torch.nn.functional.rms_norm``.
-        residual: x's shape, or None. When given, ``s = x + residual`` is formed in float32 and
-            normalized, and ``(y, s)`` is returned.
-        residual_in_fp32: return ``s`` in float32 instead of x's dtype.
-        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or ``"naive"`` (see
-            :mod:`fastattn.backends`).
+    The arguments are those of :func:`layer_norm`, without ``bias``, and ``eps`` (added to the mean
+    square) may be None: ``torch.finfo(x.dtype).eps``, as in ``torch.nn.functional.rms_norm``.
 
     Returns:
         ``y`` (x's shape and dtype), or ``(y, s)`` with a residual. Statistics are float32;
