@@ -81,8 +81,8 @@ class Capability:
             reasons.append(f"head_dim {head_dim} is larger than {self.max_head_dim}")
         if vocab is not None and self.max_vocab is not None and vocab > self.max_vocab:
             reasons.append(f"vocabulary size {vocab} is larger than {self.max_vocab}")
-        missing = [feature for feature in FEATURES if feature in features and feature not in self.features]
-        if missing:
+        if not self.features.issuperset(features):
+            missing = [feature for feature in FEATURES if feature in features and feature not in self.features]
             reasons.append(f"{', '.join(missing)}: not supported by this backend")
         return reasons
 
@@ -121,12 +121,14 @@ if backends._C is not None:
 def of(op: str, backend: str) -> Capability | None:
     """What ``backend`` serves for ``op`` (one of :data:`OPS`); None for the ``cuda`` backend when the
     extension is not built."""
+    declared = _TABLE.get(backend)
+    if declared is not None and op in declared:  # every op call asks: the checks below only on a miss
+        return declared[op]
     if op not in OPS:
         raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
     if backend not in backends.BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(backends.BACKENDS)}, got {backend!r}")
-    declared = _TABLE.get(backend)
-    return None if declared is None else declared[op]
+    return None
 
 
 def reasons(op: str, backend: str, **call) -> list[str]:
