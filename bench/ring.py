@@ -132,7 +132,8 @@ def _worker(rank: int, world: int, port: int, sequence: int, on_gpu: bool, rows)
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -149,7 +150,7 @@ def run(device: torch.device, world_sizes=WORLD_SIZES, sequence: int | None = No
             if on_gpu and torch.cuda.device_count() < world:
                 notes.append(f"W={world}: skipped: {torch.cuda.device_count()} GPU(s) here, nccl needs one per rank")
                 continue
-            mp.spawn(_worker, args=(world, _free_port(), sequence, on_gpu, shared), nprocs=world, join=True)
+            mp.spawn(_worker, args=(world, free_port(), sequence, on_gpu, shared), nprocs=world, join=True)
         rows = list(shared)
     if not on_gpu:
         notes.append("on the CPU (gloo, naive blocks): the processes share the cores; times are for comparison only")

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import datetime
 import os
-import socket
 import traceback
 import zlib
 
@@ -24,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastattn import reference
+from fastattn.bench.ring import free_port
 from fastattn.distributed import gather_sequence, ring_attention, shard_sequence
 from fastattn.distributed.ring import block_plan
 from fastattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, error_report
@@ -66,12 +66,6 @@ def process_group(rank: int, world: int, port: int, timeout: datetime.timedelta 
         yield
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def blocked_lse(q, k, options: dict, *, chunks: int):
