@@ -38,7 +38,7 @@ from .harness import (
     Skip,
     backward_call,
     ours_provider,
-    peer_module,
+    peer_provider,
     reference_provider,
     torch_compiled,
 )
@@ -346,9 +346,7 @@ def _naive(compiled: bool) -> Provider:
 
 
 def _flash_attn(module_name: str, package: str) -> Provider:
-    module, why = peer_module(module_name, package)
-
-    def build(case, inputs):
+    def build(module, case, inputs):
         feature, p = _feature(case), case.params
         if feature in ("sinks", "padded"):
             raise Skip("no sinks" if feature == "sinks" else "takes padded batches unpadded: see the packed case")
@@ -368,26 +366,22 @@ def _flash_attn(module_name: str, package: str) -> Provider:
 
         return _in_mode(case, inputs, forward)
 
-    return Provider(package, "peer", f"{module_name}.flash_attn_func", build, unavailable=why)
+    return peer_provider(package, package, module_name, f"{module_name}.flash_attn_func", build)
 
 
 def _xformers() -> Provider:
-    ops, why = peer_module("xformers.ops", "xformers")
-
-    def build(case, inputs):
+    def build(ops, case, inputs):
         if _feature(case) is not None:
             raise Skip(f"not timed with {_feature(case)}")
         q, k, v = (inputs[name].transpose(1, 2) for name in "qkv")  # (B, N, H, D) views: no copy
         bias = ops.LowerTriangularMask() if case.params["causal"] else None
         return _in_mode(case, inputs, lambda: ops.memory_efficient_attention(q, k, v, attn_bias=bias).transpose(1, 2))
 
-    return Provider("xformers", "peer", "xformers.ops.memory_efficient_attention", build, unavailable=why)
+    return peer_provider("xformers", "xformers", "xformers.ops", "xformers.ops.memory_efficient_attention", build)
 
 
 def _flashinfer() -> Provider:
-    flashinfer, why = peer_module("flashinfer", "flashinfer")
-
-    def build(case, inputs):
+    def build(flashinfer, case, inputs):
         if _feature(case) is not None:
             raise Skip(f"not timed with {_feature(case)}")
         if case.mode != "fwd":
@@ -400,13 +394,8 @@ def _flashinfer() -> Provider:
         wrapper.plan(starts, starts, p["heads"], p["heads"], p["head_dim"], causal=p["causal"], q_data_type=q.dtype)
         return lambda: wrapper.run(q, k, v)
 
-    return Provider(
-        "flashinfer",
-        "peer",
-        "flashinfer.BatchPrefillWithRaggedKVCacheWrapper (forward only)",
-        build,
-        unavailable=why,
-    )
+    description = "flashinfer.BatchPrefillWithRaggedKVCacheWrapper (forward only)"
+    return peer_provider("flashinfer", "flashinfer", "flashinfer", description, build)
 
 
 def providers(device: torch.device) -> list[Provider]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fastattn import reference
 from fastattn.ops.kvcache import attention_with_kvcache
 
-from .harness import Case, Provider, Skip, ours_provider, peer_module
+from .harness import Case, Provider, Skip, ours_provider, peer_provider
 
 TITLE = "decode"
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
@@ -124,16 +124,14 @@ def _naive() -> Provider:
 
 
 def _flash_attn() -> Provider:
-    module, why = peer_module("flash_attn", "flash-attn")
-
-    def build(case, inputs):
+    def build(module, case, inputs):
         if case.params["block_size"] not in (None, 256):
             raise Skip("its paged cache takes blocks of 256 positions only")
         arguments = {key: inputs[key] for key in ("cache_seqlens", "block_table")}
         q, k_cache, v_cache = inputs["q"], inputs["k_cache"], inputs["v_cache"]
         return lambda: module.flash_attn_with_kvcache(q, k_cache, v_cache, causal=True, **arguments)
 
-    return Provider("flash-attn", "peer", "flash_attn.flash_attn_with_kvcache", build, unavailable=why)
+    return peer_provider("flash-attn", "flash-attn", "flash_attn", "flash_attn.flash_attn_with_kvcache", build)
 
 
 def providers(device: torch.device) -> list[Provider]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib
 import itertools
 import math
@@ -269,6 +270,13 @@ def peer_module(module: str, package: str) -> tuple[object | None, str | None]:
         return None, f"{package} cannot be imported: {type(error).__name__}: {error}"
     except Exception as error:  # a broken install fails in many ways (OSError from a missing .so, ...)
         return None, f"{package} cannot be imported: {type(error).__name__}: {error}"
+
+
+def peer_provider(name: str, package: str, module: str, description: str, build: Callable) -> Provider:
+    """The peer library ``package`` as provider ``name``: ``build(imported, case, inputs)`` is called with
+    ``module`` imported; where it cannot be imported, the provider is unavailable and says why."""
+    imported, why = peer_module(module, package)
+    return Provider(name, "peer", description, functools.partial(build, imported), unavailable=why)
 
 
 def torch_compiled(function: Callable) -> tuple[Callable | None, str | None]:

@@ -30,7 +30,7 @@ from .harness import (
     Skip,
     backward_call,
     ours_provider,
-    peer_module,
+    peer_provider,
     reference_provider,
     torch_compiled,
 )
@@ -166,9 +166,7 @@ def _naive(compiled: bool) -> Provider:
 
 
 def _liger() -> Provider:
-    functional, why = peer_module("liger_kernel.transformers.functional", "liger-kernel")
-
-    def build(case, inputs):
+    def build(functional, case, inputs):
         x, _, weight, bias, residual = _arguments(case, inputs)
         if residual is not None:
             raise Skip("liger-kernel has no fused residual add")
@@ -179,13 +177,12 @@ def _liger() -> Provider:
             forward = lambda: functional.liger_rms_norm(x, weight, eps, in_place=False)
         return _in_mode(case, inputs, forward)
 
-    return Provider("liger", "peer", "liger_kernel liger_layer_norm / liger_rms_norm", build, unavailable=why)
+    module, description = "liger_kernel.transformers.functional", "liger_kernel liger_layer_norm / liger_rms_norm"
+    return peer_provider("liger", "liger-kernel", module, description, build)
 
 
 def _apex() -> Provider:
-    module, why = peer_module("apex.normalization.fused_layer_norm", "apex")
-
-    def build(case, inputs):
+    def build(module, case, inputs):
         x, shape, weight, bias, residual = _arguments(case, inputs)
         if residual is not None:
             raise Skip("apex has no fused residual add")
@@ -196,13 +193,12 @@ def _apex() -> Provider:
             forward = lambda: module.fused_rms_norm_affine(x, weight, shape, eps)
         return _in_mode(case, inputs, forward)
 
-    return Provider("apex", "peer", "apex fused_layer_norm_affine / fused_rms_norm_affine", build, unavailable=why)
+    description = "apex fused_layer_norm_affine / fused_rms_norm_affine"
+    return peer_provider("apex", "apex", "apex.normalization.fused_layer_norm", description, build)
 
 
 def _flash_attn() -> Provider:
-    module, why = peer_module("flash_attn.ops.triton.layer_norm", "flash-attn")
-
-    def build(case, inputs):
+    def build(module, case, inputs):
         x, _, weight, bias, residual = _arguments(case, inputs)
         rms = case.op == "rms_norm"
         forward = lambda: module.layer_norm_fn(
@@ -216,13 +212,12 @@ def _flash_attn() -> Provider:
         )
         return _in_mode(case, inputs, forward)
 
-    return Provider("flash-attn", "peer", "flash_attn.ops.triton.layer_norm.layer_norm_fn", build, unavailable=why)
+    module, description = "flash_attn.ops.triton.layer_norm", "flash_attn.ops.triton.layer_norm.layer_norm_fn"
+    return peer_provider("flash-attn", "flash-attn", module, description, build)
 
 
 def _flashinfer() -> Provider:
-    norm, why = peer_module("flashinfer.norm", "flashinfer")
-
-    def build(case, inputs):
+    def build(norm, case, inputs):
         if case.op != "rms_norm":
             raise Skip("flashinfer has no LayerNorm")
         if case.mode == "bwd":
@@ -235,13 +230,8 @@ def _flashinfer() -> Provider:
         x_copy, residual_copy = x.clone(), residual.clone()
         return lambda: norm.fused_add_rmsnorm(x_copy, residual_copy, weight, eps)
 
-    return Provider(
-        "flashinfer",
-        "peer",
-        "flashinfer.norm.rmsnorm / fused_add_rmsnorm (forward only)",
-        build,
-        unavailable=why,
-    )
+    description = "flashinfer.norm.rmsnorm / fused_add_rmsnorm (forward only)"
+    return peer_provider("flashinfer", "flashinfer", "flashinfer.norm", description, build)
 
 
 def providers(device: torch.device) -> list[Provider]:

@@ -28,7 +28,7 @@ from fastattn import reference
 from fastattn.ops import sampling as sampling_ops
 
 from . import metrics
-from .harness import Case, Provider, ours_provider, peer_module, reference_provider, torch_compiled
+from .harness import Case, Provider, ours_provider, peer_provider, reference_provider, torch_compiled
 
 TITLE = "sampling"
 VOCABULARIES = (32000, 128256)
@@ -134,18 +134,15 @@ def _multinomial() -> Provider:
 
 
 def _flashinfer() -> Provider:
-    sampling, why = peer_module("flashinfer.sampling", "flashinfer")
-
-    def build(case, inputs):
+    def build(sampling, case, inputs):
         logits, settings = inputs["logits"], _settings(case)
         scaled = logits / settings["temperature"]
         if "top_k" in settings:
             return lambda: sampling.top_k_top_p_sampling_from_logits(scaled, settings["top_k"], settings["top_p"])
         return lambda: sampling.top_p_sampling_from_probs(torch.softmax(scaled, dim=-1), settings["top_p"])
 
-    return Provider(
-        "flashinfer", "peer", "flashinfer.sampling.top_k_top_p_sampling_from_logits", build, unavailable=why
-    )
+    description = "flashinfer.sampling.top_k_top_p_sampling_from_logits"
+    return peer_provider("flashinfer", "flashinfer", "flashinfer.sampling", description, build)
 
 
 def providers(device: torch.device) -> list[Provider]:
