@@ -40,7 +40,6 @@ from .harness import (
     ours_provider,
     peer_provider,
     reference_provider,
-    torch_compiled,
 )
 
 TITLE = "attention"
@@ -331,9 +330,7 @@ def _sdpa(label: str, backend) -> Provider:
 
 
 def _naive(compiled: bool) -> Provider:
-    function, unavailable = torch_compiled(reference.attention) if compiled else (reference.attention, None)
-
-    def build(case, inputs):
+    def build(function, case, inputs):
         _check_scores_fit(case, inputs)
         if _feature(case) == "packed":
             textbook = functools.partial(_without_longest, reference.attention_varlen)
@@ -342,7 +339,7 @@ def _naive(compiled: bool) -> Provider:
         keywords = _attention_keywords(case, inputs)
         return _in_mode(case, inputs, lambda: function(q, k, v, **keywords))
 
-    return reference_provider("naive", "fastattn.reference.attention", build, compiled, unavailable)
+    return reference_provider("naive", "fastattn.reference.attention", build, compiled, reference.attention)
 
 
 def _flash_attn(module_name: str, package: str) -> Provider:

@@ -288,17 +288,18 @@ def torch_compiled(function: Callable) -> tuple[Callable | None, str | None]:
         return None, f"torch.compile does not work here: {type(error).__name__}: {error}"
 
 
-def reference_provider(name: str, description: str, build: Callable, compiled: bool, unavailable: str | None):
-    """The PyTorch reference ``description`` as provider ``name``, or under ``torch.compile`` (``compiled``:
-    ``build`` then calls the compiled function, and ``unavailable`` says why torch.compile cannot run)."""
+def reference_provider(name: str, description: str, build: Callable, compiled: bool, *functions: Callable):
+    """The PyTorch reference ``description`` as provider ``name``: ``build(*functions, case, inputs)``; with
+    ``compiled``, the functions under ``torch.compile`` (unavailable, saying why, where it cannot run)."""
     if not compiled:
-        return Provider(name, "pytorch", description, build)
+        return Provider(name, "pytorch", description, functools.partial(build, *functions))
+    functions, reasons = zip(*map(torch_compiled, functions), strict=True)
     return Provider(
         "torch.compile",
         "pytorch",
         f"torch.compile({description})",
-        build,
-        unavailable=unavailable,
+        functools.partial(build, *functions),
+        unavailable=next(filter(None, reasons), None),
         context=compile_context,
         cpu_opt_in=True,
     )

@@ -32,7 +32,6 @@ from .harness import (
     ours_provider,
     peer_provider,
     reference_provider,
-    torch_compiled,
 )
 
 TITLE = "norm"
@@ -149,20 +148,15 @@ def _torch() -> Provider:
 
 
 def _naive(compiled: bool) -> Provider:
-    functions = {"layer_norm": reference.layer_norm, "rms_norm": reference.rms_norm}
-    unavailable = None
-    if compiled:
-        (layer_norm, unavailable), (rms_norm, _) = map(torch_compiled, functions.values())
-        functions = {"layer_norm": layer_norm, "rms_norm": rms_norm}
-
-    def build(case, inputs):
+    def build(layer_norm, rms_norm, case, inputs):
         x, shape, weight, bias, residual = _arguments(case, inputs)
-        function, eps = functions[case.op], EPS[case.op]
+        eps = EPS[case.op]
         if case.op == "layer_norm":
-            return _in_mode(case, inputs, lambda: function(x, shape, weight, bias, eps, residual=residual))
-        return _in_mode(case, inputs, lambda: function(x, shape, weight, eps, residual=residual))
+            return _in_mode(case, inputs, lambda: layer_norm(x, shape, weight, bias, eps, residual=residual))
+        return _in_mode(case, inputs, lambda: rms_norm(x, shape, weight, eps, residual=residual))
 
-    return reference_provider("naive", "fastattn.reference.layer_norm / rms_norm", build, compiled, unavailable)
+    description = "fastattn.reference.layer_norm / rms_norm"
+    return reference_provider("naive", description, build, compiled, reference.layer_norm, reference.rms_norm)
 
 
 def _liger() -> Provider:

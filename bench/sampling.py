@@ -28,7 +28,7 @@ from fastattn import reference
 from fastattn.ops import sampling as sampling_ops
 
 from . import metrics
-from .harness import Case, Provider, ours_provider, peer_provider, reference_provider, torch_compiled
+from .harness import Case, Provider, ours_provider, peer_provider, reference_provider
 
 TITLE = "sampling"
 VOCABULARIES = (32000, 128256)
@@ -110,13 +110,11 @@ def _ours_one_program(name: str) -> Provider:
 
 
 def _reference(compiled: bool) -> Provider:
-    function, unavailable = torch_compiled(reference.sample) if compiled else (reference.sample, None)
-
-    def build(case, inputs):
+    def build(function, case, inputs):
         logits, settings = inputs["logits"], _settings(case)
         return lambda: function(logits, **settings)
 
-    return reference_provider("torch", "fastattn.reference.sample (sort-based)", build, compiled, unavailable)
+    return reference_provider("torch", "fastattn.reference.sample (sort-based)", build, compiled, reference.sample)
 
 
 def _multinomial() -> Provider:
