@@ -32,15 +32,7 @@ import fastattn
 from fastattn import capabilities, reference
 
 from . import metrics
-from .harness import (
-    Case,
-    Provider,
-    Skip,
-    backward_call,
-    ours_provider,
-    peer_provider,
-    reference_provider,
-)
+from .harness import Case, Provider, Skip, backward_call, ours_provider, peer_provider, reference_provider
 
 TITLE = "attention"
 HIDDEN = 2048

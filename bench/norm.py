@@ -24,15 +24,7 @@ import fastattn
 from fastattn import reference
 
 from . import metrics
-from .harness import (
-    Case,
-    Provider,
-    Skip,
-    backward_call,
-    ours_provider,
-    peer_provider,
-    reference_provider,
-)
+from .harness import Case, Provider, Skip, backward_call, ours_provider, peer_provider, reference_provider
 
 TITLE = "norm"
 OPS = ("layer_norm", "rms_norm")
