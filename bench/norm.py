@@ -16,6 +16,7 @@ apex, flash-attn's Triton norms and flashinfer's RMSNorm.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,17 +152,27 @@ def _naive(compiled: bool) -> Provider:
     return reference_provider("naive", description, build, compiled, reference.layer_norm, reference.rms_norm)
 
 
+def _without_residual(peer: str, case: Case, inputs: dict, layer_norm: Callable, rms_norm: Callable):
+    """The call of a peer with no fused residual add: ``layer_norm(x, shape, weight, bias, eps)`` or
+    ``rms_norm(x, shape, weight, eps)``, in the case's mode."""
+    x, shape, weight, bias, residual = _arguments(case, inputs)
+    if residual is not None:
+        raise Skip(f"{peer} has no fused residual add")
+    eps = EPS[case.op]
+    if case.op == "layer_norm":
+        return _in_mode(case, inputs, lambda: layer_norm(x, shape, weight, bias, eps))
+    return _in_mode(case, inputs, lambda: rms_norm(x, shape, weight, eps))
+
+
 def _liger() -> Provider:
     def build(functional, case, inputs):
-        x, _, weight, bias, residual = _arguments(case, inputs)
-        if residual is not None:
-            raise Skip("liger-kernel has no fused residual add")
-        eps = EPS[case.op]
-        if case.op == "layer_norm":
-            forward = lambda: functional.liger_layer_norm(x, weight, bias, eps)
-        else:
-            forward = lambda: functional.liger_rms_norm(x, weight, eps, in_place=False)
-        return _in_mode(case, inputs, forward)
+        return _without_residual(
+            "liger-kernel",
+            case,
+            inputs,
+            lambda x, shape, weight, bias, eps: functional.liger_layer_norm(x, weight, bias, eps),
+            lambda x, shape, weight, eps: functional.liger_rms_norm(x, weight, eps, in_place=False),
+        )
 
     module, description = "liger_kernel.transformers.functional", "liger_kernel liger_layer_norm / liger_rms_norm"
     return peer_provider("liger", "liger-kernel", module, description, build)
@@ -169,15 +180,13 @@ def _liger() -> Provider:
 
 def _apex() -> Provider:
     def build(module, case, inputs):
-        x, shape, weight, bias, residual = _arguments(case, inputs)
-        if residual is not None:
-            raise Skip("apex has no fused residual add")
-        eps = EPS[case.op]
-        if case.op == "layer_norm":
-            forward = lambda: module.fused_layer_norm_affine(x, weight, bias, shape, eps)
-        else:
-            forward = lambda: module.fused_rms_norm_affine(x, weight, shape, eps)
-        return _in_mode(case, inputs, forward)
+        return _without_residual(
+            "apex",
+            case,
+            inputs,
+            lambda x, shape, weight, bias, eps: module.fused_layer_norm_affine(x, weight, bias, shape, eps),
+            lambda x, shape, weight, eps: module.fused_rms_norm_affine(x, weight, shape, eps),
+        )
 
     description = "apex fused_layer_norm_affine / fused_rms_norm_affine"
     return peer_provider("apex", "apex", "apex.normalization.fused_layer_norm", description, build)
