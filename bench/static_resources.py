@@ -15,8 +15,7 @@ CUDA: each kernel file of the extension (the ``.cu`` files setup.py builds) is c
 with setup.py's nvcc flags and ``-Xptxas -v``, several files at a time; the entry functions' threads
 per block come from their ``__launch_bounds__`` (``.maxntid`` in the PTX, kept with ``--keep``: the
 largest block a launcher uses), and the dynamic shared memory the host launches the attention kernels
-with from the extension itself (``fastattn._C.attention_shared_memory``; the split-KV decode kernel's is
-not reported by it, shown as ``?``).
+with from the extension itself (``fastattn._C.attention_shared_memory``).
 
 Occupancy per SM, the smallest of: registers (65,536 per SM, allocated per warp in units of 256:
 ceil(registers x 32 / 256) x 256), shared memory (164 KiB per SM on sm_80, 228 KiB on sm_90, less
@@ -313,10 +312,13 @@ def cuda_rows(archs: list[int], jobs: int) -> tuple[list[Row], list[dict]]:
         if dynamic:  # only the attention kernels' sizes are reported by the extension
             dynamic_shared = None
             if instantiation:
-                forward, backward = fastattn._C.attention_shared_memory(
+                forward, backward, _ = fastattn._C.attention_shared_memory(
                     getattr(torch, dtype), int(instantiation["head_dim"])
                 )
                 dynamic_shared = forward if "_fwd_" in kernel else backward
+            elif kernel == "attn::decode::attn_decode_split_kernel":  # template <T, DC>: head dims up to 32 DC
+                chunks = int(arguments.rpartition(">")[0].rpartition(",")[2])
+                dynamic_shared = fastattn._C.attention_shared_memory(getattr(torch, dtype), 32 * chunks)[2]
         row = Row(
             source="cuda",
             kernel=kernel,

@@ -83,7 +83,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("longest"), arg("scale"), arg("causal"), arg("window_left"), arg("window_right"), arg("softcap"),
         arg("alibi_slopes"), arg("num_splits"), arg("split_size"));
   m.def("attention_shared_memory", &fastattn::attention_shared_memory,
-        "(forward, backward) shared memory per block of the attention kernels, in bytes", arg("dtype"),
+        "(forward, backward, split-KV decode) shared memory per block of the attention kernels, in bytes", arg("dtype"),
         arg("head_dim"));
   m.def("capabilities", &capabilities, "what the kernels serve, per op: dtypes, features and limits");
   m.def("kernel_image_error", &fastattn::kernel_image_error,

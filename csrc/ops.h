@@ -81,8 +81,8 @@ std::vector<at::Tensor> attention_decode(const at::Tensor& q, const at::Tensor& 
                                          const std::optional<at::Tensor>& alibi_slopes, int64_t num_splits,
                                          int64_t split_size);
 
-// {forward, backward} dynamic shared memory per block of the attention kernels for (dtype, head_dim),
-// in bytes, to compare with the device's opt-in limit.
+// {forward, backward, decode} dynamic shared memory per block of the attention kernels for (dtype,
+// head_dim), in bytes, to compare with the device's opt-in limit.
 std::vector<int64_t> attention_shared_memory(at::ScalarType dtype, int64_t head_dim);
 
 // Empty when the extension has a kernel image for CUDA device `device`, else why not.

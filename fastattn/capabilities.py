@@ -161,32 +161,34 @@ def fused_dtypes(op: str) -> tuple[torch.dtype, ...]:
     return tuple(dtype for dtype in known[0] if all(dtype in dtypes for dtypes in known))
 
 
+CUDA_ATTENTION_KERNELS = ("forward", "backward", "decode")  # what _C.attention_shared_memory reports, in order
+
+
 def cuda_shared_memory_reasons(
-    dtype: torch.dtype, head_dim: int, needs_backward: bool, device: torch.device
+    dtype: torch.dtype, head_dim: int, kernels: tuple[str, ...], device: torch.device
 ) -> list[str]:
-    """Why the CUDA attention kernels for (dtype, head_dim) cannot launch on ``device`` for lack of
-    shared memory (the extension says what each tile configuration needs).
+    """Why the CUDA attention ``kernels`` (of :data:`CUDA_ATTENTION_KERNELS`) for (dtype, head_dim) cannot
+    launch on ``device`` for lack of shared memory (the extension says what each tile configuration needs).
 
     The largest tiles need more than some GPUs allow one block: the float16/bfloat16 backward at
     head_dim > 192 takes 99.25 KiB, and float32 at head_dim > 128 takes 100.13 KiB forward and
-    132.25 KiB backward, where sm_86 and sm_89 allow 99 KiB (sm_80 163 KiB, sm_90 227 KiB). Such calls
-    go to another backend (or, with ``backend="cuda"``, raise) rather than fail at launch.
+    132.25 KiB backward, where sm_86 and sm_89 allow 99 KiB (sm_80 163 KiB, sm_90 227 KiB); the split-KV
+    decode kernel takes at most 82.125 KiB. Such calls go to another backend (or, with ``backend="cuda"``,
+    raise) rather than fail at launch.
     """
-    forward, backward = _cuda_shared_memory(dtype, head_dim)
+    needs = dict(zip(CUDA_ATTENTION_KERNELS, _cuda_shared_memory(dtype, head_dim), strict=True))
     limit = backends.shared_memory_limit(device)
-    needs = [("forward", forward)] + ([("backward", backward)] if needs_backward else [])
     return [
-        f"the {dtype} head_dim {head_dim} {which} needs {size / 1024:.2f} KiB of shared memory per block, "
-        f"{device} allows {limit / 1024:.2f} KiB"
-        for which, size in needs
-        if size > limit
+        f"the {dtype} head_dim {head_dim} {kernel} needs {needs[kernel] / 1024:.2f} KiB of shared memory per "
+        f"block, {device} allows {limit / 1024:.2f} KiB"
+        for kernel in kernels
+        if needs[kernel] > limit
     ]
 
 
 @functools.cache
-def _cuda_shared_memory(dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
-    forward, backward = backends._C.attention_shared_memory(dtype, head_dim)
-    return forward, backward
+def _cuda_shared_memory(dtype: torch.dtype, head_dim: int) -> tuple[int, ...]:
+    return tuple(backends._C.attention_shared_memory(dtype, head_dim))
 
 
 def describe() -> list[str]:

@@ -113,9 +113,11 @@ SM86_SHARED_MEMORY = 99 * KIB  # opt-in limit per block of sm_86 and sm_89 (sm_8
 @pytest.mark.parametrize("head_dim", [1, 8, 32, 33, 64, 96, 128, 129, 192, 256])
 def test_attention_shared_memory_fits_every_sm80_and_sm90_block(C, dtype, head_dim):
     """Every kernel fits sm_80's 163 KiB; all but the head_dim > 128 backwards (and the float32
-    head_dim > 128 forward) fit sm_86's 99 KiB, as the cuda_shared_memory_reasons docstring says."""
-    forward, backward = C.attention_shared_memory(dtype, head_dim)
+    head_dim > 128 forward) fit sm_86's 99 KiB, as the cuda_shared_memory_reasons docstring says; the
+    split-KV decode kernel fits it at every head dim."""
+    forward, backward, decode = C.attention_shared_memory(dtype, head_dim)
     assert 0 < forward <= backward <= 163 * KIB, (forward, backward)
+    assert 0 < decode <= 82.125 * KIB, decode
     too_big_for_sm86 = head_dim > 128 and (dtype == torch.float32 or head_dim > 192)
     assert (backward > SM86_SHARED_MEMORY) == too_big_for_sm86, backward
     assert (forward > SM86_SHARED_MEMORY) == (too_big_for_sm86 and dtype == torch.float32), forward
@@ -134,12 +136,17 @@ def test_shared_memory_reasons_name_the_need_and_the_limit(C, monkeypatch):
     the forward alone is not."""
     monkeypatch.setattr(backends, "shared_memory_limit", lambda device: SM86_SHARED_MEMORY)
     gpu = torch.device("cuda", 0)
-    assert capabilities.cuda_shared_memory_reasons(torch.float16, 256, False, gpu) == []
-    assert capabilities.cuda_shared_memory_reasons(torch.float16, 256, True, gpu) == [
+    every = capabilities.CUDA_ATTENTION_KERNELS
+    assert capabilities.cuda_shared_memory_reasons(torch.float16, 256, ("forward", "decode"), gpu) == []
+    assert capabilities.cuda_shared_memory_reasons(torch.float16, 256, every, gpu) == [
         "the torch.float16 head_dim 256 backward needs 99.25 KiB of shared memory per block, cuda:0 allows 99.00 KiB"
     ]
-    assert len(capabilities.cuda_shared_memory_reasons(torch.float32, 256, True, gpu)) == 2
-    assert capabilities.cuda_shared_memory_reasons(torch.bfloat16, 128, True, gpu) == []
+    assert len(capabilities.cuda_shared_memory_reasons(torch.float32, 256, every, gpu)) == 2
+    assert capabilities.cuda_shared_memory_reasons(torch.bfloat16, 128, every, gpu) == []
+    monkeypatch.setattr(backends, "shared_memory_limit", lambda device: 64 * KIB)  # below any GPU we run on
+    assert capabilities.cuda_shared_memory_reasons(torch.float32, 256, ("decode",), gpu) == [
+        "the torch.float32 head_dim 256 decode needs 82.12 KiB of shared memory per block, cuda:0 allows 64.00 KiB"
+    ]
 
 
 def test_old_gpus_are_refused_with_the_capability(C, monkeypatch):

@@ -275,7 +275,7 @@ std::vector<int64_t> attention_shared_memory(at::ScalarType dtype, int64_t head_
   check_float_dtype(dtype, "dtype");
   TORCH_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head_dim must be in 1..", kMaxHeadDim, ", got ", head_dim);
   const AttnSharedMemory bytes = attention_shared_memory(to_dtype(dtype), int(head_dim));
-  return {int64_t(bytes.forward), int64_t(bytes.backward)};
+  return {int64_t(bytes.forward), int64_t(bytes.backward), int64_t(bytes.decode)};
 }
 
 std::string kernel_image_error(int64_t device) {

@@ -2,23 +2,38 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "attention/attention_decode.cuh"
 
 namespace fastattn {
 
 namespace {
 
-// 32 * DC >= D with DC in {1, 2, 4, 8}, as the float32 attention kernels.
+// f(std::integral_constant<int, DC>{}) for the head-dim bucket of d: 32 * DC >= d with DC in {1, 2, 4,
+// 8}, as the float32 attention kernels.
+template <typename F>
+auto with_head_dim_bucket(int d, F&& f) {
+  if (d <= 32) return f(std::integral_constant<int, 1>{});
+  if (d <= 64) return f(std::integral_constant<int, 2>{});
+  if (d <= 128) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, 8>{});
+}
+
 template <typename T>
 cudaError_t dispatch_decode(const AttnParams& p, cudaStream_t stream) {
-  const int d = p.head_dim;
-  if (d <= 32) return attn::decode::run_decode<T, 1>(p, stream);
-  if (d <= 64) return attn::decode::run_decode<T, 2>(p, stream);
-  if (d <= 128) return attn::decode::run_decode<T, 4>(p, stream);
-  return attn::decode::run_decode<T, 8>(p, stream);
+  return with_head_dim_bucket(p.head_dim, [&]<int DC>(std::integral_constant<int, DC>) {
+    return attn::decode::run_decode<T, DC>(p, stream);
+  });
 }
 
 }  // namespace
+
+size_t attention_decode_shared_memory(int head_dim) {
+  return with_head_dim_bucket(head_dim, []<int DC>(std::integral_constant<int, DC>) {
+    return attn::decode::Smem<DC>::kBytes;
+  });
+}
 
 cudaError_t launch_attention_decode(const AttnParams& p, cudaStream_t stream) {
   if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;

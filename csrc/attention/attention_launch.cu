@@ -63,6 +63,7 @@ AttnSharedMemory attention_shared_memory(DType dtype, int head_dim) {
     }
     return cudaSuccess;
   });
+  bytes.decode = attention_decode_shared_memory(head_dim);
   return bytes;
 }
 

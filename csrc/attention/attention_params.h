@@ -126,12 +126,15 @@ cudaError_t launch_attention_bwd(const AttnParams& params, cudaStream_t stream);
 cudaError_t launch_attention_decode(const AttnParams& params, cudaStream_t stream);  // attention_decode.cu
 
 // Dynamic shared memory per block of the kernels for (dtype, head_dim), in bytes: the forward kernel's,
-// and the larger of the two backward kernels'. The op layer compares them with the device's limit.
+// the larger of the two backward kernels', and the split-KV decode kernel's. The op layer compares them
+// with the device's limit.
 struct AttnSharedMemory {
   size_t forward;
   size_t backward;
+  size_t decode;
 };
 AttnSharedMemory attention_shared_memory(DType dtype, int head_dim);
+size_t attention_decode_shared_memory(int head_dim);  // attention_decode.cu: its kernels' own buckets
 
 // cudaSuccess when the extension holds a kernel image that runs on CUDA device `device`, else the
 // error a launch there would give (an extension built for sm_80 and sm_90 has none for sm_75 or sm_120).

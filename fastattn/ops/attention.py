@@ -147,7 +147,8 @@ def _backend_reasons(name, q, k, v, *, used: set[str]) -> list[str]:
     reasons += capabilities.reasons("attention", name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)
     if name == Backend.CUDA and not reasons:  # the kernels' shared memory is known for the served shapes only
         needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        reasons += capabilities.cuda_shared_memory_reasons(q.dtype, q.shape[-1], needs_backward, q.device)
+        kernels = ("forward", "backward") if needs_backward else ("forward",)
+        reasons += capabilities.cuda_shared_memory_reasons(q.dtype, q.shape[-1], kernels, q.device)
     return reasons
 
 

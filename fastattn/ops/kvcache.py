@@ -390,4 +390,7 @@ def _reasons(name: str, q: Tensor, used: set[str]) -> list[str]:
     """Why backend ``name`` cannot serve a KV-cache call using the ``used`` features; the torch and
     naive backends run fastattn.attention on each sequence's keys gathered."""
     reasons = backends.device_reasons(name, q.device)
-    return reasons + capabilities.reasons("kvcache", name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)
+    reasons += capabilities.reasons("kvcache", name, dtypes=[("", q.dtype)], head_dim=q.shape[-1], features=used)
+    if name == Backend.CUDA and not reasons:  # the kernel's shared memory is known for the served shapes only
+        reasons += capabilities.cuda_shared_memory_reasons(q.dtype, q.shape[-1], ("decode",), q.device)
+    return reasons

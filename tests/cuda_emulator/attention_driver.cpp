@@ -15,6 +15,7 @@
 #include "driver_io.h"
 #include "attention/attention_run.cuh"  // the test's rewritten copies (their -I comes before csrc's)
 #include "attention/attention_launch.cu"
+#include "attention/attention_decode.cu"  // attention_shared_memory reports the decode kernel's too
 
 using namespace fastattn;
 

@@ -1,6 +1,6 @@
 // Runs csrc/attention's split-KV decode kernels (attention_decode.cuh: split and merge) on the host
-// (fakecuda.h), in every dtype, filling the params as csrc/attention/decode.cpp does, for
-// test_cuda_emulated.py.
+// (fakecuda.h), in every dtype, filling the params as csrc/attention/decode.cpp does and launching through
+// its dispatcher (attention_decode.cu: launch_attention_decode), for test_cuda_emulated.py.
 //
 // stdin:  DecodeCase, then q ((B, Sq, Hq, D) contiguous, in `dtype`), k_cache and v_cache ((C0, C1, Hkv,
 //         D) contiguous, in `dtype`), cache_rows (int32 (B,), if not paged) or block_table (int32 (B,
@@ -10,7 +10,7 @@
 #include <cstdio>
 
 #include "driver_io.h"
-#include "attention/attention_decode.cuh"  // includes the test's rewritten copy of attention_decode.cuh
+#include "attention/attention_decode.cu"  // the dispatcher; it includes the test's rewritten attention_decode.cuh
 
 using namespace fastattn;
 
@@ -22,16 +22,6 @@ struct DecodeCase {
   int64_t causal, window_left, window_right, alibi_dims, num_splits, split_size;
   double scale, softcap;
 };
-
-template <class T>
-void run(const AttnParams& p) {
-  const int d = p.head_dim;
-  const cudaError_t err = d <= 32    ? attn::decode::run_decode<T, 1>(p, nullptr)
-                          : d <= 64  ? attn::decode::run_decode<T, 2>(p, nullptr)
-                          : d <= 128 ? attn::decode::run_decode<T, 4>(p, nullptr)
-                                     : attn::decode::run_decode<T, 8>(p, nullptr);
-  if (err != cudaSuccess) fakecuda::fail("run_decode failed");
-}
 
 }  // namespace
 
@@ -72,11 +62,7 @@ int main() {
   p.num_splits = int(c.num_splits), p.split_size = int(c.split_size);
   p.out_part = out_part.data(), p.lse_part = lse_part.data();
 
-  switch (p.dtype) {
-    case DType::kFloat16: run<__half>(p); break;
-    case DType::kBFloat16: run<__nv_bfloat16>(p); break;
-    default: run<float>(p); break;
-  }
+  if (launch_attention_decode(p, nullptr) != cudaSuccess) fakecuda::fail("launch_attention_decode failed");
   write_values(out);
   write_values(lse);
   return 0;
