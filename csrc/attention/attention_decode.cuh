@@ -21,8 +21,11 @@ namespace attn {
 namespace decode {
 
 // ptxas -v (nvcc 13.0; python bench/static_resources.py): the split kernel takes 96-128 registers, 16 warps
-// per SM (20 at 96), bound by registers; ptxas holds it at 128 for the fourth block per SM and spills 8-16
-// bytes a thread in some buckets (ACCEPTED_SPILLS in bench/static_resources.py); the merge kernel 32-40.
+// per SM (20 at 96), bound by registers up to head dim 64; ptxas holds it at 128 for the fourth block per SM
+// and spills 8-16 bytes a thread in some buckets (ACCEPTED_SPILLS in bench/static_resources.py). Shared
+// memory (Smem::kBytes: 43,136 bytes at DC = 4, 84,096 at DC = 8) bounds the larger buckets: 12 warps per
+// SM at DC = 4 on sm_80, and at DC = 8 only 4 on sm_80 and 8 on sm_90, which a memory-bound kernel may
+// feel (to measure on a GPU). The merge kernel takes 32-40 registers.
 using simt::kThreads;
 using simt::kTile;  // keys per tile: one per lane
 using simt::kWarps;
