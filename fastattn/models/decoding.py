@@ -121,8 +121,8 @@ class Sampling:
     def draw(self, logits: Tensor, sequences, steps, backend) -> Tensor:
         """One token per row of ``logits`` ``(B, V)``, row ``b`` being sequence ``sequences[b]`` at step
         ``steps[b]``; ``(B,)`` int64."""
-        filters = dataclasses.asdict(self)  # fastattn.sample's own arguments, and the seed
-        seed = filters.pop("seed")
+        filters = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}  # no copies
+        seed = filters.pop("seed")  # the rest are fastattn.sample's own arguments
         seeds = None if seed is None else sequence_seeds(seed, sequences, steps, logits.device)
         return fastattn.sample(logits, **filters, seed=seeds, backend=backend)
 
