@@ -166,13 +166,9 @@ def _without_residual(peer: str, case: Case, inputs: dict, layer_norm: Callable,
 
 def _liger() -> Provider:
     def build(functional, case, inputs):
-        return _without_residual(
-            "liger-kernel",
-            case,
-            inputs,
-            lambda x, shape, weight, bias, eps: functional.liger_layer_norm(x, weight, bias, eps),
-            lambda x, shape, weight, eps: functional.liger_rms_norm(x, weight, eps, in_place=False),
-        )
+        layer_norm = lambda x, shape, weight, bias, eps: functional.liger_layer_norm(x, weight, bias, eps)
+        rms_norm = lambda x, shape, weight, eps: functional.liger_rms_norm(x, weight, eps, in_place=False)
+        return _without_residual("liger-kernel", case, inputs, layer_norm, rms_norm)
 
     module, description = "liger_kernel.transformers.functional", "liger_kernel liger_layer_norm / liger_rms_norm"
     return peer_provider("liger", "liger-kernel", module, description, build)
@@ -180,13 +176,9 @@ def _liger() -> Provider:
 
 def _apex() -> Provider:
     def build(module, case, inputs):
-        return _without_residual(
-            "apex",
-            case,
-            inputs,
-            lambda x, shape, weight, bias, eps: module.fused_layer_norm_affine(x, weight, bias, shape, eps),
-            lambda x, shape, weight, eps: module.fused_rms_norm_affine(x, weight, shape, eps),
-        )
+        layer_norm = lambda x, shape, weight, bias, eps: module.fused_layer_norm_affine(x, weight, bias, shape, eps)
+        rms_norm = lambda x, shape, weight, eps: module.fused_rms_norm_affine(x, weight, shape, eps)
+        return _without_residual("apex", case, inputs, layer_norm, rms_norm)
 
     description = "apex fused_layer_norm_affine / fused_rms_norm_affine"
     return peer_provider("apex", "apex", "apex.normalization.fused_layer_norm", description, build)
