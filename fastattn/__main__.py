@@ -138,6 +138,7 @@ def command_generate(args: argparse.Namespace) -> int:
 
     from .models import paged
     from .models.decoding import Sampling
+    from .ops.kvcache import PAGE_MULTIPLE
     from .ops.sampling import row_parameters
     from .progress import progress_bar
     from .viz import graph
@@ -167,6 +168,8 @@ def command_generate(args: argparse.Namespace) -> int:
             row_parameters(torch.zeros(1, 1), **{name: sampling[name]})
         except ValueError as error:
             raise UsageError(f"argument --{name.replace('_', '-')}: {error}") from None
+    if args.page_size % PAGE_MULTIPLE:
+        raise UsageError(f"argument --page-size: a multiple of {PAGE_MULTIPLE}, got {args.page_size}")
     bar = progress_bar(total=len(prompts), desc="generate", unit="prompt", disable=args.no_progress, file=sys.stderr)
     try:
         outputs = paged.generate(
@@ -179,8 +182,6 @@ def command_generate(args: argparse.Namespace) -> int:
             continuous=args.continuous,
             on_finish=lambda index, tokens: bar.update(),
         )
-    except ValueError as error:  # a page size that is no multiple of 16
-        raise UsageError(f"argument --page-size: {error}") from None
     finally:
         bar.close()
     for index, tokens in enumerate(outputs):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.attention import attention_varlen
-from ..ops.kvcache import attention_with_kvcache
+from ..ops.kvcache import PAGE_MULTIPLE, attention_with_kvcache
 from .decoding import Sampling
 
 
@@ -36,8 +36,8 @@ class PagePool:
     Hkv, D)``; pages are handed out and taken back by index."""
 
     def __init__(self, layers: int, num_pages: int, page_size: int, n_kv_heads: int, head_dim: int, *, dtype, device):
-        if page_size % 16:
-            raise ValueError(f"page_size must be a multiple of 16, got {page_size}")
+        if page_size % PAGE_MULTIPLE:
+            raise ValueError(f"page_size must be a multiple of {PAGE_MULTIPLE}, got {page_size}")
         shape = (layers, num_pages, page_size, n_kv_heads, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
